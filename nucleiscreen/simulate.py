@@ -1,0 +1,434 @@
+"""A synthetic Hoechst screen that looks like the CellInsight CX7 frames of the real one, with ground truth.
+
+Frames (``synth_frame``) are drawn at the CX7's 20x pixel size to match the annotated real data
+(../shared/data/aitslab-bioimaging1): nuclei of median ~1,500 px, elongated and wobbly, textured chromatin, touching
+neighbours, a dim cytoplasm glow around each nucleus (the Hoechst channel shows it), micronuclei and bright apoptotic
+fragments (~14 % of real objects are under 100 px), a camera offset with vignetting, optical blur, shot and read
+noise, all in 16-bit raw counts.
+
+A screen (``simulate_screen``) is plates of 384 wells (A01-P24) with controls in the edge columns like the real
+screen's (negative OTP, mock, untransfected; positive PLK1 and KIF11; LIPA), each gene in several wells (separate
+siRNAs) spread over the plates, and planted phenotypes: FBXO5 and CCNA2 lower the nuclei count below 0.5x and enlarge
+nuclei above 1.7x; UBB and POLR2A drop the count below 0.1x; PLK1/KIF11 strongly reduce it; other genes are neutral.
+Every frame is seeded from (seed, plate, well, field) alone, so a screen is identical however it is generated.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from nucleiscreen.errors import UserError
+
+PIXEL_SIZE_UM = 0.325 * 2  # CX7, 20x objective, 2x2 binning -> 1104 x 1104 frames (approximate)
+FRAME_SIZE = 1104
+MEDIAN_NUCLEUS_AREA = 1500.0
+NUCLEI_PER_FRAME = 60.0  # negative-control density per full 1104^2 frame (real frames: 16-84, median 39)
+ROWS = "ABCDEFGHIJKLMNOP"
+COLUMNS = 24
+
+# Planted phenotypes: gene -> (count multiplier, nucleus area multiplier).
+PLANTED = {
+    "FBXO5": (0.32, 2.2),
+    "CCNA2": (0.35, 2.1),
+    "UBB": (0.03, 1.0),
+    "POLR2A": (0.04, 1.0),
+}
+# Controls: (gene_symbol, role, count multiplier, area multiplier, wells per plate). They sit in columns 1 and 24.
+CONTROLS = [
+    ("OTP", "negative", 1.0, 1.0, 12),
+    ("mock", "negative", 1.0, 1.0, 4),
+    ("untransfected", "negative", 1.08, 1.0, 4),
+    ("PLK1", "positive", 0.12, 1.3, 4),
+    ("KIF11", "positive", 0.15, 1.25, 4),
+    ("LIPA", "other", 0.85, 1.05, 4),
+]
+
+
+# --------------------------------------------------------------------------------------------------------- frames
+def _box_blur(img: np.ndarray, r: int, axis: int) -> np.ndarray:
+    """Mean over a window of 2r+1 along one axis (edges replicated), via a cumulative sum."""
+    if r <= 0:
+        return img
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (r + 1, r)
+    c = np.cumsum(np.pad(img, pad, mode="edge"), axis=axis, dtype=np.float64)
+    n = img.shape[axis]
+    hi = np.take(c, np.arange(2 * r + 1, 2 * r + 1 + n), axis=axis)
+    lo = np.take(c, np.arange(0, n), axis=axis)
+    return ((hi - lo) / (2 * r + 1)).astype(np.float32)
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Approximate Gaussian blur: three box blurs per axis (no scipy at run time)."""
+    if sigma <= 0.3:
+        return img.astype(np.float32, copy=False)
+    r = max(1, int(round((np.sqrt(12 * sigma * sigma / 3 + 1) - 1) / 2)))
+    out = img.astype(np.float32, copy=False)
+    for axis in (0, 1):
+        for _ in range(3):
+            out = _box_blur(out, r, axis)
+    return out
+
+
+@dataclass
+class FrameSpec:
+    """What to draw in one frame. Counts are expectations per full 1104^2 frame, scaled to the frame's size."""
+
+    nuclei_per_frame: float = NUCLEI_PER_FRAME
+    area_scale: float = 1.0
+    micronuclei_fraction: float = 0.15
+    brightness: float = 2600.0
+    offset: float = 300.0
+    blur_sigma: float = 1.1
+    extra: dict = field(default_factory=dict)
+
+
+def _place(rng, shape, radii, max_tries=40):
+    """Centres for nuclei of the given radii: random, allowing touching but not heavy overlap."""
+    h, w = shape
+    centres = []
+    placed_r = []
+    for r in radii:
+        for _ in range(max_tries):
+            cy, cx = rng.uniform(-0.3 * r, h + 0.3 * r), rng.uniform(-0.3 * r, w + 0.3 * r)
+            ok = True
+            for (py, px), pr in zip(centres, placed_r):
+                if (py - cy) ** 2 + (px - cx) ** 2 < (0.82 * (pr + r)) ** 2:
+                    ok = False
+                    break
+            if ok:
+                centres.append((cy, cx))
+                placed_r.append(r)
+                break
+    return centres, placed_r
+
+
+def synth_frame(
+    rng: np.random.Generator, shape: tuple[int, int] = (FRAME_SIZE, FRAME_SIZE), spec: FrameSpec | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one raw 16-bit Hoechst frame and its instance labels.
+
+    Parameters
+    ----------
+    rng : numpy Generator
+        The only source of randomness (seed it for a reproducible frame).
+    shape : (H, W)
+        Frame size in pixels at the CX7 20x pixel size.
+    spec : FrameSpec
+        Density, nucleus size multiplier, brightness, blur.
+
+    Returns
+    -------
+    image : (H, W) uint16 raw counts
+    labels : (H, W) uint16 instance ids 1..N (0 background), nuclei and micronuclei alike
+    """
+    spec = spec or FrameSpec()
+    h, w = shape
+    scale = (h * w) / float(FRAME_SIZE * FRAME_SIZE)
+    n = rng.poisson(spec.nuclei_per_frame * scale)
+    areas = MEDIAN_NUCLEUS_AREA * spec.area_scale * rng.lognormal(0.0, 0.3, n)
+    n_micro = rng.binomial(max(n, 0) + 1, spec.micronuclei_fraction) if n else rng.binomial(1, 0.05)
+    micro_areas = rng.uniform(12, 95, n_micro)
+
+    # Nuclei and their aspect ratios; larger first so small ones fill the gaps.
+    order = np.argsort(-areas)
+    areas = areas[order]
+    aspect = rng.uniform(1.0, 1.9, n)
+    radii = np.sqrt(areas / np.pi) * np.sqrt(aspect)
+    centres, _ = _place(rng, shape, radii)
+
+    labels = np.zeros(shape, np.uint16)
+    score = np.full(shape, np.inf, np.float32)  # the normalized radius of the owner: overlaps go to the nearer centre
+    nucleus_signal = np.zeros(shape, np.float32)
+    cyto = np.zeros(shape, np.float32)
+    texture = gaussian_blur(rng.standard_normal(shape).astype(np.float32), 1.3)
+    texture *= 0.28 / (texture.std() + 1e-6)
+    label = 0
+
+    def paint(cy, cx, area, ar, bright, wobble, is_micro):
+        nonlocal label
+        a = np.sqrt(area * ar / np.pi)  # semi-major
+        b = np.sqrt(area / ar / np.pi)
+        theta = rng.uniform(0, np.pi)
+        reach = int(np.ceil(a * 1.25)) + 2
+        y0, y1 = max(0, int(cy) - reach), min(h, int(cy) + reach + 1)
+        x0, x1 = max(0, int(cx) - reach), min(w, int(cx) + reach + 1)
+        if y0 >= y1 or x0 >= x1:
+            return
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy - cy, xx - cx
+        c, s = np.cos(theta), np.sin(theta)
+        u = (dx * c + dy * s) / a
+        v = (-dx * s + dy * c) / b
+        rho = np.sqrt(u * u + v * v)
+        phi = np.arctan2(v, u)
+        edge = np.ones_like(phi)
+        for k, amp in zip((2, 3, 4, 5), wobble):
+            edge += amp * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
+        rel = rho / edge
+        inside = rel < 1.0
+        if not inside.any():
+            return
+        mine = inside & (rel < score[y0:y1, x0:x1])
+        label += 1
+        labels[y0:y1, x0:x1][mine] = label
+        score[y0:y1, x0:x1][mine] = rel[mine]
+        dome = np.sqrt(np.clip(1.0 - rel**4, 0.0, 1.0))
+        if is_micro:
+            sig = bright * dome
+        else:
+            sig = bright * dome * (1.0 + texture[y0:y1, x0:x1])
+        nucleus_signal[y0:y1, x0:x1] = np.where(mine, sig, nucleus_signal[y0:y1, x0:x1])
+
+    cells = []
+    for (cy, cx), area, ar in zip(centres, areas, aspect):
+        bright = spec.brightness * rng.lognormal(0.0, 0.22)
+        if rng.random() < 0.03:  # condensed (mitotic / pre-apoptotic) nucleus: small and bright
+            area *= 0.5
+            bright *= 1.8
+        wobble = rng.normal(0.0, [0.05, 0.035, 0.02, 0.015])
+        paint(cy, cx, area, ar, bright, wobble, False)
+        cells.append((cy, cx, area, bright))
+
+    # Cytoplasm glow: a larger, smooth, elongated body around each nucleus, offset from it.
+    for cy, cx, area, bright in cells:
+        r = np.sqrt(area / np.pi) * rng.uniform(1.9, 2.9)
+        ar = rng.uniform(1.2, 2.6)
+        theta = rng.uniform(0, np.pi)
+        ocy = cy + rng.normal(0, 0.3 * r)
+        ocx = cx + rng.normal(0, 0.3 * r)
+        a, b = r * np.sqrt(ar), r / np.sqrt(ar)
+        reach = int(a * 1.6) + 2
+        y0, y1 = max(0, int(ocy) - reach), min(h, int(ocy) + reach + 1)
+        x0, x1 = max(0, int(ocx) - reach), min(w, int(ocx) + reach + 1)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        dy, dx = yy - ocy, xx - ocx
+        c, s = np.cos(theta), np.sin(theta)
+        q = ((dx * c + dy * s) / a) ** 2 + ((-dx * s + dy * c) / b) ** 2
+        cyto[y0:y1, x0:x1] += bright * rng.uniform(0.15, 0.4) * np.exp(-(q**2))
+
+    # Micronuclei and fragments: near a nucleus when there is one, small and often very bright.
+    for _ in range(n_micro):
+        area = float(micro_areas[_])
+        if cells and rng.random() < 0.8:
+            cy, cx, parea, _b = cells[rng.integers(len(cells))]
+            d = np.sqrt(parea / np.pi) * rng.uniform(1.05, 1.8)
+            ang = rng.uniform(0, 2 * np.pi)
+            my, mx = cy + d * np.sin(ang), cx + d * np.cos(ang)
+        else:
+            my, mx = rng.uniform(0, h), rng.uniform(0, w)
+        bright = spec.brightness * rng.choice([0.8, 1.5, 2.8], p=[0.45, 0.3, 0.25]) * rng.lognormal(0, 0.2)
+        paint(my, mx, area, rng.uniform(1.0, 1.5), bright, rng.normal(0, [0.03, 0.02, 0.0, 0.0]), True)
+
+    cyto = gaussian_blur(cyto, 4.0)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    vignette = 1.0 - 0.12 * (((yy - h / 2) / FRAME_SIZE) ** 2 + ((xx - w / 2) / FRAME_SIZE) ** 2) * 4
+    sigma = spec.blur_sigma * rng.uniform(0.85, 1.25)
+    if rng.random() < 0.02:  # the occasional soft frame
+        sigma *= 2.0
+    photons = gaussian_blur((nucleus_signal + cyto) * vignette, sigma) + 40.0 * vignette
+    photons = np.clip(photons, 0, None)
+    gain = 2.0  # counts per photo-electron
+    counts = rng.poisson(photons / gain).astype(np.float32) * gain
+    counts += spec.offset + rng.normal(0.0, 6.0, shape).astype(np.float32)
+    image = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    return image, _relabel(labels)
+
+
+def _relabel(labels: np.ndarray) -> np.ndarray:
+    """Consecutive ids 1..N; drops ids whose pixels were all taken by later, nearer objects."""
+    present = np.unique(labels)
+    present = present[present > 0]
+    lut = np.zeros(int(labels.max()) + 1, np.uint16)
+    lut[present] = np.arange(1, present.size + 1, dtype=np.uint16)
+    return lut[labels]
+
+
+# -------------------------------------------------------------------------------------------------------- screens
+@dataclass
+class WellPlan:
+    plate: str
+    well: str
+    gene_symbol: str
+    role: str
+    sirna_id: str
+    count_multiplier: float
+    area_multiplier: float
+
+
+def well_names() -> list[str]:
+    return [f"{r}{c:02d}" for r in ROWS for c in range(1, COLUMNS + 1)]
+
+
+def plan_screen(plates: int = 4, wells_per_gene: int = 3, seed: int = 0) -> list[WellPlan]:
+    """Assign genes, controls and planted phenotypes to the wells of ``plates`` 384-well plates."""
+    if plates < 1:
+        raise UserError("--plates must be at least 1")
+    if wells_per_gene < 1:
+        raise UserError("--wells-per-gene must be at least 1")
+    rng = np.random.default_rng([seed, 7])
+    names = [plate_name(i) for i in range(plates)]
+    control_wells = [f"{r}{c:02d}" for c in (1, COLUMNS) for r in ROWS]
+    sample_wells = [w for w in well_names() if w not in set(control_wells)]
+    plan: list[WellPlan] = []
+    for plate in names:
+        i = 0
+        for gene, role, cm, am, k in CONTROLS:
+            for j in range(k):
+                plan.append(WellPlan(plate, control_wells[i], gene, role, f"{gene}-{j + 1}", cm, am))
+                i += 1
+    slots = [(p, w) for p in names for w in sample_wells]
+    n_genes = len(slots) // wells_per_gene
+    if n_genes < len(PLANTED):
+        raise UserError(f"{plates} plate(s) with {wells_per_gene} wells per gene leave no room for the planted genes")
+    genes = list(PLANTED) + [f"SIMG{i:05d}" for i in range(1, n_genes - len(PLANTED) + 1)]
+    # Deal each gene's siRNAs over different plates: siRNA j of gene g goes to slot g + j * n_genes, after a shuffle
+    # of the slots within each plate so planted genes land in random wells.
+    order = np.concatenate([rng.permutation(len(sample_wells)) + k * len(sample_wells) for k in range(plates)])
+    slots = [slots[i] for i in order]
+    for g, gene in enumerate(genes):
+        for j in range(wells_per_gene):
+            plate, well = slots[(g + j * n_genes) % len(slots)]
+            cm, am = PLANTED.get(gene, (1.0, 1.0))
+            if gene not in PLANTED:  # siRNA-to-siRNA variation of neutral genes
+                cm *= float(rng.lognormal(0.0, 0.1))
+                am *= float(rng.lognormal(0.0, 0.04))
+            plan.append(WellPlan(plate, well, gene, "sample", f"{gene}-{j + 1}", cm, am))
+    used = {(p.plate, p.well) for p in plan}
+    for plate in names:
+        for well in well_names():
+            if (plate, well) not in used:
+                plan.append(WellPlan(plate, well, "", "empty", "", 0.0, 1.0))
+    plan.sort(key=lambda p: (p.plate, p.well))
+    return plan
+
+
+def plate_name(i: int) -> str:
+    """Plate names in the CX7 style of the real screen (``MFGTMPcx7_170702000001``)."""
+    return f"SIMcx7_{261124000001 + i:012d}"
+
+
+def frame_file_name(plate: str, well: str, field: int, channel: int, fmt: str) -> str:
+    ext = {"tif": "tif", "c01": "C01"}[fmt]
+    return f"{plate}_{well}f{field:02d}d{channel}.{ext}"
+
+
+@dataclass
+class SimulatedScreen:
+    root: Path
+    images: Path
+    masks: Path | None
+    layout: Path
+    truth: Path
+    frames: int
+
+
+def simulate_screen(
+    out: str | Path,
+    plates: int = 4,
+    fields: int = 4,
+    size: int = FRAME_SIZE,
+    fmt: str = "tif",
+    seed: int = 0,
+    wells_per_gene: int = 3,
+    masks: bool = True,
+    channels: int = 1,
+    workers: int | None = None,
+    progress: bool = False,
+) -> SimulatedScreen:
+    """Write a synthetic screen: frames, ground-truth masks, a layout file and the planted truth.
+
+    Output: ``out/images/<plate>/<plate>_<well>f<field>d<channel>.(tif|C01)``, ``out/masks/<plate>/<stem>.tif``
+    (uint16 instance labels of the Hoechst channel d0), ``out/layout.csv`` (the layout-file interface) and
+    ``out/truth.csv`` (each well's planted count and area multipliers). Channels d1, d2 (when ``channels`` > 1) are
+    dim stand-ins for the screen's other stains, there so discovery has to pick d0.
+    """
+    from nucleiscreen.engine.readers import write_c01
+
+    fmt = fmt.lower()
+    if fmt not in ("tif", "c01"):
+        raise UserError(f"unknown --format {fmt!r}: use tif or c01")
+    if size < 64:
+        raise UserError(f"--size {size} is too small: frames must be at least 64 px")
+    if fields < 1:
+        raise UserError("--fields must be at least 1")
+    root = Path(out)
+    if root.exists() and any(root.iterdir()):
+        raise UserError(f"output folder {root} is not empty: choose a new folder")
+    plan = plan_screen(plates, wells_per_gene, seed)
+    images, mask_dir = root / "images", root / "masks"
+    for plate in sorted({p.plate for p in plan}):
+        (images / plate).mkdir(parents=True, exist_ok=True)
+        if masks:
+            (mask_dir / plate).mkdir(parents=True, exist_ok=True)
+    _write_layout(root / "layout.csv", plan)
+    _write_truth(root / "truth.csv", plan)
+
+    plate_index = {p: i for i, p in enumerate(sorted({q.plate for q in plan}))}
+    plate_effect = {p: float(np.random.default_rng([seed, 11, i]).lognormal(0, 0.06)) for p, i in plate_index.items()}
+    well_index = {w: i for i, w in enumerate(well_names())}
+
+    def make(job):
+        wp, fieldno = job
+        rng = np.random.default_rng([seed, plate_index[wp.plate], well_index[wp.well], fieldno])
+        spec = FrameSpec(
+            nuclei_per_frame=NUCLEI_PER_FRAME * wp.count_multiplier * plate_effect[wp.plate],
+            area_scale=wp.area_multiplier,
+        )
+        img, lab = synth_frame(rng, (size, size), spec)
+        name = frame_file_name(wp.plate, wp.well, fieldno, 0, fmt)
+        _write_frame(images / wp.plate / name, img, fmt, write_c01)
+        if masks:
+            tifffile.imwrite(mask_dir / wp.plate / (Path(name).stem + ".tif"), lab, compression="zlib")
+        for ch in range(1, channels):
+            other = (img // (3 * ch)).astype(np.uint16)
+            _write_frame(images / wp.plate / frame_file_name(wp.plate, wp.well, fieldno, ch, fmt), other, fmt, write_c01)
+
+    jobs = [(wp, f) for wp in plan for f in range(fields)]
+    workers = workers or min(8, os.cpu_count() or 1)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), unit="frame", desc="simulate")
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(make, jobs):
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    return SimulatedScreen(root, images, mask_dir if masks else None, root / "layout.csv", root / "truth.csv", len(jobs))
+
+
+def _write_frame(path: Path, img: np.ndarray, fmt: str, write_c01) -> None:
+    if fmt == "c01":
+        write_c01(path, img, pixel_size_um=PIXEL_SIZE_UM)
+    else:
+        tifffile.imwrite(path, img)
+
+
+def _write_layout(path: Path, plan: list[WellPlan]) -> None:
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["plate", "well", "gene_symbol", "role", "sirna_id", "control_name"])
+        for p in plan:
+            control = p.gene_symbol if p.role in ("negative", "positive", "other") else ""
+            wr.writerow([p.plate, p.well, p.gene_symbol, p.role, p.sirna_id, control])
+
+
+def _write_truth(path: Path, plan: list[WellPlan]) -> None:
+    with open(path, "w", newline="") as f:
+        wr = csv.writer(f)
+        wr.writerow(["plate", "well", "gene_symbol", "role", "count_multiplier", "area_multiplier", "planted"])
+        for p in plan:
+            wr.writerow([p.plate, p.well, p.gene_symbol, p.role, f"{p.count_multiplier:.4f}",
+                         f"{p.area_multiplier:.4f}", int(p.gene_symbol in PLANTED)])
