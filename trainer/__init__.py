@@ -1,0 +1,16 @@
+"""Training, evaluation and export of the segmentation network (PyTorch; install the ``[train]`` extra).
+
+``metrics`` and ``evaluate`` need no torch, so ``nucleiscreen evaluate`` works on a runtime-only install.
+"""
+
+from nucleiscreen.errors import UserError
+
+
+def require_torch() -> None:
+    """Fail with one clear line when the [train] extra is missing."""
+    try:
+        import torch  # noqa: F401
+        import onnx  # noqa: F401
+    except ImportError as exc:
+        raise UserError(f"this command needs the training extra ({exc.name} is missing): "
+                        "pip install 'nucleiscreen[train]'") from None

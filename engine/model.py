@@ -1,0 +1,68 @@
+"""The model file: an ONNX U-Net with its model card (see trainer/export.py for how it is written).
+
+The card is JSON under the ``nucleiscreen`` key of the ONNX ``metadata_props``: how to normalize input
+(``normalization``), the network's ``spatial_multiple``, its ``pixel_size_um``, the ``classes``, how to turn the class
+map into nuclei (``postprocessing``), what it was trained on and how it validated. The engine reads it with
+onnxruntime alone (no ``onnx`` package at run time).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from nucleiscreen.kernels.normalize import Normalization
+
+from nucleiscreen.errors import UserError
+
+CARD_KEY = "nucleiscreen"
+DEFAULT_MODEL = "unet-small.onnx"
+
+
+def default_model_path() -> Path:
+    """The U-Net shipped inside the package (trained on the annotated CX7 frames plus simulated ones)."""
+    return Path(str(resources.files("nucleiscreen") / "models" / DEFAULT_MODEL))
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    card: dict
+    sha256: str
+
+    @property
+    def normalization(self) -> Normalization:
+        return Normalization.from_dict(self.card["normalization"])
+
+    @property
+    def multiple(self) -> int:
+        return int(self.card.get("spatial_multiple", 1))
+
+    @property
+    def input_dtype(self) -> str:
+        return self.card.get("input", {}).get("dtype", "float32")
+
+    @property
+    def postprocessing(self) -> dict:
+        return dict(self.card.get("postprocessing", {}))
+
+
+def load_model_info(path: str | Path | None = None) -> ModelInfo:
+    """Read the model card of an ONNX model file (the packaged default when ``path`` is None)."""
+    import onnxruntime as ort
+
+    p = Path(path) if path is not None else default_model_path()
+    if not p.is_file():
+        raise UserError(f"model file not found: {p}")
+    data = p.read_bytes()
+    try:
+        meta = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta()
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise UserError(f"{p} is not a readable ONNX model ({type(exc).__name__})") from exc
+    raw = meta.custom_metadata_map.get(CARD_KEY)
+    if raw is None:
+        raise UserError(f"{p} has no nucleiscreen model card: export it with `nucleiscreen export`")
+    return ModelInfo(p, json.loads(raw), hashlib.sha256(data).hexdigest())

@@ -1,0 +1,322 @@
+"""Segment the frames of a screen into a run folder: decode -> normalize -> U-Net -> nuclei -> measurements.
+
+Stages, with decoding of the next batch and post-processing of the last overlapping the network:
+
+    discover (engine/discover.py) -> read_frame + normalize (threads) -> batch -> backend.infer
+        -> instances_from_classes + summarize_frame [+ measure] (threads; numba kernels release the GIL)
+        -> writer: RUN/images/plate=<plate>/part-*.parquet, RUN/objects/..., RUN/errors/..., RUN/manifest.json
+
+A frame that cannot be read or processed becomes a row of the error table (``PathName_DNA``, ``FileName_DNA``,
+``Stage``, ``Error``) and the run goes on. Re-running the same command resumes: frames already in the run folder's
+image or error tables are skipped. Part files are written under a temporary name and renamed, so an interrupted run
+never leaves a half-written part behind.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import tifffile
+from nucleiscreen.engine.backends import create_backend
+from nucleiscreen.engine.discover import Discovery, discover
+from nucleiscreen.engine.model import ModelInfo, load_model_info
+from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.measure import measure, summarize_frame
+from nucleiscreen.kernels.normalize import normalize
+
+import nucleiscreen
+from nucleiscreen.errors import UserError
+
+META = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site", "Metadata_Channel",
+        "PathName_DNA", "FileName_DNA"]
+
+
+@dataclass
+class SegmentOptions:
+    backend: str = "auto"
+    batch_size: int = 8
+    threads: int | None = None
+    objects: bool = False
+    save_labels: bool = False
+    micronucleus_area: int = 100
+    min_area: int = 8
+    part_frames: int = 4096
+    progress: bool = True
+
+
+@dataclass
+class SegmentResult:
+    run: Path
+    frames: int
+    skipped: int
+    failed: int
+    seconds: float
+    busy: dict[str, float] = field(default_factory=dict)
+    backend: str = ""
+
+
+class Segmenter:
+    """One model on one backend: raw frame -> network input -> class map -> instance labels.
+
+    The pieces the streaming pipeline, ``predict`` and the benchmarks share, so a frame is treated the same way
+    everywhere.
+    """
+
+    def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
+                 threads: int | None = None, min_area: int = 8):
+        self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
+        self.backend = create_backend(backend, self.info, threads=threads)
+        self.norm = self.info.normalization
+        self.multiple = self.info.multiple
+        self.min_area = min_area
+        post = self.info.postprocessing
+        self.post_args = {k: post[k] for k in ("max_grow",) if k in post}
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """The normalized network input of a raw frame (float32, the frame's own size)."""
+        return normalize(raw, self.norm)
+
+    def classes(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Class maps of same-shape prepared frames, in one batch padded to the network's multiple."""
+        h, w = inputs[0].shape
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        batch = np.stack([np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x for x in inputs])
+        out = self.backend.infer(batch[:, None])
+        return [np.ascontiguousarray(out[k, :h, :w]) for k in range(len(inputs))]
+
+    def instances(self, classes: np.ndarray) -> np.ndarray:
+        """Instance labels (int32) of a class map."""
+        return instances_from_classes(classes, min_area=self.min_area, **self.post_args)
+
+
+class _Writer:
+    """Buffers rows per table and plate; writes part files atomically (temp name, then rename)."""
+
+    def __init__(self, run: Path, part_frames: int):
+        self.run, self.part_frames = run, part_frames
+        self.rows: dict[tuple[str, str], list] = defaultdict(list)
+        self.token = uuid.uuid4().hex[:8]
+        self.count = 0
+
+    def add(self, table: str, plate: str | None, rows) -> None:
+        key = (table, plate or "")
+        self.rows[key].append(rows)
+        if table == "images" and len(self.rows[key]) >= self.part_frames:
+            self.flush(key)
+
+    def flush(self, key: tuple[str, str] | None = None) -> None:
+        for k in [key] if key else list(self.rows):
+            items = self.rows.pop(k, [])
+            if not items:
+                continue
+            table, plate = k
+            df = pl.concat([i if isinstance(i, pl.DataFrame) else pl.DataFrame([i]) for i in items],
+                           how="diagonal_relaxed")
+            folder = self.run / table / f"plate={plate}" if table != "errors" else self.run / table
+            folder.mkdir(parents=True, exist_ok=True)
+            self.count += 1
+            name = f"part-{self.token}-{self.count:05d}.parquet"
+            tmp = folder / f".{name}.tmp"
+            df.write_parquet(tmp)
+            os.replace(tmp, folder / name)
+
+
+def _done_frames(run: Path) -> set[tuple[str, str]]:
+    """(PathName_DNA, FileName_DNA) of frames already in the run's image or error tables."""
+    done: set[tuple[str, str]] = set()
+    for table in ("images", "errors"):
+        parts = sorted((run / table).rglob("part-*.parquet")) if (run / table).is_dir() else []
+        if parts:
+            df = pl.scan_parquet(parts, hive_partitioning=False).select("PathName_DNA", "FileName_DNA").collect()
+            done.update(zip(df["PathName_DNA"].to_list(), df["FileName_DNA"].to_list()))
+    return done
+
+
+def _check_manifest(run: Path, model: ModelInfo) -> None:
+    path = run / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("model", {}).get("sha256") not in (None, model.sha256):
+            raise UserError(f"{run} was segmented with another model ({old['model'].get('path')}): "
+                            "use a new --out folder for a new model")
+
+
+def segment(
+    sources: Sequence[str | Path] | Discovery,
+    out: str | Path,
+    model: str | Path | None = None,
+    options: SegmentOptions | None = None,
+    pattern: str = "auto",
+    channel: int | None = None,
+) -> SegmentResult:
+    """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring)."""
+    opts = options or SegmentOptions()
+    if opts.batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
+    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area)
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    _check_manifest(run, seg.info)
+
+    frames = found.frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
+    done = _done_frames(run)
+    if done:
+        keys = pl.DataFrame(list(done), schema=["PathName_DNA", "FileName_DNA"], orient="row")
+        frames = frames.join(keys, on=["PathName_DNA", "FileName_DNA"], how="anti")
+    records = frames.to_dicts()
+    threads = opts.threads or os.cpu_count() or 1
+    writer = _Writer(run, opts.part_frames)
+    busy = defaultdict(float)
+    failed = 0
+    t_start = time.time()
+
+    def load(rec: dict):
+        t = time.perf_counter()
+        try:
+            raw = read_frame(Path(rec["PathName_DNA"]) / rec["FileName_DNA"])
+            if raw.ndim != 2:
+                raise FrameReadError(f"{rec['FileName_DNA']}: not a 2-D frame")
+            x = seg.prepare(raw)
+        except FrameReadError as exc:
+            busy["decode"] += time.perf_counter() - t
+            return rec, None, None, ("decode", str(exc))
+        busy["decode"] += time.perf_counter() - t
+        return rec, raw, x, None
+
+    def postprocess(rec: dict, raw: np.ndarray, classes: np.ndarray):
+        t = time.perf_counter()
+        labels = seg.instances(classes)
+        row = {k: rec[k] for k in ["ImageNumber", *META]}
+        row.update(summarize_frame(labels, raw, micronucleus_area=opts.micronucleus_area))
+        objects = None
+        if opts.objects:
+            objects = measure(labels, raw).with_columns(
+                pl.lit(rec["ImageNumber"], pl.Int64).alias("ImageNumber"),
+                *[pl.lit(rec[k]).alias(k) for k in META[:6]],
+            )
+        if opts.save_labels:
+            folder = run / "labels" / f"plate={rec['Metadata_Plate']}"
+            folder.mkdir(parents=True, exist_ok=True)
+            dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
+            tifffile.imwrite(folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif"), labels.astype(dtype),
+                             compression="zlib")
+        busy["postprocess"] += time.perf_counter() - t
+        return row, objects
+
+    bar = None
+    if opts.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(records), unit="frame", desc="segment")
+    batches = [records[i:i + opts.batch_size] for i in range(0, len(records), opts.batch_size)]
+    pending_post: list[tuple[dict, Future]] = []
+
+    def collect(wait_all: bool) -> None:
+        nonlocal failed
+        keep = []
+        for rec, fut in pending_post:
+            if not wait_all and not fut.done():
+                keep.append((rec, fut))
+                continue
+            t = time.perf_counter()
+            try:
+                row, objects = fut.result()
+            except Exception as exc:  # a kernel failing on one frame must not stop the screen
+                failed += 1
+                writer.add("errors", None, _error_row(rec, "postprocess", f"{type(exc).__name__}: {exc}"))
+            else:
+                writer.add("images", row["Metadata_Plate"], row)
+                if objects is not None and objects.height:
+                    writer.add("objects", row["Metadata_Plate"], objects)
+            busy["write"] += time.perf_counter() - t
+            if bar is not None:
+                bar.update()
+        pending_post[:] = keep
+
+    with ThreadPoolExecutor(threads) as pool:
+        ahead = [pool.submit(load, r) for r in batches[0]] if batches else []
+        for bi in range(len(batches)):
+            loaded = [f.result() for f in ahead]
+            ahead = [pool.submit(load, r) for r in batches[bi + 1]] if bi + 1 < len(batches) else []
+            good = []
+            for rec, raw, x, err in loaded:
+                if err is not None:
+                    failed += 1
+                    writer.add("errors", None, _error_row(rec, *err))
+                    if bar is not None:
+                        bar.update()
+                else:
+                    good.append((rec, raw, x))
+            # Same-shape groups; each is padded to the network's multiple and cropped back.
+            by_shape: dict[tuple[int, int], list] = defaultdict(list)
+            for item in good:
+                by_shape[item[2].shape].append(item)
+            for items in by_shape.values():
+                t = time.perf_counter()
+                try:
+                    classes = seg.classes([x for _, _, x in items])
+                except Exception as exc:  # e.g. out of memory on one odd-sized batch: record, go on
+                    busy["infer"] += time.perf_counter() - t
+                    for rec, _, _ in items:
+                        failed += 1
+                        writer.add("errors", None, _error_row(rec, "infer", f"{type(exc).__name__}: {exc}"))
+                    continue
+                busy["infer"] += time.perf_counter() - t
+                for k, (rec, raw, _) in enumerate(items):
+                    pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
+            collect(wait_all=False)
+        collect(wait_all=True)
+    writer.flush()
+    if bar is not None:
+        bar.close()
+    seconds = time.time() - t_start
+    result = SegmentResult(run, len(records), found.frames.height - len(records), failed, seconds, dict(busy),
+                           seg.backend.description)
+    _write_manifest(run, seg.info, result, opts, found)
+    return result
+
+
+def _error_row(rec: dict, stage: str, error: str) -> dict:
+    row = {k: rec.get(k) for k in META}
+    row.update({"ImageNumber": rec.get("ImageNumber"), "Stage": stage, "Error": error.splitlines()[0][:500]})
+    return row
+
+
+def _write_manifest(run: Path, info: ModelInfo, result: SegmentResult, opts: SegmentOptions, found: Discovery) -> None:
+    import onnxruntime
+
+    path = run / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    sessions = old.get("sessions", [])
+    sessions.append({
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
+        "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
+        "backend": result.backend,
+    })
+    manifest = {
+        "nucleiscreen": nucleiscreen.__version__,
+        "model": {"path": str(info.path), "sha256": info.sha256, "card": info.card},
+        "settings": {k: getattr(opts, k) for k in opts.__dataclass_fields__},
+        "discovery": {"pattern": found.pattern, "frames": found.frames.height},
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "sessions": sessions,
+    }
+    tmp = run / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, path)

@@ -1,0 +1,56 @@
+"""``nucleiscreen predict``: segment individual images into instance-label TIFFs (napari/Fiji open them)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from nucleiscreen.engine.discover import discover_images
+from nucleiscreen.engine.pipeline import Segmenter
+from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.errors import UserError
+
+
+def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
+            threads: int | None = None, batch_size: int = 4, progress: bool = False) -> list[Path]:
+    """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) for every image; returns the paths."""
+    paths = discover_images(images)
+    stems = defaultdict(list)
+    for p in paths:
+        stems[p.stem].append(p)
+    clashes = [v for v in stems.values() if len(v) > 1]
+    if clashes:
+        raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
+    seg = Segmenter(model, backend, threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), unit="image", desc="predict")
+    for start in range(0, len(paths), batch_size):
+        group = defaultdict(list)  # same-shape images share a batch
+        for p in paths[start:start + batch_size]:
+            try:
+                raw = read_frame(p)
+            except FrameReadError as exc:
+                raise UserError(str(exc)) from None
+            group[raw.shape].append((p, raw))
+        for items in group.values():
+            classes = seg.classes([seg.prepare(raw) for _, raw in items])
+            for (p, _), cls in zip(items, classes):
+                labels = seg.instances(cls)
+                dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
+                target = out / f"{p.stem}_labels.tif"
+                tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
+                written.append(target)
+                if bar is not None:
+                    bar.update()
+    if bar is not None:
+        bar.close()
+    return written

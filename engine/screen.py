@@ -1,0 +1,389 @@
+"""From frame rows to wells, plates and genes: aggregation, per-plate normalization and plate QC.
+
+Everything here is a polars expression or group-by; there are no Python loops over rows.
+
+Well table (:func:`aggregate_wells`, one row per plate and well)
+----------------------------------------------------------------
+plate, well, row, column
+    ``Metadata_Plate``, ``Metadata_Well`` (``B07``), its row letter and column number.
+fields_analysed
+    Frames of the well in the image table, less the excluded ones.
+fields_failed
+    Frames of the well in the error table (each file once; a file that also has an image row, e.g. it
+    succeeded on a retry, is not failed). A failed frame never counts as zero nuclei: it is simply not a field
+    analysed.
+fields_excluded
+    Frames in the image table dropped by the ``exclude`` expression (e.g. a focus/saturation QC flag).
+nuclei, nuclei_nonborder, micronuclei
+    Sums over analysed fields of ``Count_Nuclei`` (all nuclei, border-touching included),
+    ``Count_Nuclei_NonBorder`` and ``Count_Micronuclei``. Null when no field was analysed.
+nuclei_per_field
+    ``nuclei / fields_analysed``: the count measure that is normalized, so a failed field does not look like
+    cell death. Null when no field was analysed; 0 when fields were analysed and held no nucleus.
+nuclei_area_total
+    Sum of ``Total_Nuclei_AreaShape_Area`` (px, non-border nuclei).
+nuclei_area_mean
+    Object-weighted mean area of the non-border nuclei, exact: ``sum(Total_Nuclei_AreaShape_Area) /
+    sum(Count_Nuclei_NonBorder)``, the same number as averaging the areas of every non-border nucleus of the
+    well. Null when the well has no non-border nucleus (never NaN, never 0).
+nuclei_area_median_fields
+    Median over the well's fields of each field's median nucleus area (``Median_Nuclei_AreaShape_Area``). An
+    approximation of the median over nuclei: the exact median needs the object table.
+nuclei_intensity_mean
+    Object-weighted mean of the nuclei's mean DNA intensity (raw units): ``sum(mean_f * n_f) / sum(n_f)`` over
+    fields ``f`` with ``n_f`` non-border nuclei of mean intensity ``mean_f``. Null when there is no non-border
+    nucleus.
+micronuclei_per_nucleus
+    ``micronuclei / nuclei``; null when there is no nucleus.
+
+:func:`normalize_plates` adds, from the layout: gene_symbol, role, control_name, sirna_id, entrez_id (null for
+a well that the layout does not list), and:
+
+is_reference
+    The well is one of its plate's reference wells (by default the non-targeting OTP wells).
+count_fc, area_fc
+    ``nuclei_per_field`` and ``nuclei_area_mean`` divided by the median of the same measure over the plate's
+    reference wells (cellHTS2 ``normalizePlates(method="negatives", scale="multiplicative")``). A well without
+    nuclei has ``count_fc = 0`` and ``area_fc`` null.
+log2_count_fc, log2_area_fc
+    ``log2`` of the fold changes; null where the fold change is 0 or null (no ``-inf``).
+count_robust_z
+    ``(nuclei_per_field - median_S) / (1.4826 * MAD_S)`` over the plate's sample wells ``S``; null when
+    ``MAD_S = 0`` (half or more of the sample wells share one value) rather than infinite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import polars as pl
+
+from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
+from nucleiscreen.engine.layout import expand_layout, is_nontargeting, name_key, well_parts
+from nucleiscreen.errors import UserError
+
+MAD_SCALE = 1.4826
+"""Scales the median absolute deviation to the standard deviation of a normal distribution."""
+
+IMAGE_REQUIRED = (
+    "Metadata_Plate", "Metadata_Well", "Count_Nuclei", "Count_Nuclei_NonBorder",
+    "Total_Nuclei_AreaShape_Area",
+)
+IMAGE_OPTIONAL = {
+    "Count_Micronuclei": pl.Int64,
+    "Median_Nuclei_AreaShape_Area": pl.Float64,
+    "Mean_Nuclei_Intensity_MeanIntensity_DNA": pl.Float64,
+    "PathName_DNA": pl.String,
+    "FileName_DNA": pl.String,
+}
+ERROR_COLUMNS = {"PathName_DNA": pl.String, "FileName_DNA": pl.String,
+                 "Metadata_Plate": pl.String, "Metadata_Well": pl.String}
+
+Frame = pl.DataFrame | pl.LazyFrame
+
+
+def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.Expr | None = None
+                    ) -> pl.DataFrame:
+    """Aggregate the image table (one row per frame) to one row per plate and well.
+
+    Parameters
+    ----------
+    images
+        The image table (columns as written by ``nucleiscreen segment``; at least ``IMAGE_REQUIRED``).
+    errors
+        The error table (frames that failed), or None. Rows without ``Metadata_Plate``/``Metadata_Well``
+        cannot be placed in a well and are ignored here.
+    exclude
+        A boolean expression over the image table marking frames to leave out (counted in
+        ``fields_excluded``); null counts as false.
+
+    Returns
+    -------
+    polars.DataFrame
+        The well table described in the module docstring, sorted by plate, row, column. A well whose every
+        frame failed is present, with ``fields_analysed = 0`` and null measures.
+    """
+    frames = images.lazy()
+    schema = frames.collect_schema()
+    missing = [c for c in IMAGE_REQUIRED if c not in schema]
+    if missing:
+        raise UserError(f"the image table has no column {', '.join(missing)}: "
+                        "was it written by `nucleiscreen segment`?")
+    frames = frames.with_columns(
+        pl.lit(None, dtype).alias(name) for name, dtype in IMAGE_OPTIONAL.items() if name not in schema
+    ).with_columns(
+        pl.col("Total_Nuclei_AreaShape_Area", "Median_Nuclei_AreaShape_Area",
+               "Mean_Nuclei_Intensity_MeanIntensity_DNA").cast(pl.Float64).fill_nan(None),
+        _excluded=pl.lit(False) if exclude is None else exclude.fill_null(False),
+    )
+
+    def kept(name: str) -> pl.Expr:  # a measure of the frames that are analysed, null for excluded frames
+        return pl.when(~pl.col("_excluded")).then(pl.col(name))
+
+    nonborder = kept("Count_Nuclei_NonBorder")
+    intensity = kept("Mean_Nuclei_Intensity_MeanIntensity_DNA")
+    keys = {"plate": pl.col("Metadata_Plate").cast(pl.String), "well": pl.col("Metadata_Well").cast(pl.String)}
+    analysed = frames.group_by(**keys).agg(
+        fields_analysed=(~pl.col("_excluded")).sum().cast(pl.Int64),
+        fields_excluded=pl.col("_excluded").sum().cast(pl.Int64),
+        nuclei=kept("Count_Nuclei").sum().cast(pl.Int64),
+        nuclei_nonborder=nonborder.sum().cast(pl.Int64),
+        micronuclei=kept("Count_Micronuclei").sum().cast(pl.Int64),
+        nuclei_area_total=kept("Total_Nuclei_AreaShape_Area").sum(),
+        nuclei_area_median_fields=kept("Median_Nuclei_AreaShape_Area").median(),
+        _intensity_sum=(intensity * nonborder).sum(),
+        _intensity_weight=pl.when(intensity.is_not_null()).then(nonborder).sum(),
+    )
+
+    wells = analysed
+    if errors is not None:
+        wells = wells.join(_failed_fields(errors, frames), on=["plate", "well"], how="full", coalesce=True)
+    else:
+        wells = wells.with_columns(fields_failed=pl.lit(0, pl.Int64))
+
+    any_field = pl.col("fields_analysed") > 0
+    has_nonborder = pl.col("nuclei_nonborder") > 0
+    row, column = well_parts(pl.col("well"))
+    wells = wells.with_columns(
+        pl.col("fields_analysed", "fields_excluded", "fields_failed").fill_null(0),
+    ).with_columns(
+        pl.when(any_field).then(pl.col("nuclei", "nuclei_nonborder", "micronuclei", "nuclei_area_total")),
+        row=row,
+        column=column,
+    ).with_columns(
+        nuclei_per_field=pl.when(any_field).then(pl.col("nuclei") / pl.col("fields_analysed")),
+        nuclei_area_mean=pl.when(has_nonborder)
+        .then(pl.col("nuclei_area_total") / pl.col("nuclei_nonborder")),
+        nuclei_intensity_mean=pl.when(pl.col("_intensity_weight") > 0)
+        .then(pl.col("_intensity_sum") / pl.col("_intensity_weight")),
+        micronuclei_per_nucleus=pl.when(pl.col("nuclei") > 0).then(pl.col("micronuclei") / pl.col("nuclei")),
+    )
+    return wells.select(WELL_COLUMNS).sort("plate", "row", "column").collect()
+
+
+WELL_COLUMNS = (
+    "plate", "well", "row", "column", "fields_analysed", "fields_failed", "fields_excluded",
+    "nuclei", "nuclei_nonborder", "micronuclei", "nuclei_per_field", "nuclei_area_total", "nuclei_area_mean",
+    "nuclei_area_median_fields", "nuclei_intensity_mean", "micronuclei_per_nucleus",
+)
+"""The columns of :func:`aggregate_wells`, in order."""
+
+
+def _failed_fields(errors: Frame, frames: pl.LazyFrame) -> pl.LazyFrame:
+    """Failed frames per plate and well: distinct files of the error table that have no image row."""
+    errors = errors.lazy()
+    schema = errors.collect_schema()
+    errors = errors.with_columns(
+        pl.lit(None, dtype).alias(name) for name, dtype in ERROR_COLUMNS.items() if name not in schema
+    ).select(pl.col(name).cast(dtype) for name, dtype in ERROR_COLUMNS.items())
+    file = ["PathName_DNA", "FileName_DNA"]
+    succeeded = frames.select(pl.col(file).cast(pl.String)).filter(pl.col("FileName_DNA").is_not_null())
+    return (
+        errors.filter(pl.col("Metadata_Plate").is_not_null() & pl.col("Metadata_Well").is_not_null())
+        .join(succeeded, on=file, how="anti", nulls_equal=True)
+        .unique(subset=["Metadata_Plate", "Metadata_Well", *file])
+        .group_by(plate="Metadata_Plate", well="Metadata_Well")
+        .agg(fields_failed=pl.len().cast(pl.Int64))
+    )
+
+
+def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str | Sequence[str] = "negative",
+                     *, source: str | Path | None = None) -> pl.DataFrame:
+    """Join the layout and normalize every well to its plate's reference wells.
+
+    Parameters
+    ----------
+    wells
+        From :func:`aggregate_wells`.
+    layout
+        From :func:`~nucleiscreen.engine.layout.read_layout` (wildcards are resolved here for the plates of
+        ``wells``).
+    reference
+        ``"negative"``: the negative wells named as non-targeting (OTP, non-targeting, NT) if the layout names
+        any, else every negative well. Or control names (one or a list, matched case-, space- and
+        dash-insensitively against ``control_name``, else ``gene_symbol``), e.g. ``["OTP", "mock"]``.
+    source
+        The layout file, named in error messages.
+
+    Returns
+    -------
+    polars.DataFrame
+        ``wells`` with the layout columns, ``is_reference``, ``count_fc``, ``area_fc``, ``log2_count_fc``,
+        ``log2_area_fc`` and ``count_robust_z`` (see the module docstring). For plate ``p`` with reference
+        wells ``R_p`` and sample wells ``S_p``::
+
+            count_fc = nuclei_per_field / median(nuclei_per_field over R_p)
+            area_fc  = nuclei_area_mean / median(nuclei_area_mean over R_p)
+            count_robust_z = (nuclei_per_field - median_S) / (1.4826 * median(|x - median_S| over S_p))
+
+        Medians skip null values (wells without an analysed field, or without an area); with an even number of
+        values the median is the mean of the two middle ones.
+
+    Raises
+    ------
+    UserError
+        A plate of ``wells`` is missing from the layout; a reference name is not in the layout; a plate has no
+        reference well, or its reference wells have no analysed field or a median of 0 nuclei per field.
+    """
+    layout = expand_layout(layout, wells["plate"].unique(), source=source)
+    df = wells.join(layout.drop("row", "column"), on=["plate", "well"], how="left")
+    df = df.with_columns(is_reference=_reference(layout, reference, source).fill_null(False))
+
+    count, area = pl.col("nuclei_per_field"), pl.col("nuclei_area_mean")
+    sample = count.filter(pl.col("role") == "sample")
+    plates = df.group_by("plate").agg(
+        _ref_wells=pl.col("is_reference").sum(),
+        _ref_count=count.filter("is_reference").median(),
+        _ref_area=area.filter("is_reference").median(),
+        _sample_median=sample.median(),
+        _sample_mad=(sample - sample.median()).abs().median(),
+    )
+    _check_references(plates, reference)
+
+    df = df.join(plates, on="plate").with_columns(
+        count_fc=count / pl.col("_ref_count"),
+        area_fc=area / pl.col("_ref_area"),
+    ).with_columns(
+        log2_count_fc=_log2(pl.col("count_fc")),
+        log2_area_fc=_log2(pl.col("area_fc")),
+        count_robust_z=pl.when(pl.col("_sample_mad") > 0)
+        .then((count - pl.col("_sample_median")) / (MAD_SCALE * pl.col("_sample_mad"))),
+    )
+    return df.drop(plates.drop("plate").columns).sort("plate", "row", "column")
+
+
+def _log2(x: pl.Expr) -> pl.Expr:
+    return pl.when(x > 0).then(x.log(2))
+
+
+def _reference(layout: pl.DataFrame, reference: str | Sequence[str], source: str | Path | None) -> pl.Expr:
+    """The expression that marks reference wells (over the joined layout columns)."""
+    name = pl.coalesce("control_name", "gene_symbol")
+    negative = pl.col("role") == "negative"
+    if isinstance(reference, str) and reference == "negative":
+        otp = negative & is_nontargeting(name)
+        return otp if layout.select(otp.any()).item() else negative
+    wanted = [reference] if isinstance(reference, str) else list(reference)
+    keys = pl.select(name_key(pl.lit(pl.Series(wanted, dtype=pl.String)))).to_series()
+    known = set(layout.select(name_key(name).alias("key"))["key"].drop_nulls())
+    unknown = [w for w, k in zip(wanted, keys, strict=True) if k not in known]
+    if unknown:
+        controls = layout.filter(pl.col("role") != "sample").select(name.unique().drop_nulls().sort())
+        raise UserError(
+            f"{source or 'the layout'}: no well named {', '.join(unknown)} to use as the reference; "
+            f"control names are: {', '.join(controls.to_series().to_list()) or 'none'}"
+        )
+    return name_key(name).is_in(keys.to_list())
+
+
+def _check_references(plates: pl.DataFrame, reference: str | Sequence[str]) -> None:
+    if isinstance(reference, str):
+        what = "OTP/negative" if reference == "negative" else reference
+    else:
+        what = ", ".join(reference)
+    none = plates.filter(pl.col("_ref_wells") == 0)["plate"].sort()
+    if none.len():
+        raise UserError(f"plate {', '.join(none.to_list())}: no well of the run is a reference ({what}) well: "
+                        "check the layout's control wells, or choose the reference controls")
+    bad = plates.filter(pl.col("_ref_count").is_null() | (pl.col("_ref_count") == 0)).sort("plate")
+    if bad.height:
+        p = bad.row(0, named=True)
+        state = "no analysed field" if p["_ref_count"] is None else "a median of 0 nuclei per field"
+        raise UserError(f"plate {p['plate']}: its {p['_ref_wells']} reference ({what}) wells have {state}, "
+                        "so nothing can be normalized to them: check the plate's frames and errors, or "
+                        "choose other reference controls")
+
+
+def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
+    """Combine each gene's sample wells (its siRNAs, across plates).
+
+    Parameters
+    ----------
+    wells
+        From :func:`normalize_plates`.
+    rules
+        Hit rules; each adds ``wells_pass_<rule.name>``, the number of the gene's wells that pass the rule on
+        their own fold changes.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per gene symbol of the sample wells, sorted by gene: ``gene_symbol``, ``entrez_id`` (the first
+        given), ``wells``, ``wells_analysed`` (wells with a count FC), ``plates``, ``sirnas`` (distinct siRNA
+        ids), ``count_fc`` (median over wells), ``area_fc`` (median over the wells that have an area: a well
+        without nuclei has none), ``log2_count_fc`` and ``log2_area_fc`` (of those medians),
+        ``count_robust_z`` (median), ``nuclei_per_field`` (median), then the rules' pass counts. The
+        gene-level ``count_fc`` and ``area_fc`` carry the well-level names so that one hit rule reads the same
+        on wells and on genes.
+    """
+    genes = wells.filter(pl.col("role") == "sample").group_by("gene_symbol").agg(
+        entrez_id=pl.col("entrez_id").drop_nulls().first(),
+        wells=pl.len().cast(pl.Int64),
+        wells_analysed=pl.col("count_fc").is_not_null().sum().cast(pl.Int64),
+        plates=pl.col("plate").n_unique().cast(pl.Int64),
+        sirnas=pl.col("sirna_id").drop_nulls().n_unique().cast(pl.Int64),
+        count_fc=pl.col("count_fc").median(),
+        area_fc=pl.col("area_fc").median(),
+        count_robust_z=pl.col("count_robust_z").median(),
+        nuclei_per_field=pl.col("nuclei_per_field").median(),
+        **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
+    )
+    return genes.with_columns(
+        log2_count_fc=_log2(pl.col("count_fc")),
+        log2_area_fc=_log2(pl.col("area_fc")),
+    ).select(
+        "gene_symbol", "entrez_id", "wells", "wells_analysed", "plates", "sirnas", "count_fc", "area_fc",
+        "log2_count_fc", "log2_area_fc", "count_robust_z", "nuclei_per_field", pl.col("^wells_pass_.*$"),
+    ).sort("gene_symbol")
+
+
+def plate_qc(wells: pl.DataFrame) -> pl.DataFrame:
+    """Per-plate quality: fields, reference level and spread, Z′-factor of the count.
+
+    Parameters
+    ----------
+    wells
+        From :func:`normalize_plates`.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per plate: ``wells``, ``fields_analysed``, ``fields_failed``, ``fields_excluded``,
+        ``reference_wells``, ``positive_wells``, ``reference_nuclei_per_field`` and ``reference_area_mean``
+        (medians over the reference wells: the denominators of the fold changes), ``reference_cv`` (standard
+        deviation / mean of the reference wells' nuclei per field), ``positive_count_fc`` (median count FC of
+        the positive wells, PLK1/KIF11), and the Z′-factors of nuclei per field between positive (``p``) and
+        reference (``n``) wells::
+
+            z_prime        = 1 - 3 (sd_p + sd_n) / |mean_p - mean_n|           (Zhang 1999; sd with ddof=1)
+            z_prime_robust = 1 - 3 * 1.4826 (MAD_p + MAD_n) / |median_p - median_n|
+
+        Null where undefined: fewer than 2 analysed wells in either group, or equal centres. 1 > Z′ >= 0.5 is
+        an excellent assay, 0–0.5 marginal, < 0 unusable.
+    """
+    count = pl.col("nuclei_per_field")
+    ref = count.filter(pl.col("is_reference") & count.is_not_null())
+    pos = count.filter((pl.col("role") == "positive") & count.is_not_null())
+
+    def mad(x: pl.Expr) -> pl.Expr:
+        return (x - x.median()).abs().median()
+
+    def z_prime(spread_p: pl.Expr, spread_n: pl.Expr, centre_p: pl.Expr, centre_n: pl.Expr) -> pl.Expr:
+        defined = (pos.len() >= 2) & (ref.len() >= 2) & (centre_p != centre_n)
+        return pl.when(defined).then(1 - 3 * (spread_p + spread_n) / (centre_p - centre_n).abs())
+
+    return wells.group_by("plate").agg(
+        wells=pl.len().cast(pl.Int64),
+        fields_analysed=pl.col("fields_analysed").sum(),
+        fields_failed=pl.col("fields_failed").sum(),
+        fields_excluded=pl.col("fields_excluded").sum(),
+        reference_wells=pl.col("is_reference").sum().cast(pl.Int64),
+        positive_wells=(pl.col("role") == "positive").sum().cast(pl.Int64),
+        reference_nuclei_per_field=ref.median(),
+        reference_area_mean=pl.col("nuclei_area_mean").filter("is_reference").median(),
+        reference_cv=pl.when(ref.mean() > 0).then(ref.std() / ref.mean()),
+        positive_count_fc=pl.col("count_fc").filter(pl.col("role") == "positive").median(),
+        z_prime=z_prime(pos.std(), ref.std(), pos.mean(), ref.mean()),
+        z_prime_robust=z_prime(MAD_SCALE * mad(pos), MAD_SCALE * mad(ref), pos.median(), ref.median()),
+    ).sort("plate")

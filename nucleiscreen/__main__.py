@@ -1,0 +1,5 @@
+import sys
+
+from nucleiscreen.cli import main
+
+sys.exit(main())

@@ -1,0 +1,277 @@
+"""The ``nucleiscreen`` command: one entry point, one subcommand per step of a screen.
+
+User mistakes (a missing folder, an unreadable layout, no frames matched) raise ``UserError`` and are printed as one
+line, ``error: ...``, with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from nucleiscreen import __version__
+from nucleiscreen.errors import UserError
+
+
+# ------------------------------------------------------------------------------------------------- subcommands
+def cmd_simulate(a: argparse.Namespace) -> None:
+    from nucleiscreen.simulate import simulate_screen
+
+    sim = simulate_screen(a.out, plates=a.plates, fields=a.fields, size=a.size, fmt=a.format, seed=a.seed,
+                          wells_per_gene=a.wells_per_gene, masks=not a.no_masks, channels=a.channels,
+                          workers=a.threads, progress=not a.quiet)
+    print(f"wrote {sim.frames} frames to {sim.images}")
+    if sim.masks:
+        print(f"ground-truth masks: {sim.masks}")
+    print(f"layout: {sim.layout}\nplanted truth: {sim.truth}")
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from nucleiscreen.trainer import require_torch
+
+    require_torch()
+    from nucleiscreen.trainer.train import TrainConfig, train
+
+    cfg_path = Path(a.config)
+    if not cfg_path.is_file():
+        raise UserError(f"training config not found: {cfg_path}")
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{cfg_path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    for key in ("out", "steps", "device"):
+        if getattr(a, key) is not None:
+            raw[key] = getattr(a, key)
+    out = train(TrainConfig.from_dict(raw), resume=not a.restart, progress=not a.quiet)
+    print(f"checkpoints and log in {out} (best.pt by validation F1 at IoU 0.5)")
+
+
+def cmd_evaluate(a: argparse.Namespace) -> None:
+    from nucleiscreen.trainer.evaluate import evaluate_folders, format_report
+
+    report = evaluate_folders(a.pred, a.truth)
+    print(format_report(report))
+    if a.json:
+        Path(a.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {a.json}")
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from nucleiscreen.trainer import require_torch
+
+    require_torch()
+    from nucleiscreen.trainer.export import export_onnx
+
+    path = export_onnx(a.checkpoint, a.out, fp16=a.fp16, probabilities=a.probabilities)
+    print(f"wrote {path}")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from nucleiscreen.engine.predict import predict
+
+    written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet)
+    print(f"wrote {len(written)} label image(s) to {a.out}")
+
+
+def _segment(a: argparse.Namespace):
+    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+
+    opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
+                          save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet)
+    result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel)
+    busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
+    print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
+          f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
+    print(f"run folder: {result.run}")
+    return result
+
+
+def cmd_segment(a: argparse.Namespace) -> None:
+    _segment(a)
+
+
+def _print_analysis(res) -> None:
+    from nucleiscreen.engine.hits import format_table
+
+    print("\nHits (genes passing a hit rule; sample wells only):")
+    print(format_table(res.hits) if res.hits.height else "  none")
+    print("\nControls (reported as controls, never as hits):")
+    print(format_table(res.controls))
+    print(f"\nanalysis written to {res.out_dir}:")
+    for name, path in res.files.items():
+        print(f"  {name}: {path}")
+
+
+def cmd_analyze(a: argparse.Namespace) -> None:
+    from nucleiscreen.engine.analyze import analyze
+
+    _print_analysis(analyze(a.run, a.layout, a.out))
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    from nucleiscreen.engine.analyze import analyze
+    from nucleiscreen.engine.layout import read_layout
+
+    read_layout(a.layout)  # a broken layout should fail before hours of segmentation, not after
+    result = _segment(a)
+    _print_analysis(analyze(result.run, a.layout))
+
+
+def cmd_demo(a: argparse.Namespace) -> None:
+    from nucleiscreen.demo import demo
+
+    demo(a.out, plates=a.plates, fields=a.fields, size=a.size, threads=a.threads, quiet=a.quiet)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from nucleiscreen.bench.pipeline import main as bench_main
+
+    bench_main(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
+               threads=a.threads)
+
+
+# ------------------------------------------------------------------------------------------------------ parser
+def _engine_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
+    p.add_argument("--model", help="ONNX model file (default: the U-Net shipped with nucleiscreen)")
+    p.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime (default: auto)")
+    p.add_argument("--threads", type=int, help="worker threads for decoding and post-processing (default: all cores)")
+    if batch:
+        p.add_argument("--batch-size", type=int, default=8, help="frames per inference batch (default: 8)")
+
+
+def _segment_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("sources", nargs="+", help="folders (searched recursively) or frame files")
+    p.add_argument("--out", required=True, help="run folder to write (re-running resumes it)")
+    p.add_argument("--pattern", default="auto",
+                   help="file naming: auto, cx7, imagexpress, opera, or a regex with named groups (default: auto)")
+    p.add_argument("--channel", type=int, help="nuclei channel number as in the file names (default: the pattern's)")
+    p.add_argument("--objects", action="store_true", help="also write one row per nucleus (RUN/objects/)")
+    p.add_argument("--save-labels", action="store_true", help="write label TIFFs (RUN/labels/) for napari/Fiji")
+    p.add_argument("--micronucleus-area", type=int, default=100,
+                   help="objects under this area in px are micronuclei, not nuclei (default: 100)")
+    _engine_options(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nucleiscreen",
+        description="Segment Hoechst-stained nuclei across a plate screen with a U-Net, measure them, normalize to "
+                    "negative controls and call hit genes.")
+    parser.add_argument("--version", action="version", version=f"nucleiscreen {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", parents=[common], help="write a synthetic CX7 screen with ground truth and a layout file",
+                       description="Write a synthetic screen: 384-well plates of 16-bit CX7-like Hoechst frames named "
+                                   "like the real screen's, ground-truth masks, layout.csv and truth.csv.")
+    p.add_argument("out", help="output folder (must be new or empty)")
+    p.add_argument("--plates", type=int, default=4, help="plates (default: 4)")
+    p.add_argument("--fields", type=int, default=4, help="fields per well (default: 4)")
+    p.add_argument("--size", type=int, default=1104, help="frame size in px at the CX7 pixel size (default: 1104)")
+    p.add_argument("--format", default="tif", choices=["tif", "c01"], help="frame file format (default: tif)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--wells-per-gene", type=int, default=3, help="wells (siRNAs) per gene (default: 3)")
+    p.add_argument("--channels", type=int, default=1, help="channels per field, d0 = Hoechst (default: 1)")
+    p.add_argument("--no-masks", action="store_true", help="do not write ground-truth masks")
+    p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", parents=[common], help="train a U-Net from a JSON config (needs the [train] extra)",
+                       description="Train a U-Net on annotated image/mask folders plus simulated frames; resumes "
+                                   "from OUT/last.pt. See trainer/configs/ for examples.")
+    p.add_argument("--config", required=True, help="JSON training config")
+    p.add_argument("--out", help="override the config's output folder")
+    p.add_argument("--steps", type=int, help="override the number of steps")
+    p.add_argument("--device", help="cpu, cuda or auto (default: the config's)")
+    p.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and start from scratch")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="F1 at IoU thresholds, Jaccard, splits/merges of label images",
+                       description="Compare predicted label images (<stem>_labels.tif) with truth (<stem>.tif): F1 at "
+                                   "IoU 0.50..0.95, precision/recall, mean matched IoU, the seed lab's Jaccard, "
+                                   "pixel Jaccard, splits and merges.")
+    p.add_argument("--pred", required=True, help="folder of <stem>_labels.tif predictions")
+    p.add_argument("--truth", required=True, help="folder of <stem>.tif ground-truth labels")
+    p.add_argument("--json", help="also write the report as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX with its model card (needs [train])",
+                       description="Export a trained checkpoint to ONNX: input 'image' Nx1xHxW, output 'classes' uint8 "
+                                   "NxHxW (ArgMax in the graph), the model card in the metadata.")
+    p.add_argument("checkpoint", help="best.pt or last.pt from `nucleiscreen train`")
+    p.add_argument("--out", required=True, help="ONNX file to write")
+    p.add_argument("--fp16", action="store_true", help="FP16 weights and input (for TensorRT); CPU uses FP32")
+    p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", parents=[common], help="segment individual images into label TIFFs",
+                       description="Segment images (TIFF, PNG, C01; files or folders) and write "
+                                   "OUT/<stem>_labels.tif instance labels that open in napari and Fiji.")
+    p.add_argument("images", nargs="+", help="image files or folders")
+    p.add_argument("--out", required=True, help="output folder")
+    _engine_options(p, batch=False)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("segment", parents=[common], help="segment every frame of a screen into a run folder",
+                       description="Discover the frames of a screen, segment nuclei and write the per-frame image "
+                                   "table (and optionally objects and labels) to a run folder. Re-running resumes.")
+    _segment_options(p)
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("analyze", parents=[common], help="aggregate a run folder per well and gene, normalize, call hits",
+                       description="Aggregate the run's image table per well and gene, normalize per plate to the "
+                                   "negative-control (OTP) wells, compute plate QC and call hits; writes "
+                                   "RUN/analysis/ (wells, genes, plates, controls, hits.csv, report.html).")
+    p.add_argument("run", help="run folder written by `nucleiscreen segment`")
+    p.add_argument("--layout", required=True, help="plate layout: CSV, TSV or Parquet")
+    p.add_argument("--out", help="analysis folder (default: RUN/analysis)")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("run", parents=[common], help="segment + analyze in one command",
+                       description="Segment a screen into a run folder, then analyze it with the layout.")
+    _segment_options(p)
+    p.add_argument("--layout", required=True, help="plate layout: CSV, TSV or Parquet")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("demo", parents=[common], help="simulate a small screen, run everything, print the hits",
+                       description="Simulate a small CX7-like screen with planted hits, segment it with the shipped "
+                                   "U-Net on the CPU, analyze it and print the hit table (a few minutes on 2 cores).")
+    p.add_argument("--out", default="nucleiscreen-demo", help="output folder (default: ./nucleiscreen-demo)")
+    p.add_argument("--plates", type=int, default=2, help="plates (default: 2)")
+    p.add_argument("--fields", type=int, default=2, help="fields per well (default: 2)")
+    p.add_argument("--size", type=int, default=512, help="frame size in px (default: 512)")
+    p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", parents=[common], help="measure the segmentation pipeline's throughput",
+                       description="Time each stage on simulated frames and compare the overlapped engine with a "
+                                   "plain sequential loop measured in the same run.")
+    p.add_argument("--frames", type=int, default=64, help="frames to process (default: 64)")
+    p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
+    _engine_options(p)
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,344 @@
+"""Frame readers: Cellomics C01/DIB (round trip and hand-built files), TIFF, PNG, and their errors."""
+
+import zlib
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pytest
+import tifffile
+from nucleiscreen.engine.readers import (
+    FrameReadError,
+    read_c01,
+    read_c01_header,
+    read_dib,
+    read_frame,
+    write_c01,
+)
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def dib_bytes(pixels: np.ndarray, planes: int = 1, bits: int | None = None, ppm: int = 0) -> bytes:
+    """A Cellomics DIB built field by field from the documented layout, independent of the writer.
+
+    ``pixels`` is (planes, rows, columns) or (rows, columns); ``bits`` overrides the header's
+    bits per pixel (to build broken files).
+    """
+    pixels = pixels.reshape(planes, pixels.shape[-2], pixels.shape[-1])
+    height, width = pixels.shape[1:]
+    bits = pixels.dtype.itemsize * 8 if bits is None else bits
+
+    def i32(v: int) -> bytes:
+        return v.to_bytes(4, "little", signed=True)
+
+    def i16(v: int) -> bytes:
+        return v.to_bytes(2, "little", signed=True)
+
+    header = (
+        i32(52)  # skipped
+        + i32(width)
+        + i32(height)
+        + i16(planes)
+        + i16(bits)
+        + i32(0)  # compression
+        + i32(pixels.nbytes)  # skipped
+        + i32(ppm)
+        + i32(ppm)
+        + i32(0)  # colours used
+        + i32(0)  # colours important
+        + bytes(12)
+    )
+    assert len(header) == 52
+    return header + pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+
+
+def c01_bytes(dib: bytes) -> bytes:
+    return b"\x00\x00\x00\x10" + zlib.compress(dib)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_c01_round_trip(tmp_path, rng, dtype):
+    image = rng.integers(0, np.iinfo(dtype).max, size=(37, 53), dtype=dtype, endpoint=True)
+    path = tmp_path / "plate_B07f00d0.C01"
+    write_c01(path, image, pixel_size_um=0.65)
+    got = read_c01(path)
+    assert got.dtype == dtype and got.shape == (37, 53)
+    np.testing.assert_array_equal(got, image)
+    assert got.flags.writeable
+    np.testing.assert_array_equal(read_frame(path), image)
+    header = read_c01_header(path)
+    assert (header.width, header.height, header.planes, header.bits_per_pixel) == (
+        53,
+        37,
+        1,
+        image.itemsize * 8,
+    )
+    assert header.pixel_size_um == pytest.approx(0.65, rel=1e-6)
+
+
+def test_c01_written_file_layout(tmp_path, rng):
+    """The writer's bytes decode with the standard library alone, as the layout says."""
+    image = rng.integers(0, 65535, size=(5, 9), dtype=np.uint16)
+    path = tmp_path / "x.C01"
+    write_c01(path, image, level=9)
+    raw = path.read_bytes()
+    assert int.from_bytes(raw[:4], "big") == 16
+    dib = zlib.decompress(raw[4:])
+    assert int.from_bytes(dib[4:8], "little") == 9 and int.from_bytes(dib[8:12], "little") == 5
+    assert int.from_bytes(dib[12:14], "little") == 1 and int.from_bytes(dib[14:16], "little") == 16
+    assert int.from_bytes(dib[24:28], "little") == 0  # no pixel size given
+    np.testing.assert_array_equal(np.frombuffer(dib, "<u2", offset=52).reshape(5, 9), image)
+
+
+def test_c01_made_by_hand(tmp_path):
+    image = (np.arange(37 * 53, dtype=np.uint32) * 31 % 65536).astype(np.uint16).reshape(37, 53)
+    path = tmp_path / "MFGTMPcx7_170702000001_B14f07d0.C01"
+    path.write_bytes(c01_bytes(dib_bytes(image, ppm=1_538_462)))
+    got = read_frame(path)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, image)
+    header = read_c01_header(path)
+    assert (header.width, header.height) == (53, 37)
+    assert header.pixel_size_um == pytest.approx(0.65, rel=1e-6)
+
+
+def test_c01_lowercase_suffix_and_8_bit(tmp_path):
+    image = np.arange(6 * 4, dtype=np.uint8).reshape(6, 4)
+    path = tmp_path / "a.c01"
+    path.write_bytes(c01_bytes(dib_bytes(image)))
+    got = read_frame(path)
+    assert got.dtype == np.uint8
+    np.testing.assert_array_equal(got, image)
+
+
+def test_c01_planes(tmp_path, rng):
+    stack = rng.integers(0, 65535, size=(2, 8, 11), dtype=np.uint16)
+    path = tmp_path / "two.C01"
+    path.write_bytes(c01_bytes(dib_bytes(stack, planes=2)))
+    np.testing.assert_array_equal(read_c01(path), stack[0])
+    np.testing.assert_array_equal(read_c01(path, plane=1), stack[1])
+    assert read_c01_header(path).planes == 2
+    with pytest.raises(FrameReadError, match="plane 2 requested, the file has 2"):
+        read_c01(path, plane=2)
+
+
+def test_dib_16_and_32_bit(tmp_path, rng):
+    image = rng.integers(0, 65535, size=(13, 7), dtype=np.uint16)
+    path = tmp_path / "MFGTMPcx7_170702000001_A01f00d0.DIB"
+    path.write_bytes(dib_bytes(image))
+    np.testing.assert_array_equal(read_frame(path), image)
+    np.testing.assert_array_equal(read_dib(path), image)
+    assert read_c01_header(path).bits_per_pixel == 16
+
+    wide = rng.integers(0, 2**32 - 1, size=(3, 5), dtype=np.uint32)
+    path32 = tmp_path / "wide.dib"
+    path32.write_bytes(dib_bytes(wide))
+    got = read_frame(path32)
+    assert got.dtype == np.uint32
+    np.testing.assert_array_equal(got, wide)
+
+
+def test_c01_into_out(tmp_path, rng):
+    image = rng.integers(0, 4000, size=(16, 24), dtype=np.uint16)
+    path = tmp_path / "a.C01"
+    write_c01(path, image)
+    batch = np.zeros((3, 16, 24), np.uint16)
+    assert read_frame(path, out=batch[1]) is batch[1] or np.shares_memory(read_frame(path, out=batch[1]), batch)
+    np.testing.assert_array_equal(batch[1], image)
+    assert not batch[0].any() and not batch[2].any()
+
+
+def test_c01_truncated_and_corrupt(tmp_path, rng):
+    image = rng.integers(0, 65535, size=(64, 64), dtype=np.uint16)
+    good = tmp_path / "good.C01"
+    write_c01(good, image)
+    raw = good.read_bytes()
+
+    cut = tmp_path / "cut.C01"
+    cut.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(FrameReadError, match=r"cut\.C01.*truncated"):
+        read_frame(cut)
+
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2 : len(raw) // 2 + 64] = bytes(64)
+    corrupt = tmp_path / "corrupt.C01"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(FrameReadError, match=r"corrupt\.C01"):
+        read_frame(corrupt)
+
+    garbage = tmp_path / "garbage.C01"
+    garbage.write_bytes(b"II*\x00" + bytes(range(200)))
+    with pytest.raises(FrameReadError, match="not a C01 file"):
+        read_frame(garbage)
+
+    empty = tmp_path / "empty.C01"
+    empty.write_bytes(b"")
+    with pytest.raises(FrameReadError, match="too short"):
+        read_frame(empty)
+
+
+def test_c01_header_claims_more_pixels_than_stored(tmp_path):
+    image = np.ones((10, 10), np.uint16)
+    dib = bytearray(dib_bytes(image))
+    dib[8:12] = (20).to_bytes(4, "little")  # height 20, but only 10 rows stored
+    path = tmp_path / "short.C01"
+    path.write_bytes(c01_bytes(bytes(dib)))
+    with pytest.raises(FrameReadError, match="truncated, 200 bytes of pixel data .* needs 400"):
+        read_c01(path)
+    dib_path = tmp_path / "short.dib"
+    dib_path.write_bytes(bytes(dib))
+    with pytest.raises(FrameReadError, match="truncated"):
+        read_frame(dib_path)
+
+
+def test_c01_unsupported_bits_and_bad_size(tmp_path):
+    image = np.ones((4, 4), np.uint16)
+    path = tmp_path / "twelve.C01"
+    path.write_bytes(c01_bytes(dib_bytes(image, bits=12)))
+    with pytest.raises(FrameReadError, match="12 bits per pixel is not supported"):
+        read_frame(path)
+    dib = bytearray(dib_bytes(image))
+    dib[4:8] = (0).to_bytes(4, "little")
+    bad = tmp_path / "zero.C01"
+    bad.write_bytes(c01_bytes(bytes(dib)))
+    with pytest.raises(FrameReadError, match="invalid Cellomics header"):
+        read_frame(bad)
+
+
+def test_write_c01_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        write_c01(tmp_path / "f.C01", np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="uint8 or uint16"):
+        write_c01(tmp_path / "f.C01", np.zeros((2, 4, 4), np.uint16))
+    with pytest.raises(ValueError, match="positive"):
+        write_c01(tmp_path / "f.C01", np.zeros((4, 4), np.uint16), pixel_size_um=0)
+
+
+def test_tiff_into_preallocated_out(tmp_path, rng):
+    image = rng.integers(0, 65535, size=(37, 53), dtype=np.uint16)
+    path = tmp_path / "frame.TIF"
+    tifffile.imwrite(path, image)
+    batch = np.zeros((2, 37, 53), np.uint16)
+    got = read_frame(path, out=batch[1])
+    assert np.shares_memory(got, batch)
+    np.testing.assert_array_equal(batch[1], image)
+    assert not batch[0].any()
+    np.testing.assert_array_equal(read_frame(path), image)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "zstd"])
+def test_compressed_tiff(tmp_path, rng, compression):
+    image = rng.integers(0, 4000, size=(40, 30), dtype=np.uint16)
+    path = tmp_path / "frame.tiff"
+    tifffile.imwrite(path, image, compression=compression)
+    np.testing.assert_array_equal(read_frame(path), image)
+    out = np.empty_like(image)
+    assert read_frame(path, out=out) is out
+    np.testing.assert_array_equal(out, image)
+
+
+def test_out_checks_shape_and_cast(tmp_path):
+    image8 = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    path8 = tmp_path / "eight.tif"
+    tifffile.imwrite(path8, image8)
+    out16 = np.zeros((3, 4), np.uint16)
+    np.testing.assert_array_equal(read_frame(path8, out=out16), image8)  # uint8 fits uint16
+
+    path16 = tmp_path / "sixteen.tif"
+    tifffile.imwrite(path16, image8.astype(np.uint16) * 1000)
+    with pytest.raises(FrameReadError, match="uint16 pixels do not fit a uint8 buffer"):
+        read_frame(path16, out=np.zeros((3, 4), np.uint8))
+    with pytest.raises(FrameReadError, match=r"sixteen\.tif: the frame is 3x4 .* the buffer 4x3"):
+        read_frame(path16, out=np.zeros((4, 3), np.uint16))
+
+
+def test_float_tiff_is_float32(tmp_path):
+    image = np.linspace(0, 1, 20, dtype=np.float64).reshape(4, 5)
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, image)
+    got = read_frame(path)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, image, rtol=1e-6)
+
+
+def test_rgb_reduced_only_when_channels_equal(tmp_path, rng):
+    grey = rng.integers(0, 255, size=(9, 10), dtype=np.uint8)
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.stack([grey] * 3, axis=-1), photometric="rgb")
+    np.testing.assert_array_equal(read_frame(rgb), grey)
+    planar = tmp_path / "planar.tif"
+    tifffile.imwrite(planar, np.stack([grey] * 3), photometric="rgb", planarconfig="separate")
+    np.testing.assert_array_equal(read_frame(planar), grey)
+
+    colour = np.stack([grey, grey, 255 - grey], axis=-1)
+    bad = tmp_path / "colour.tif"
+    tifffile.imwrite(bad, colour, photometric="rgb")
+    with pytest.raises(FrameReadError, match="3 different colour channels"):
+        read_frame(bad)
+
+
+def test_tiff_stack_is_refused(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((4, 8, 8), np.uint16), photometric="minisblack")
+    with pytest.raises(FrameReadError, match="a stack of 4 frames"):
+        read_frame(path)
+
+
+def test_png(tmp_path, rng):
+    grey8 = rng.integers(0, 255, size=(21, 17), dtype=np.uint8)
+    path = tmp_path / "g.png"
+    path.write_bytes(imagecodecs.png_encode(grey8))
+    np.testing.assert_array_equal(read_frame(path), grey8)
+
+    grey16 = rng.integers(0, 65535, size=(21, 17), dtype=np.uint16)
+    path16 = tmp_path / "g16.PNG"
+    path16.write_bytes(imagecodecs.png_encode(grey16))
+    got = read_frame(path16)
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, grey16)
+
+    rgba = np.dstack([grey8, grey8, grey8, np.full_like(grey8, 255)])
+    path_rgba = tmp_path / "rgba.png"
+    path_rgba.write_bytes(imagecodecs.png_encode(rgba))
+    np.testing.assert_array_equal(read_frame(path_rgba), grey8)
+
+    out = np.zeros((21, 17), np.uint16)
+    np.testing.assert_array_equal(read_frame(path, out=out), grey8)
+
+
+def test_real_aitslab_png():
+    from skimage.io import imread
+
+    path = sorted((DATA / "aitslab-bioimaging1" / "train" / "images").glob("*.png"))[0]
+    image = read_frame(path)
+    assert image.shape == (1104, 1104)
+    assert image.dtype == np.uint8
+    np.testing.assert_array_equal(image, imread(path))
+
+
+@pytest.mark.parametrize("name", ["nope.tif", "nope.TIFF", "nope.png", "nope.C01", "nope.dib"])
+def test_missing_file(tmp_path, name):
+    with pytest.raises(FrameReadError, match=rf"{name}: file not found"):
+        read_frame(tmp_path / name)
+
+
+def test_unsupported_and_undecodable(tmp_path):
+    jpg = tmp_path / "a.jpg"
+    jpg.write_bytes(b"\xff\xd8")
+    with pytest.raises(FrameReadError, match="unsupported file type '.jpg'"):
+        read_frame(jpg)
+    fake_tif = tmp_path / "fake.tif"
+    fake_tif.write_bytes(b"not a tiff at all")
+    with pytest.raises(FrameReadError, match=r"fake\.tif: cannot decode \.tif file"):
+        read_frame(fake_tif)
+    fake_png = tmp_path / "fake.png"
+    fake_png.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    with pytest.raises(FrameReadError, match=r"fake\.png: cannot decode"):
+        read_frame(fake_png)
+    assert issubclass(FrameReadError, ValueError)

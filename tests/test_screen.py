@@ -1,0 +1,330 @@
+"""Well aggregation, per-plate normalization, plate QC, genes and hit rules against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+
+from nucleiscreen.engine.hits import (
+    DEFAULT_RULES,
+    Condition,
+    HitRule,
+    call_hits,
+    control_summary,
+    format_table,
+)
+from nucleiscreen.engine.layout import LAYOUT_COLUMNS, well_parts
+from nucleiscreen.engine.screen import (
+    MAD_SCALE,
+    WELL_COLUMNS,
+    aggregate_genes,
+    aggregate_wells,
+    normalize_plates,
+    plate_qc,
+)
+from nucleiscreen.errors import UserError
+
+
+def frame(plate: str, well: str, site: int, nuclei: int, area: float = 400.0, nonborder: int | None = None,
+          micronuclei: int = 0, intensity: float = 1000.0) -> dict:
+    """One image-table row whose non-border nuclei all have area ``area`` and intensity ``intensity``."""
+    nonborder = nuclei if nonborder is None else nonborder
+    row, column = well[0], int(well[1:])
+    return {
+        "ImageNumber": site, "Metadata_Plate": plate, "Metadata_Well": well, "Metadata_Row": row,
+        "Metadata_Column": column, "Metadata_Site": site, "Metadata_Channel": 0,
+        "PathName_DNA": f"/d/{plate}", "FileName_DNA": f"{plate}_{well}f{site:02d}d0.tif",
+        "Count_Nuclei": nuclei, "Count_Micronuclei": micronuclei,
+        "Count_Nuclei_NonBorder": nonborder, "Total_Nuclei_AreaShape_Area": float(area * nonborder),
+        "Mean_Nuclei_AreaShape_Area": area if nonborder else None,
+        "Median_Nuclei_AreaShape_Area": area if nonborder else None,
+        "Mean_Nuclei_Intensity_MeanIntensity_DNA": intensity if nonborder else None,
+    }
+
+
+def images(rows: list[dict]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema_overrides={"Mean_Nuclei_AreaShape_Area": pl.Float64,
+                                                "Median_Nuclei_AreaShape_Area": pl.Float64,
+                                                "Mean_Nuclei_Intensity_MeanIntensity_DNA": pl.Float64})
+
+
+def layout(rows: list[tuple[str, str, str | None, str]]) -> pl.DataFrame:
+    """A read_layout-shaped table from (plate, well, gene, role); controls are named by their gene."""
+    df = pl.DataFrame(rows, schema=["plate", "well", "gene_symbol", "role"], orient="row")
+    row, column = well_parts(pl.col("well"))
+    return df.with_columns(
+        row=row, column=column, sirna_id=pl.lit(None, pl.String), entrez_id=pl.lit(None, pl.String),
+        control_name=pl.when(pl.col("role") != "sample").then(pl.col("gene_symbol")),
+    ).select(LAYOUT_COLUMNS)
+
+
+def wells_from_counts(plate: str, counts: dict[str, float], areas: dict[str, float] | None = None
+                      ) -> list[dict]:
+    """One field per well with ``counts[well]`` nuclei (and area ``areas[well]``)."""
+    areas = areas or {}
+    return [frame(plate, w, 1, int(n), area=areas.get(w, 400.0)) for w, n in counts.items()]
+
+
+# --- aggregate_wells ---------------------------------------------------------------------------------------
+
+
+def test_aggregate_counts_and_per_field():
+    rows = [frame("P1", "B07", 1, 100, micronuclei=3), frame("P1", "B07", 2, 50, nonborder=40, micronuclei=1),
+            frame("P1", "C01", 1, 0)]
+    wells = aggregate_wells(images(rows))
+    assert wells.columns == list(WELL_COLUMNS)
+    b07, c01 = wells.row(0, named=True), wells.row(1, named=True)
+    assert (b07["plate"], b07["well"], b07["row"], b07["column"]) == ("P1", "B07", "B", 7)
+    assert (b07["fields_analysed"], b07["fields_failed"]) == (2, 0)
+    assert (b07["nuclei"], b07["nuclei_nonborder"]) == (150, 140)
+    assert b07["micronuclei"] == 4
+    assert b07["nuclei_per_field"] == 75.0
+    assert b07["micronuclei_per_nucleus"] == pytest.approx(4 / 150)
+    # zero nuclei: a count of 0, no area, no intensity (null, not NaN)
+    assert (c01["nuclei"], c01["nuclei_per_field"]) == (0, 0.0)
+    assert c01["nuclei_area_mean"] is None and c01["nuclei_intensity_mean"] is None
+    assert c01["micronuclei_per_nucleus"] is None
+
+
+def test_object_weighted_means_equal_per_object_computation():
+    """Frames summarized as CellProfiler-style per-image rows give exactly the per-object well mean."""
+    rng = np.random.default_rng(7)
+    rows, areas, intensities, medians = [], [], [], []
+    for site in range(1, 9):
+        n = int(rng.integers(0, 40)) if site != 3 else 4
+        area = rng.integers(100, 3000, n).astype(float)
+        mean_intensity = rng.uniform(200, 5000, n)
+        # field 3: every nucleus touches the border
+        border = rng.random(n) < 0.2 if site != 3 else np.ones(n, bool)
+        keep = ~border
+        areas.append(area[keep])
+        intensities.append(mean_intensity[keep])
+        nb = int(keep.sum())
+        if nb:
+            medians.append(float(np.median(area[keep])))
+        rows.append({**frame("P1", "D04", site, n, nonborder=nb),
+                     "Total_Nuclei_AreaShape_Area": float(area[keep].sum()),
+                     "Mean_Nuclei_AreaShape_Area": float(area[keep].mean()) if nb else None,
+                     "Median_Nuclei_AreaShape_Area": float(np.median(area[keep])) if nb else None,
+                     "Mean_Nuclei_Intensity_MeanIntensity_DNA":
+                         float(mean_intensity[keep].mean()) if nb else None})
+    well = aggregate_wells(images(rows).lazy()).row(0, named=True)
+    all_areas, all_intensities = np.concatenate(areas), np.concatenate(intensities)
+    assert well["nuclei_nonborder"] == all_areas.size
+    assert well["nuclei_area_mean"] == pytest.approx(all_areas.mean(), rel=1e-12)
+    assert well["nuclei_intensity_mean"] == pytest.approx(all_intensities.mean(), rel=1e-12)
+    # the mean of frame means is not the same number (that is the point of the totals)
+    frame_means = [a.mean() for a in areas if a.size]
+    assert not math.isclose(float(np.mean(frame_means)), well["nuclei_area_mean"], rel_tol=1e-6)
+    assert well["nuclei_area_median_fields"] == pytest.approx(float(np.median(medians)))
+
+
+def test_failed_fields_are_not_zero_nuclei():
+    rows = [frame("P1", "A01", s, 100) for s in (1, 2)] + [frame("P1", "A02", 1, 90)]
+    errors = pl.DataFrame({
+        "PathName_DNA": ["/d/P1"] * 5,
+        "FileName_DNA": ["P1_A01f03d0.tif", "P1_A01f04d0.tif", "P1_A01f04d0.tif", "P1_A02f01d0.tif", "x.tif"],
+        "Stage": ["decode", "decode", "infer", "decode", "decode"],
+        "Error": ["bad"] * 5,
+        "Metadata_Plate": ["P1", "P1", "P1", "P1", None],
+        "Metadata_Well": ["A01", "A01", "A01", "A02", None],
+        "Metadata_Site": [3, 4, 4, 1, None],
+    })
+    errors = pl.concat([errors, pl.DataFrame({"PathName_DNA": ["/d/P1"], "FileName_DNA": ["P1_A03f01d0.tif"],
+                                              "Stage": ["decode"], "Error": ["bad"], "Metadata_Plate": ["P1"],
+                                              "Metadata_Well": ["A03"], "Metadata_Site": [1]})])
+    wells = aggregate_wells(images(rows), errors).sort("well")
+    a01, a02, a03 = wells.iter_rows(named=True)
+    # two failed fields (one file failing twice counts once), 200 nuclei over the 2 fields analysed
+    assert (a01["fields_analysed"], a01["fields_failed"], a01["nuclei_per_field"]) == (2, 2, 100.0)
+    # A02's file failed once and then succeeded: not a failed field
+    assert (a02["fields_analysed"], a02["fields_failed"], a02["nuclei_per_field"]) == (1, 0, 90.0)
+    # every frame of A03 failed: the well is there, without a count (unknown, not zero)
+    assert (a03["fields_analysed"], a03["fields_failed"]) == (0, 1)
+    assert a03["nuclei"] is None and a03["nuclei_per_field"] is None and a03["nuclei_area_mean"] is None
+    assert (a03["row"], a03["column"]) == ("A", 3)
+
+
+def test_errors_without_metadata_columns_and_exclusion():
+    rows = [frame("P1", "A01", 1, 100), frame("P1", "A01", 2, 10), frame("P1", "A01", 3, 80)]
+    errors = pl.DataFrame({"PathName_DNA": ["/d"], "FileName_DNA": ["y.tif"], "Stage": ["discover"],
+                           "Error": ["e"]})
+    well = aggregate_wells(images(rows), errors, exclude=pl.col("Count_Nuclei") < 20).row(0, named=True)
+    assert (well["fields_analysed"], well["fields_excluded"], well["fields_failed"]) == (2, 1, 0)
+    assert (well["nuclei"], well["nuclei_per_field"]) == (180, 90.0)
+
+
+def test_missing_image_columns():
+    with pytest.raises(UserError, match="no column Count_Nuclei_NonBorder"):
+        aggregate_wells(pl.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"], "Count_Nuclei": [1],
+                                      "Total_Nuclei_AreaShape_Area": [1.0]}))
+
+
+# --- normalize_plates --------------------------------------------------------------------------------------
+
+CONTROLS = [("*", "A01", "OTP", "negative"), ("*", "A02", "OTP", "negative"), ("*", "A03", "OTP", "negative"),
+            ("*", "A04", "OTP", "negative"), ("*", "A05", "mock", "negative"),
+            ("*", "A06", "PLK1", "positive"), ("*", "A07", "KIF11", "positive")]
+
+
+def plate_one() -> tuple[pl.DataFrame, pl.DataFrame]:
+    counts = {"A01": 10, "A02": 20, "A03": 30, "A04": 50, "A05": 5, "A06": 2, "A07": 4,
+              "B01": 25, "B02": 50, "B03": 0, "B04": 75, "B05": 100}
+    areas = {"A01": 300, "A02": 400, "A03": 600, "A04": 500, "B02": 900}
+    samples = {"B01": "G1", "B02": "G1", "B03": "G2", "B04": "G2", "B05": "G3"}
+    lay = layout([*CONTROLS, *(("P1", well, gene, "sample") for well, gene in samples.items())])
+    return aggregate_wells(images(wells_from_counts("P1", counts, areas))), lay
+
+
+def test_fold_change_to_even_number_of_reference_wells():
+    wells, lay = plate_one()
+    norm = normalize_plates(wells, lay)
+    by_well = {r["well"]: r for r in norm.iter_rows(named=True)}
+    # OTP wells: 10, 20, 30, 50 nuclei -> median (20 + 30) / 2 = 25; areas 300, 400, 600, 500 -> 450
+    assert [w for w, r in by_well.items() if r["is_reference"]] == ["A01", "A02", "A03", "A04"]
+    assert by_well["B01"]["count_fc"] == 1.0
+    assert by_well["B02"]["count_fc"] == 2.0
+    assert by_well["B02"]["area_fc"] == 2.0
+    assert by_well["B02"]["log2_count_fc"] == 1.0
+    assert by_well["A05"]["count_fc"] == 0.2  # mock: reported beside, not a reference
+    assert by_well["B01"]["area_fc"] == pytest.approx(400 / 450)
+    # zero nuclei: count FC 0, area FC and both logs null (never NaN or -inf)
+    b03 = by_well["B03"]
+    assert (b03["count_fc"], b03["area_fc"]) == (0.0, None)
+    assert (b03["log2_count_fc"], b03["log2_area_fc"]) == (None, None)
+    assert norm["count_fc"].is_nan().sum() == 0 and norm["area_fc"].is_nan().sum() == 0
+
+
+def test_robust_z_by_hand_and_mad_zero_guard():
+    wells, lay = plate_one()
+    norm = normalize_plates(wells, lay)
+    # samples 25, 50, 0, 75, 100: median 50; |x - 50| = 25, 0, 50, 25, 50 -> MAD 25
+    z = dict(zip(norm["well"], norm["count_robust_z"], strict=True))
+    assert z["B05"] == pytest.approx(50 / (MAD_SCALE * 25))
+    assert z["B03"] == pytest.approx(-50 / (MAD_SCALE * 25))
+    assert z["B02"] == 0.0
+    # all samples equal: MAD = 0 -> z is null, not inf
+    flat = aggregate_wells(images(wells_from_counts("P1", {"A01": 10, "B01": 30, "B02": 30, "B03": 30})))
+    norm = normalize_plates(flat, lay)
+    assert norm["count_robust_z"].null_count() == norm.height
+    assert norm.filter(pl.col("well") == "B01")["count_fc"].item() == 3.0
+
+
+def test_reference_choices():
+    wells, lay = plate_one()
+    mock = normalize_plates(wells, lay, reference=["Mock"])
+    assert mock.filter(pl.col("is_reference"))["well"].to_list() == ["A05"]
+    assert mock.filter(pl.col("well") == "B01")["count_fc"].item() == 5.0
+    both = normalize_plates(wells, lay, reference=["otp", "MOCK"])
+    assert both["is_reference"].sum() == 5  # 5, 10, 20, 30, 50 -> median 20
+    assert both.filter(pl.col("well") == "B02")["count_fc"].item() == 2.5
+    with pytest.raises(UserError, match="no well named scrambled.*control names are: KIF11, OTP, PLK1, mock"):
+        normalize_plates(wells, lay, reference="scrambled")
+    # no OTP named: every negative well is the reference
+    no_otp = lay.with_columns(pl.col("gene_symbol", "control_name").replace("OTP", "siNeg"))
+    assert normalize_plates(wells, no_otp)["is_reference"].sum() == 5
+
+
+def test_plate_without_usable_reference_is_named():
+    lay = layout([*CONTROLS, ("P1", "B01", "G1", "sample"), ("P2", "B01", "G1", "sample")])
+    dead = {"A01": 0, "A02": 0, "A03": 0, "A04": 5, "B01": 30}
+    fine = {"A01": 10, "A02": 10, "B01": 30}
+    wells = aggregate_wells(images(wells_from_counts("P1", fine) + wells_from_counts("P2", dead)))
+    with pytest.raises(UserError, match=r"P2: its 4 reference \(OTP/negative\) wells have a median of 0"):
+        normalize_plates(wells, lay)
+    errors = pl.DataFrame({"PathName_DNA": ["/d"], "FileName_DNA": ["f.tif"], "Metadata_Plate": ["P2"],
+                           "Metadata_Well": ["A01"]})
+    rows = wells_from_counts("P1", fine) + wells_from_counts("P2", {"B01": 30})
+    failed = aggregate_wells(images(rows), errors)
+    with pytest.raises(UserError, match=r"plate P2: its 1 reference .* have no analysed field"):
+        normalize_plates(failed, lay)
+    no_controls = layout([("P1", "B01", "G1", "sample"), ("P1", "A01", "mock", "negative")])
+    with pytest.raises(UserError, match="plate P1: no well of the run is a reference \\(mock\\)"):
+        normalize_plates(aggregate_wells(images(wells_from_counts("P1", {"B01": 3}))), no_controls,
+                         reference=["mock"])
+
+
+# --- genes, plates, hits -----------------------------------------------------------------------------------
+
+
+def test_aggregate_genes_medians():
+    wells, lay = plate_one()
+    genes = aggregate_genes(normalize_plates(wells, lay))
+    g = {r["gene_symbol"]: r for r in genes.iter_rows(named=True)}
+    assert list(g) == ["G1", "G2", "G3"]
+    assert (g["G1"]["wells"], g["G1"]["count_fc"]) == (2, 1.5)  # FC 1 and 2: even count
+    # G2: FC 0 (no nuclei) and 3; the area median uses only the well with an area
+    assert g["G2"]["count_fc"] == 1.5
+    assert g["G2"]["area_fc"] == pytest.approx(400 / 450)
+    assert g["G2"]["wells_pass_strong_loss"] == 1
+    assert g["G3"]["log2_count_fc"] == 2.0
+
+
+def test_plate_qc_z_prime_by_hand():
+    counts = {"A01": 10, "A02": 20, "A03": 30, "A04": 40, "A06": 2, "A07": 4, "B01": 25}
+    lay = layout([*CONTROLS, ("P1", "B01", "G1", "sample")])
+    one = aggregate_wells(images(wells_from_counts("P1", counts)))
+    two = aggregate_wells(images(wells_from_counts("P2", {"A01": 10, "A02": 10, "A06": 1})))
+    lay = pl.concat([lay, layout([("P2", "B01", "G1", "sample")])])
+    qc = plate_qc(normalize_plates(pl.concat([one, two]), lay)).row(0, named=True)
+    # reference 10, 20, 30, 40: mean 25, sd 12.9099, median 25, MAD 10
+    # positive 2, 4: mean 3, sd 1.41421, median 3, MAD 1
+    sd_n, sd_p = np.std([10, 20, 30, 40], ddof=1), np.std([2, 4], ddof=1)
+    assert qc["z_prime"] == pytest.approx(1 - 3 * (sd_p + sd_n) / 22)
+    assert qc["z_prime_robust"] == pytest.approx(1 - 3 * MAD_SCALE * (1 + 10) / 22)
+    assert qc["reference_nuclei_per_field"] == 25.0
+    assert qc["reference_cv"] == pytest.approx(sd_n / 25)
+    assert qc["positive_count_fc"] == pytest.approx(3 / 25)
+    assert (qc["reference_wells"], qc["positive_wells"]) == (4, 2)
+    # plate 2 has one positive well: Z′ undefined
+    qc2 = plate_qc(normalize_plates(pl.concat([one, two]), lay)).row(1, named=True)
+    assert qc2["z_prime"] is None and qc2["z_prime_robust"] is None
+    assert qc2["reference_cv"] == 0.0
+
+
+def test_rules_null_never_pass_and_parse():
+    df = pl.DataFrame({"count_fc": [0.4, 0.4, 0.05, None, 0.6], "area_fc": [1.8, None, None, 2.0, 2.0]})
+    passed = df.select([r.expr().alias(r.name) for r in DEFAULT_RULES])
+    assert passed["reduced_count_enlarged_nuclei"].to_list() == [True, False, False, False, False]
+    assert passed["strong_loss"].to_list() == [False, False, True, False, False]
+    rule = HitRule.parse("mine", "count_fc <= 0.5 AND area_fc>=2")
+    assert rule.conditions == (Condition("count_fc", "<=", 0.5), Condition("area_fc", ">=", 2.0))
+    assert str(rule) == "count_fc <= 0.5 and area_fc >= 2"
+    assert df.select(rule.expr())["count_fc"].to_list() == [False, False, False, False, False]
+    with pytest.raises(UserError, match="cannot read 'area_fc ~ 2'"):
+        HitRule.parse("bad", "count_fc < 0.5 and area_fc ~ 2")
+    with pytest.raises(UserError, match="letters, digits"):
+        HitRule("bad name", "", (Condition("count_fc", "<", 1.0),))
+
+
+def test_call_hits_and_controls():
+    wells, lay = plate_one()
+    norm = normalize_plates(wells, lay)
+    genes = pl.DataFrame({"gene_symbol": ["A", "B", "C", "D"], "count_fc": [0.3, 0.05, 1.0, 0.02],
+                          "area_fc": [1.9, 2.0, 2.5, None]})
+    hits = call_hits(genes)
+    assert hits["gene_symbol"].to_list() == ["D", "B", "A"]
+    assert hits["hit_rules"].to_list() == ["strong_loss", "reduced_count_enlarged_nuclei, strong_loss",
+                                           "reduced_count_enlarged_nuclei"]
+    controls = control_summary(norm)
+    assert controls.select("role", "control_name").rows() == [
+        ("negative", "OTP"), ("negative", "mock"), ("positive", "KIF11"), ("positive", "PLK1")]
+    assert controls["reference"].to_list() == [True, False, False, False]
+    assert controls["count_fc"].to_list() == [1.0, 0.2, 4 / 25, 2 / 25]
+    assert controls["wells_pass_strong_loss"].to_list() == [0, 0, 0, 1]
+
+
+def test_format_table():
+    df = pl.DataFrame({"gene": ["FBXO5", "UBB"], "count_fc": [0.41234, 0.0], "area_fc": [1.876, None],
+                       "wells": [3, 12]})
+    assert format_table(df).splitlines() == [
+        "gene   count_fc  area_fc  wells",
+        "-----  --------  -------  -----",
+        "FBXO5     0.412    1.876      3",
+        "UBB           0        -     12",
+    ]
+    assert format_table(df, max_rows=1).splitlines()[-1] == "... 1 more rows"
+    assert format_table(df.head(0)).splitlines()[-1] == "(none)"

@@ -1,0 +1,62 @@
+import numpy as np
+import pytest
+import tifffile
+
+from nucleiscreen.kernels.targets import classes_from_instances
+
+
+def _brute_band(labels: np.ndarray, width: int) -> np.ndarray:
+    """Object pixels with a pixel of another label within chessboard distance `width` (outside the image ignored)."""
+    pad = np.pad(labels.astype(np.int64), width, constant_values=-1)
+    band = np.zeros(labels.shape, bool)
+    h, w = labels.shape
+    for dy in range(-width, width + 1):
+        for dx in range(-width, width + 1):
+            s = pad[width + dy:width + dy + h, width + dx:width + dx + w]
+            band |= (s != labels) & (s != -1)
+    return band & (labels > 0)
+
+
+@pytest.mark.parametrize("width", [1, 2, 3])
+def test_band_matches_brute_force_on_real_masks(aits, width):
+    for path in sorted((aits / "train" / "masks").glob("*.tif"))[:3]:
+        labels = tifffile.imread(path)
+        classes = classes_from_instances(labels, width)
+        band = _brute_band(labels, width)
+        assert ((classes == 2) & ~band).sum() == 0  # every boundary pixel is within the band
+        # Band pixels left interior are only the deepest pixels of objects thinner than the band.
+        kept = band & (classes == 1)
+        assert kept.sum() < 0.01 * band.sum()
+        assert ((classes > 0) == (labels > 0)).all()
+
+
+def test_every_object_keeps_an_interior_seed(aits):
+    labels = tifffile.imread(sorted((aits / "train" / "masks").glob("*.tif"))[0])
+    classes = classes_from_instances(labels)
+    ids = np.unique(labels[labels > 0])
+    seeded = np.unique(labels[classes == 1])
+    assert set(ids) == set(seeded)
+
+
+def test_touching_squares_are_separated_by_boundary():
+    labels = np.zeros((20, 30), np.int32)
+    labels[5:15, 5:15] = 1
+    labels[5:15, 15:25] = 7
+    classes = classes_from_instances(labels, width=2)
+    assert (classes[5:15, 13:17] == 2).all()  # two px each side of the contact
+    assert (classes[7:13, 7:13] == 1).all() and (classes[7:13, 17:23] == 1).all()
+    assert (classes[labels == 0] == 0).all()
+
+
+def test_frame_edge_is_not_a_boundary():
+    labels = np.ones((10, 10), np.int32)
+    assert (classes_from_instances(labels) == 1).all()
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="2-D"):
+        classes_from_instances(np.zeros((2, 2, 2), np.int32))
+    with pytest.raises(ValueError, match="integer"):
+        classes_from_instances(np.zeros((4, 4), np.float32))
+    with pytest.raises(ValueError, match="width"):
+        classes_from_instances(np.zeros((4, 4), np.int32), width=0)

@@ -1,0 +1,146 @@
+"""Training data: annotated image/mask folders and simulated frames -> normalized crops and 3-class targets.
+
+A folder holds ``images/<stem>.(png|tif|tiff)`` and ``masks/<stem>.tif`` (instance ids, 0 background), the layout of
+../shared/data. Every image goes through the engine's own ``normalize`` (one implementation for training and
+inference) and every mask through ``classes_from_instances`` (one definition of the target). Images whose nuclei are
+much smaller than the CX7's (the DSB 2018 set mixes magnifications) can be rescaled so their median nucleus area
+matches ``target_area``; the network is then trained at one pixel size, the screen's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.kernels.normalize import Normalization, normalize
+from nucleiscreen.kernels.targets import classes_from_instances
+from torch.nn import functional as F
+
+from nucleiscreen.errors import UserError
+from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA, NUCLEI_PER_FRAME, FrameSpec, synth_frame
+
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
+
+
+@dataclass
+class Sample:
+    name: str
+    image: np.ndarray  # float32 (H, W) in [0, 1], normalized
+    labels: np.ndarray  # int32 (H, W) instance ids
+    classes: np.ndarray  # uint8 (H, W) 3-class target
+
+
+def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
+    """(image, mask) paths of an annotated folder with ``images/`` and ``masks/`` subfolders, paired by stem."""
+    root = Path(folder)
+    if not (root / "images").is_dir() or not (root / "masks").is_dir():
+        raise UserError(f"{root} must hold images/ and masks/ subfolders (masks/<stem>.tif for images/<stem>.png)")
+    masks = {p.stem: p for p in (root / "masks").iterdir() if p.suffix.lower() in (".tif", ".tiff", ".png")}
+    pairs = [(p, masks[p.stem]) for p in sorted((root / "images").iterdir())
+             if p.suffix.lower() in IMAGE_SUFFIXES and p.stem in masks]
+    if not pairs:
+        raise UserError(f"no image/mask pairs with matching names under {root}")
+    return pairs
+
+
+def _rescale(image: np.ndarray, labels: np.ndarray, factor: float) -> tuple[np.ndarray, np.ndarray]:
+    h, w = image.shape
+    size = (max(8, round(h * factor)), max(8, round(w * factor)))
+    img = F.interpolate(torch.from_numpy(image)[None, None], size=size, mode="bilinear", align_corners=False)
+    lab = F.interpolate(torch.from_numpy(labels.astype(np.float32))[None, None], size=size, mode="nearest")
+    return img[0, 0].numpy(), lab[0, 0].numpy().astype(np.int32)
+
+
+def load_folder(
+    folder: str | Path,
+    norm: Normalization = Normalization(),
+    target_area: float | None = None,
+    boundary_width: int = 2,
+    limit: int | None = None,
+) -> list[Sample]:
+    """Load, normalize and (optionally) rescale an annotated folder; compute the 3-class targets once."""
+    samples = []
+    for img_path, mask_path in find_pairs(folder)[:limit]:
+        raw = read_frame(img_path)
+        labels = read_frame(mask_path).astype(np.int32)
+        if raw.shape != labels.shape:
+            raise UserError(f"{img_path.name}: image {raw.shape} and mask {labels.shape} differ in size")
+        image = normalize(raw, norm)
+        if target_area is not None:
+            areas = np.bincount(labels.ravel())[1:]
+            areas = areas[areas > 0]
+            if areas.size:
+                factor = float(np.clip(np.sqrt(target_area / np.median(areas)), 0.5, 4.0))
+                if abs(factor - 1.0) > 0.1:
+                    image, labels = _rescale(image, labels, factor)
+        samples.append(Sample(img_path.stem, image, labels, classes_from_instances(labels, boundary_width)))
+    return samples
+
+
+def simulated_sample(rng: np.random.Generator, size: int, norm: Normalization, boundary_width: int = 2) -> Sample:
+    """One simulated crop with a random density and nucleus size, including empty and near-empty frames."""
+    density = NUCLEI_PER_FRAME * float(rng.choice([0.0, 0.05, 0.3, 1.0, 1.6], p=[0.05, 0.1, 0.2, 0.45, 0.2]))
+    spec = FrameSpec(nuclei_per_frame=density, area_scale=float(rng.choice([1.0, 1.0, 1.6, 2.3])),
+                     brightness=float(rng.uniform(1200, 5000)), offset=float(rng.uniform(100, 600)))
+    raw, labels = synth_frame(rng, (size, size), spec)
+    labels = labels.astype(np.int32)
+    return Sample("sim", normalize(raw, norm), labels, classes_from_instances(labels, boundary_width))
+
+
+def random_crop(sample: Sample, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A size x size crop of image and target (zero-padded when the image is smaller)."""
+    h, w = sample.image.shape
+    ph, pw = max(0, size - h), max(0, size - w)
+    img, cls = sample.image, sample.classes
+    if ph or pw:
+        img = np.pad(img, ((0, ph), (0, pw)))
+        cls = np.pad(cls, ((0, ph), (0, pw)))
+        h, w = img.shape
+    y = int(rng.integers(0, h - size + 1))
+    x = int(rng.integers(0, w - size + 1))
+    return img[y:y + size, x:x + size], cls[y:y + size, x:x + size]
+
+
+def augment(img: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Flips, 90-degree rotations, intensity scale and gamma, Gaussian noise (the lab used flips, rotations and
+    intensity x(1 +- 0.75)); the target only follows the geometric ones."""
+    k = int(rng.integers(4))
+    img, cls = np.rot90(img, k), np.rot90(cls, k)
+    if rng.random() < 0.5:
+        img, cls = img[:, ::-1], cls[:, ::-1]
+    img = np.clip(img, 0.0, 1.0) ** float(rng.uniform(0.7, 1.4))
+    img = img * float(rng.uniform(0.4, 1.6))
+    if rng.random() < 0.3:
+        img = img + rng.normal(0.0, rng.uniform(0.005, 0.04), img.shape)
+    return np.ascontiguousarray(np.clip(img, 0.0, 1.0), np.float32), np.ascontiguousarray(cls)
+
+
+class CropStream:
+    """An endless, seeded stream of training batches mixing real crops and simulated frames."""
+
+    def __init__(self, sources: list[tuple[list[Sample], float]], crop: int, batch: int, sim_fraction: float,
+                 norm: Normalization, seed: int = 0):
+        self.sources = [s for s in sources if s[0]]
+        weights = np.array([w for _, w in self.sources], float)
+        self.weights = weights / weights.sum() if weights.size else weights
+        self.crop, self.batch, self.sim_fraction, self.norm = crop, batch, sim_fraction, norm
+        self.rng = np.random.default_rng(seed)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        xs, ys = [], []
+        for _ in range(self.batch):
+            if not self.sources or self.rng.random() < self.sim_fraction:
+                sample = simulated_sample(self.rng, self.crop, self.norm)
+            else:
+                group = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))][0]
+                sample = group[int(self.rng.integers(len(group)))]
+            img, cls = augment(*random_crop(sample, self.crop, self.rng), self.rng)
+            xs.append(img)
+            ys.append(cls)
+        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
+
+
+__all__ = ["Sample", "find_pairs", "load_folder", "simulated_sample", "CropStream", "MEDIAN_NUCLEUS_AREA"]

@@ -1,0 +1,99 @@
+"""U-Net for 3-class nuclei segmentation (0 background, 1 interior, 2 boundary), and its export head.
+
+The seed lab's network: 1-channel input, 3 down-sampling levels (64-128-256-512), batch norm, up-sampling +
+concatenation, a 1x1 convolution to 3 classes. Here depth, width and normalization are parameters, so the same code
+covers the lab's U-Net (depth 3, base 64) and the small CPU-friendly one shipped with the package.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+@dataclass
+class UNetConfig:
+    depth: int = 3  # number of 2x down-samplings; the input must be a multiple of 2**depth
+    base: int = 16  # channels of the first level, doubled at each level
+    norm: str = "batch"  # batch | group | none
+    in_channels: int = 1
+    classes: int = 3
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def multiple(self) -> int:
+        return 2**self.depth
+
+
+def _norm(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(min(8, ch), ch)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}: use batch, group or none")
+
+
+class ConvBlock(nn.Sequential):
+    """Two 3x3 convolutions, each followed by normalization and ReLU."""
+
+    def __init__(self, cin: int, cout: int, norm: str):
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
+        )
+
+
+class UNet(nn.Module):
+    """Encoder of ``depth`` max-pooled levels, a bottleneck, a decoder with skip concatenations; returns logits."""
+
+    def __init__(self, cfg: UNetConfig = UNetConfig()):
+        super().__init__()
+        self.cfg = cfg
+        widths = [cfg.base * 2**i for i in range(cfg.depth + 1)]
+        self.down = nn.ModuleList()
+        cin = cfg.in_channels
+        for wdt in widths[:-1]:
+            self.down.append(ConvBlock(cin, wdt, cfg.norm))
+            cin = wdt
+        self.bottom = ConvBlock(widths[-2], widths[-1], cfg.norm)
+        self.up = nn.ModuleList()
+        self.merge = nn.ModuleList()
+        for wdt in reversed(widths[:-1]):
+            self.up.append(nn.ConvTranspose2d(wdt * 2, wdt, 2, stride=2))
+            self.merge.append(ConvBlock(wdt * 2, wdt, cfg.norm))
+        self.head = nn.Conv2d(widths[0], cfg.classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+class ExportHead(nn.Module):
+    """What the ONNX file computes: ``classes`` = argmax over the logits as uint8 (so a GPU ships back 1 byte per
+    pixel, not 3 floats), optionally also the softmax ``probabilities``."""
+
+    def __init__(self, net: nn.Module, probabilities: bool = False):
+        super().__init__()
+        self.net = net
+        self.probabilities = probabilities
+
+    def forward(self, image: torch.Tensor):
+        logits = self.net(image)
+        classes = torch.argmax(logits, dim=1).to(torch.uint8)
+        if self.probabilities:
+            return classes, torch.softmax(logits, dim=1)
+        return classes
