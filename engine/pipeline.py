@@ -166,8 +166,8 @@ def segment(
     opts = options or SegmentOptions()
     if opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area)  # a bad model or backend fails first
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
-    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     _check_manifest(run, seg.info)

@@ -1,0 +1,17 @@
+"""numba kernels: intensity normalization, 3-class targets, connected components, class map -> nuclei,
+CellProfiler-named measurements. Each function releases the GIL, so frames can be processed on threads."""
+
+from nucleiscreen.kernels.instances import connected_components, instances_from_classes
+from nucleiscreen.kernels.measure import measure, summarize_frame
+from nucleiscreen.kernels.normalize import Normalization, normalize
+from nucleiscreen.kernels.targets import classes_from_instances
+
+__all__ = [
+    "Normalization",
+    "classes_from_instances",
+    "connected_components",
+    "instances_from_classes",
+    "measure",
+    "normalize",
+    "summarize_frame",
+]

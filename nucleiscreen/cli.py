@@ -160,9 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment Hoechst-stained nuclei across a plate screen with a U-Net, measure them, normalize to "
                     "negative controls and call hit genes.")
     parser.add_argument("--version", action="version", version=f"nucleiscreen {__version__}")
+    # --debug and --quiet work before or after the subcommand; SUPPRESS keeps a subcommand from resetting them.
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    common.add_argument("--quiet", action="store_true", help="no progress bars")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+    common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("simulate", parents=[common], help="write a synthetic CX7 screen with ground truth and a layout file",

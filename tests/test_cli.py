@@ -1,0 +1,76 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from nucleiscreen.cli import build_parser, main
+
+COMMANDS = ["simulate", "train", "evaluate", "export", "predict", "segment", "analyze", "run", "demo", "bench"]
+
+
+def test_every_subcommand_has_help(capsys):
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert sorted(sub.choices) == sorted(COMMANDS)
+    for cmd in COMMANDS:
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0
+        out = capsys.readouterr().out
+        assert f"usage: nucleiscreen {cmd}" in out and len(out.splitlines()) > 3
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "nucleiscreen", "--help"], capture_output=True, text=True, check=True)
+    assert all(cmd in out.stdout for cmd in COMMANDS)
+
+
+def _one_line_error(capsys, argv, pattern):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "Traceback" not in err
+    assert pattern in err, err
+
+
+def test_bad_input_gives_one_line_errors(capsys, tmp_path):
+    _one_line_error(capsys, ["--quiet", "segment", str(tmp_path / "nope"), "--out", str(tmp_path / "r")], "not found")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    _one_line_error(capsys, ["segment", str(tmp_path / "empty"), "--out", str(tmp_path / "r")], "no image files")
+    (tmp_path / "odd").mkdir()
+    tifffile.imwrite(tmp_path / "odd" / "holiday.tif", np.zeros((8, 8), np.uint16))
+    _one_line_error(capsys, ["segment", str(tmp_path / "odd"), "--out", str(tmp_path / "r")], "holiday.tif")
+    bad = tmp_path / "layout.csv"
+    bad.write_bytes(b"\x00\x01garbage\xff")
+    _one_line_error(capsys, ["run", str(tmp_path / "odd"), "--out", str(tmp_path / "r2"), "--layout", str(bad)],
+                    "layout.csv")
+    assert not (tmp_path / "r2").exists()  # the layout is checked before any segmentation
+    _one_line_error(capsys, ["analyze", str(tmp_path / "r"), "--layout", str(bad)], "")
+    _one_line_error(capsys, ["predict", str(tmp_path / "nope.tif"), "--out", str(tmp_path / "p")], "not found")
+    _one_line_error(capsys, ["simulate", str(tmp_path / "s"), "--plates", "0"], "plates")
+    _one_line_error(capsys, ["train", "--config", str(tmp_path / "none.json")], "not found")
+    _one_line_error(capsys, ["segment", str(tmp_path / "odd"), "--out", str(tmp_path / "r"), "--backend", "magic"],
+                    "unknown backend")
+
+
+def test_simulate_predict_evaluate(capsys, tmp_path):
+    assert main(["--quiet", "simulate", str(tmp_path / "s"), "--plates", "1", "--fields", "1", "--size", "64"]) == 0
+    assert "wrote 384 frames" in capsys.readouterr().out
+    imgs = tmp_path / "few"
+    imgs.mkdir()
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    for i in range(2):
+        img, lab = __import__("nucleiscreen.simulate", fromlist=["synth_frame"]).synth_frame(
+            np.random.default_rng(i), (192, 192))
+        tifffile.imwrite(imgs / f"f{i}.tif", img)
+        tifffile.imwrite(truth / f"f{i}.tif", lab)
+    assert main(["predict", str(imgs), "--out", str(tmp_path / "pred")]) == 0
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["f0_labels.tif", "f1_labels.tif"]
+    capsys.readouterr()
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(truth), "--json",
+                 str(tmp_path / "e.json")]) == 0
+    out = capsys.readouterr().out
+    assert "2 image pair(s)" in out and (tmp_path / "e.json").exists()

@@ -1,0 +1,98 @@
+"""The plumbing from frames to the run folder, with the shipped model on the CPU."""
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+import tifffile
+
+from nucleiscreen.engine.pipeline import Segmenter, SegmentOptions, segment
+from nucleiscreen.errors import UserError
+from nucleiscreen.simulate import FrameSpec, simulate_screen, synth_frame
+
+IMAGE_COLUMNS = ["ImageNumber", "Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site",
+                 "Metadata_Channel", "PathName_DNA", "FileName_DNA", "Count_Nuclei", "Count_Micronuclei",
+                 "Count_Nuclei_NonBorder", "Total_Nuclei_AreaShape_Area", "Mean_Nuclei_AreaShape_Area"]
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    root = tmp_path_factory.mktemp("screen")
+    return simulate_screen(root / "sim", plates=1, fields=1, size=128, seed=2, masks=False)
+
+
+def _images(run):
+    return pl.read_parquet(sorted((run / "images").rglob("part-*.parquet")), hive_partitioning=False)
+
+
+def test_segment_writes_run_folder_and_resumes(screen, tmp_path):
+    run = tmp_path / "run"
+    res = segment([screen.images], run, options=SegmentOptions(progress=False, batch_size=16))
+    assert res.frames == 384 and res.failed == 0
+    df = _images(run)
+    assert df.height == 384 and df["ImageNumber"].n_unique() == 384
+    assert set(IMAGE_COLUMNS) <= set(df.columns)
+    assert df["Metadata_Well"].n_unique() == 384 and (df["Metadata_Channel"] == 0).all()
+    plate = df["Metadata_Plate"][0]
+    assert (run / "images" / f"plate={plate}").is_dir()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert len(manifest["model"]["sha256"]) == 64 and manifest["sessions"][0]["frames"] == 384
+    again = segment([screen.images], run, options=SegmentOptions(progress=False))
+    assert again.frames == 0 and again.skipped == 384
+    assert _images(run).height == 384  # exactly one row per frame after a resume
+
+
+def test_bad_frame_goes_to_error_table(screen, tmp_path):
+    src = tmp_path / "frames"
+    src.mkdir()
+    names = sorted(p.name for p in (screen.images).rglob("*.tif"))[:5]
+    for name in names[:4]:
+        (src / name).write_bytes(next(screen.images.rglob(name)).read_bytes())
+    (src / names[4]).write_bytes(b"not a tiff at all")
+    run = tmp_path / "run"
+    res = segment([src], run, options=SegmentOptions(progress=False))
+    assert res.failed == 1
+    errors = pl.read_parquet(sorted((run / "errors").glob("part-*.parquet")))
+    assert errors.height == 1 and errors["FileName_DNA"][0] == names[4] and errors["Stage"][0] == "decode"
+    assert _images(run).height == 4
+
+
+def test_objects_and_label_images(screen, tmp_path):
+    src = tmp_path / "frames"
+    src.mkdir()
+    img, _ = synth_frame(np.random.default_rng(0), (256, 256))
+    tifffile.imwrite(src / "P1_B03f00d0.tif", img)
+    run = tmp_path / "run"
+    segment([src], run, options=SegmentOptions(progress=False, objects=True, save_labels=True))
+    objects = pl.read_parquet(sorted((run / "objects").rglob("part-*.parquet")), hive_partitioning=False)
+    labels = tifffile.imread(run / "labels" / "plate=P1" / "P1_B03f00d0_labels.tif")
+    assert labels.dtype == np.uint16 and labels.shape == (256, 256)
+    assert objects.height == labels.max()
+    assert {"ImageNumber", "ObjectNumber", "AreaShape_Area", "Metadata_Well"} <= set(objects.columns)
+    row = _images(run).row(0, named=True)
+    assert row["Count_Nuclei"] + row["Count_Micronuclei"] == objects.height
+
+
+def test_odd_frame_sizes_are_padded_and_cropped():
+    seg = Segmenter()
+    img, _ = synth_frame(np.random.default_rng(4), (101, 77))
+    (classes,) = seg.classes([seg.prepare(img)])
+    assert classes.shape == (101, 77) and classes.dtype == np.uint8
+
+
+def test_background_only_frame_gives_no_nuclei():
+    seg = Segmenter()
+    for seed in range(3):
+        empty, _ = synth_frame(np.random.default_rng(seed), (512, 512),
+                               FrameSpec(nuclei_per_frame=0.0, micronuclei_fraction=0.0))
+        (classes,) = seg.classes([seg.prepare(empty)])
+        assert seg.instances(classes).max() == 0
+
+
+def test_model_from_another_run_is_refused(screen, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({"model": {"sha256": "0" * 64, "path": "old.onnx"}}))
+    with pytest.raises(UserError, match="another model"):
+        segment([screen.images], run, options=SegmentOptions(progress=False))

@@ -1,0 +1,97 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from nucleiscreen.engine.model import load_model_info  # noqa: E402
+from nucleiscreen.engine.readers import read_frame  # noqa: E402
+from nucleiscreen.errors import UserError  # noqa: E402
+from nucleiscreen.kernels.normalize import normalize  # noqa: E402
+from nucleiscreen.simulate import FrameSpec, synth_frame  # noqa: E402
+from nucleiscreen.trainer.export import export_onnx  # noqa: E402
+from nucleiscreen.trainer.model import UNet, UNetConfig  # noqa: E402
+from nucleiscreen.trainer.train import TrainConfig, train  # noqa: E402
+
+
+@pytest.mark.parametrize("depth,norm", [(2, "batch"), (3, "group"), (1, "none")])
+def test_unet_shapes(depth, norm):
+    net = UNet(UNetConfig(depth=depth, base=4, norm=norm)).eval()
+    m = 2**depth
+    assert net(torch.zeros(2, 1, 3 * m, 5 * m)).shape == (2, 3, 3 * m, 5 * m)
+
+
+def _annotated_folder(root, n=2, size=96):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        img, lab = synth_frame(np.random.default_rng(i), (size, size), FrameSpec(nuclei_per_frame=600))
+        tifffile.imwrite(root / "images" / f"f{i}.tif", img)
+        tifffile.imwrite(root / "masks" / f"f{i}.tif", lab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train")
+    folder = _annotated_folder(tmp / "data")
+    cfg = {"out": str(tmp / "run"), "train": [{"path": str(folder)}], "val": str(folder), "sim_fraction": 0.5,
+           "model": {"depth": 2, "base": 4}, "crop": 64, "batch": 2, "steps": 2, "val_every": 2, "warmup": 1,
+           "threads": 1}
+    train(TrainConfig.from_dict(cfg), progress=False)
+    return tmp, cfg
+
+
+def test_train_logs_checkpoints_and_resumes(tiny_run):
+    tmp, cfg = tiny_run
+    run = tmp / "run"
+    assert (run / "best.pt").exists() and (run / "last.pt").exists()
+    assert json.loads((run / "config.json").read_text())["steps"] == 2
+    train(TrainConfig.from_dict({**cfg, "steps": 4}), progress=False)
+    lines = (run / "log.csv").read_text().splitlines()
+    assert lines[0].startswith("step,train_loss") and [ln.split(",")[0] for ln in lines[1:]] == ["2", "4"]
+    assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+def test_unknown_option_is_a_user_error():
+    with pytest.raises(UserError, match="unknown training option"):
+        TrainConfig.from_dict({"stepz": 3})
+
+
+def test_export_matches_torch_on_real_images(tiny_run, aits):
+    tmp, _ = tiny_run
+    onnx_path = export_onnx(tmp / "run" / "best.pt", tmp / "m.onnx")
+    info = load_model_info(onnx_path)
+    assert info.card["classes"] == ["background", "interior", "boundary"]
+    assert info.multiple == 4 and info.input_dtype == "float32"
+    assert {"normalization", "pixel_size_um", "postprocessing", "training_data", "validation_metrics"} <= set(info.card)
+    ck = torch.load(tmp / "run" / "best.pt", weights_only=False)
+    net = UNet(UNetConfig(**ck["config"]["model"]))
+    net.load_state_dict(ck["model"])
+    net.eval()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    agree = total = 0
+    for path in sorted((aits / "val" / "images").glob("*.png"))[:2]:
+        x = normalize(read_frame(path))[:256, :256]
+        with torch.no_grad():
+            ref = net(torch.from_numpy(x)[None, None]).argmax(1)[0].numpy()
+        got = sess.run(["classes"], {"image": x[None, None]})[0][0]
+        assert got.dtype == np.uint8
+        agree += (got == ref).sum()
+        total += ref.size
+    assert agree / total >= 0.999
+
+
+def test_fp16_export_with_probabilities(tiny_run):
+    tmp, _ = tiny_run
+    path = export_onnx(tmp / "run" / "best.pt", tmp / "m16.onnx", fp16=True, probabilities=True)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert sess.get_inputs()[0].type == "tensor(float16)"
+    classes, probs = sess.run(None, {"image": np.zeros((1, 1, 32, 48), np.float16)})
+    assert classes.shape == (1, 32, 48) and classes.dtype == np.uint8
+    assert probs.shape == (1, 3, 32, 48)
+    assert load_model_info(path).input_dtype == "float16"
