@@ -24,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, call_hits, control_summary
+from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, call_hits, control_summary, format_table
 from nucleiscreen.engine.layout import read_layout
 from nucleiscreen.engine.report import write_report
 from nucleiscreen.engine.screen import aggregate_genes, aggregate_wells, normalize_plates, plate_qc
@@ -120,6 +120,29 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     result.files["report"] = write_report(result.out_dir / "report.html", result.wells, result.genes,
                                           result.plates, result.hits, result.controls, rules)
     return result
+
+
+HIT_COLUMNS = ["gene_symbol", "hit_rules", "wells", "count_fc", "area_fc", "nuclei_per_field"]
+CONTROL_COLUMNS = ["role", "control_name", "reference", "wells", "nuclei_per_field", "count_fc", "area_fc",
+                   "count_fc_min", "count_fc_max"]
+
+
+def format_summary(result: AnalysisResult) -> str:
+    """The terminal summary: hit table, control table (controls are never hits), plate QC, where the files are."""
+    def pick(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+        return df.select([c for c in cols if c in df.columns] + [c for c in df.columns if c.startswith("wells_pass")])
+
+    lines = ["Hits (genes passing a hit rule; sample wells only; fold changes are medians over the gene's wells):",
+             format_table(pick(result.hits, HIT_COLUMNS)),
+             "",
+             "Controls (reported as controls, never as hits):",
+             format_table(pick(result.controls, CONTROL_COLUMNS)),
+             "",
+             "Plates:",
+             format_table(result.plates),
+             "",
+             f"analysis written to {result.out_dir}: " + ", ".join(p.name for p in result.files.values())]
+    return "\n".join(lines)
 
 
 def _unplaced(errors: pl.LazyFrame | None) -> int:

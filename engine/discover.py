@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-from nucleiscreen.engine.readers import IMAGE_SUFFIXES
 
+from nucleiscreen.engine.readers import IMAGE_SUFFIXES
 from nucleiscreen.errors import UserError
 
 __all__ = ["PATTERNS", "Discovery", "NamingPattern", "discover", "discover_images"]

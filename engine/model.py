@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from nucleiscreen.kernels.normalize import Normalization
-
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.normalize import Normalization
 
 CARD_KEY = "nucleiscreen"
 DEFAULT_MODEL = "unet-small.onnx"

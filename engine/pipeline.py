@@ -29,16 +29,16 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import tifffile
+
+import nucleiscreen
 from nucleiscreen.engine.backends import create_backend
 from nucleiscreen.engine.discover import Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
-from nucleiscreen.kernels.instances import instances_from_classes
-from nucleiscreen.kernels.measure import measure, summarize_frame
-from nucleiscreen.kernels.normalize import normalize
-
-import nucleiscreen
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.measure import measure, summarize_frame, summarize_objects
+from nucleiscreen.kernels.normalize import normalize
 
 META = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site", "Metadata_Channel",
         "PathName_DNA", "FileName_DNA"]
@@ -201,13 +201,14 @@ def segment(
         t = time.perf_counter()
         labels = seg.instances(classes)
         row = {k: rec[k] for k in ["ImageNumber", *META]}
-        row.update(summarize_frame(labels, raw, micronucleus_area=opts.micronucleus_area))
         objects = None
-        if opts.objects:
-            objects = measure(labels, raw).with_columns(
-                pl.lit(rec["ImageNumber"], pl.Int64).alias("ImageNumber"),
-                *[pl.lit(rec[k]).alias(k) for k in META[:6]],
-            )
+        if opts.objects:  # one pass over the pixels: the frame summary comes from the object table
+            objects = measure(labels, raw)
+            row.update(summarize_objects(objects, micronucleus_area=opts.micronucleus_area))
+            objects = objects.with_columns(pl.lit(rec["ImageNumber"], pl.Int64).alias("ImageNumber"),
+                                           *[pl.lit(rec[k]).alias(k) for k in META[:6]])
+        else:
+            row.update(summarize_frame(labels, raw, micronucleus_area=opts.micronucleus_area))
         if opts.save_labels:
             folder = run / "labels" / f"plate={rec['Metadata_Plate']}"
             folder.mkdir(parents=True, exist_ok=True)

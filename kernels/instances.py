@@ -1,8 +1,7 @@
 """Connected components, and the class map -> nuclei instances (the inverse of ``classes_from_instances``).
 
 Both are numba kernels (``nogil=True``, so frames can be processed on threads) behind plain Python entry points that
-validate their input. The kernels test pixels on a copy of the input padded with a one-pixel ring of background, so no
-neighbour access needs a bounds check; labels are written straight into the (unpadded) output array.
+validate their input.
 
 ``connected_components`` is a two-pass union-find labelling with the decision tree of Wu, Otoo & Suzuki (2009): a
 pixel whose north neighbour is foreground copies its label and needs no union, which is most foreground pixels.
@@ -12,12 +11,13 @@ its first pixel in raster order and the final labels come out in the order of ``
 ``instances_from_classes`` turns the network's class map (0 background, 1 interior, 2 boundary) into nuclei:
 
 1. *Seeds*: connected components of the interior pixels.
-2. *Growth*: boundary pixels join a seed by a breadth-first growth through boundary pixels, in rounds: round r claims
-   the unclaimed boundary pixels adjacent to a pixel claimed in round r - 1 (round 0 = the seeds), so a boundary pixel
-   goes to the seed nearest to it along paths of boundary pixels (geodesic distance in steps of the chosen
-   connectivity). Ties go to the seed that reaches the pixel first in the processing order (round 1 in raster order,
-   later rounds in the order of the previous round). Two seeds never merge. Growth stops after ``max_grow`` rounds;
-   boundary pixels it did not reach, and boundary blobs that touch no seed, become background.
+2. *Growth*: boundary pixels join a seed by a breadth-first growth through boundary pixels, in rounds: round 1 gives
+   every boundary pixel next to an interior pixel to the seed of its first interior neighbour in raster order; round
+   r > 1 gives the unclaimed boundary pixels next to a pixel claimed in round r - 1 to that pixel's seed (the first
+   such pixel in the order of round r - 1, neighbours in raster order). So a boundary pixel goes to the seed nearest
+   to it along paths of boundary pixels (geodesic distance in steps of the chosen connectivity), and two seeds never
+   merge. Growth stops after ``max_grow`` rounds; boundary pixels it did not reach, and boundary blobs that touch no
+   seed, become background.
 3. *Holes*: a connected component of background pixels that does not touch the image edge and whose neighbours all
    belong to one object is filled with that object (background connectivity is the dual of the object connectivity:
    4 for 8-connected objects, 8 for 4-connected ones).
@@ -29,15 +29,25 @@ For a target made by ``classes_from_instances(labels, width=2)`` most boundary p
 own object's interior, but the band of a thin protrusion (a ridge no deeper than the band) can be much further, so
 ``max_grow`` defaults to 8. On the 40 annotated frames of ``aitslab-bioimaging1`` (1,658 nuclei) the round trip
 ``instances_from_classes(classes_from_instances(L))`` gives F1 = 0.998 at IoU 0.9 (two nuclei with a narrow waist
-become two objects) and puts 60 of ~2.5 M foreground pixels in the wrong object: where the band of a protrusion of
-one nucleus lies closer to a neighbour's interior than to its own, the class map itself says nothing about whose band
-it is.
+become two objects) and puts about 60 of ~2.5 M foreground pixels in the wrong object: where the band of a
+protrusion of one nucleus lies closer to a neighbour's interior than to its own, the class map itself does not say
+whose band it is.
+
+How it is fast: the kernels work on a copy of the class map padded with a ring of background (no bounds checks; the
+ring is "the outside" when holes are looked for) whose rows are a whole number of 8-byte words; they skip words of
+background and, within a word, visit only the bytes of interest (bit tricks and ``trailing_zeros``) instead of
+branching on every pixel. Round 1 of the growth runs inside the labelling pass, one row behind it. Hole filling works
+on runs of background rather than on pixels. The scratch buffers are kept per thread between calls (fresh memory
+costs a page fault per 4 KiB on first touch, about a millisecond per frame); only the returned labels are new.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
 
 INTERIOR = 1
 BOUNDARY = 2
@@ -45,26 +55,63 @@ BOUNDARY = 2
 DEFAULT_MIN_AREA = 4
 DEFAULT_MAX_GROW = 8
 
+# Pixels are visited eight at a time as uint64 words of the padded class map, and within a word only the bytes of
+# interest (bit tricks on values 0..3 and trailing_zeros), instead of a branch per pixel that mispredicts.
+_ONE = np.uint64(1)
+_LOW_BITS = np.uint64(0x0101010101010101)
+
+
+class _Workspace:
+    """Scratch buffers for frames of one shape, reused by one thread.
+
+    ``img`` and ``lab`` are padded: pixel (y, x) sits at flat index (y + 1) * wp + x + 1, with wp = w + 2 rounded up
+    to a multiple of 8; the ring of ``lab`` stays 0.
+    """
+
+    def __init__(self, h: int, w: int):
+        self.shape = (h, w)
+        self.wp = (w + 2 + 7) // 8 * 8
+        size = (h + 2) * self.wp
+        self.img = np.zeros(size, np.uint8)
+        self.lab = np.zeros(size, np.int32)
+        cap = h * w // 2 + 2  # provisional labels: at most one per two pixels, plus the unused 0
+        self.parent = np.empty(cap, np.int32)
+        self.count = np.empty(cap, np.int32)
+        self.first = np.empty(cap, np.int32)
+        self.queue = np.empty(max(h * w, 1), np.int32)
+        runs = (h + 2) * (self.wp // 2 + 1)  # background runs: at most one per two columns per row
+        self.rx0 = np.empty(runs, np.int32)
+        self.rx1 = np.empty(runs, np.int32)
+        self.rparent = np.empty(runs, np.int32)
+        self.owner = np.empty(runs, np.int32)
+        self.row_start = np.empty(h + 3, np.int64)
+
+
+_local = threading.local()
+
+
+def _workspace(h: int, w: int) -> _Workspace:
+    ws = getattr(_local, "workspace", None)
+    if ws is None or ws.shape != (h, w):
+        ws = _Workspace(h, w)
+        _local.workspace = ws
+    return ws
+
 
 @numba.njit(nogil=True, cache=True)
-def _pad(image, binarize):
-    """Flat uint8 copy of ``image`` with a one-pixel ring of zeros; ``binarize`` maps nonzero to 1."""
+def _pad_into(image, img, wp, binarize):
+    """Copy ``image`` into the padded buffer ``img`` (whose ring and padding columns stay 0); ``binarize``: != 0."""
     h, w = image.shape
-    wp = w + 2
-    out = np.empty((h + 2) * wp, np.uint8)
-    out[:wp] = 0
-    out[(h + 1) * wp :] = 0
+    rows = img.reshape((-1, wp))
     for y in range(h):
-        base = (y + 1) * wp
-        out[base] = 0
-        out[base + w + 1] = 0
-        for x in range(w):
-            v = image[y, x]
-            if binarize:
-                out[base + 1 + x] = 1 if v != 0 else 0
-            else:
-                out[base + 1 + x] = v
-    return out
+        src = image[y]
+        dst = rows[y + 1, 1 : w + 1]
+        if binarize:
+            for x in range(w):
+                dst[x] = src[x] != 0
+        else:
+            for x in range(w):
+                dst[x] = src[x]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -87,63 +134,102 @@ def _union(parent, a, b):
 
 
 @numba.njit(nogil=True, cache=True)
-def _label_provisional(img, h, w, value, eight, lab, parent, count):
-    """First pass: provisional labels of the pixels equal to ``value``.
+def _label_pass(img, lab, h, wp, value, eight, parent, count, first, grow, queue):
+    """Provisional labels of the pixels equal to ``value``, and (``grow``) round 1 of the growth.
 
-    ``img`` is the padded flat image (``_pad``), ``lab`` a flat (H * W) label array (not padded: the ring of ``img``
-    is never equal to ``value``, so ``lab`` is only read inside the image). Writes ``lab`` (0 for the other pixels),
-    the union-find forest ``parent`` and ``count[l]`` = pixels with provisional label l. Returns the number of
-    provisional labels.
+    Writes ``lab`` (0 for every other pixel of rows 1..h), the union-find forest ``parent``, ``count[l]`` = pixels
+    given provisional label l and ``first[l]`` = smallest flat index of them. With ``grow``, each boundary pixel next
+    to a labelled pixel takes the label of its first such neighbour in raster order, one row behind the labelling so
+    that all its neighbours are labelled; those pixels are appended to ``queue``.
+    Returns (number of provisional labels, queue length).
     """
-    wp = w + 2
+    img64 = img.view(np.uint64)
+    words = wp // 8
     n = 0
-    for y in range(h):
-        i = (y + 1) * wp
-        j = y * w - 1
-        for _ in range(w):
-            i += 1
-            j += 1
-            if img[i] != value:
-                lab[j] = 0
-                continue
-            n_fg = img[i - wp] == value
-            w_fg = img[i - 1] == value
-            nw_fg = img[i - wp - 1] == value
-            if eight:
-                if n_fg:
-                    cur = lab[j - w]  # N touches W, NW and NE: they are already joined
-                else:
-                    ne_fg = img[i - wp + 1] == value
-                    if w_fg:
-                        cur = lab[j - 1]
-                        if ne_fg:
-                            _union(parent, cur, lab[j - w + 1])
-                    elif nw_fg:
-                        cur = lab[j - w - 1]
-                        if ne_fg:
-                            _union(parent, cur, lab[j - w + 1])
-                    elif ne_fg:
-                        cur = lab[j - w + 1]
+    tail = 0
+    for r in range(1, h + 2):
+        if r <= h:
+            for k in range(r * words, (r + 1) * words):
+                i0 = 8 * k
+                for i in range(i0, i0 + 8):
+                    lab[i] = 0
+                word = img64[k]
+                if word == 0:
+                    continue
+                # the bytes equal to 1 (values are 0..3): bit 0 set, bit 1 clear; visit them in order
+                ones = word & ~(word >> _ONE) & _LOW_BITS
+                while ones:
+                    i = i0 + (trailing_zeros(ones) >> 3)
+                    ones &= ones - _ONE
+                    if eight:
+                        if img[i - wp] == value:
+                            cur = lab[i - wp]  # N touches W, NW and NE: they are already joined
+                        else:
+                            ne = img[i - wp + 1] == value
+                            if img[i - 1] == value:
+                                cur = lab[i - 1]
+                                if ne:
+                                    _union(parent, cur, lab[i - wp + 1])
+                            elif img[i - wp - 1] == value:
+                                cur = lab[i - wp - 1]
+                                if ne:
+                                    _union(parent, cur, lab[i - wp + 1])
+                            elif ne:
+                                cur = lab[i - wp + 1]
+                            else:
+                                n += 1
+                                parent[n] = n
+                                count[n] = 0
+                                first[n] = i
+                                cur = n
                     else:
-                        n += 1
-                        parent[n] = n
-                        count[n] = 0
-                        cur = n
-            else:
-                if n_fg:
-                    cur = lab[j - w]
-                    if w_fg and not nw_fg:  # with NW set, N and W are already joined through it
-                        _union(parent, cur, lab[j - 1])
-                elif w_fg:
-                    cur = lab[j - 1]
-                else:
-                    n += 1
-                    parent[n] = n
-                    count[n] = 0
-                    cur = n
-            lab[j] = cur
-            count[cur] += 1
-    return n
+                        if img[i - wp] == value:
+                            cur = lab[i - wp]
+                            # with NW set, N and W are already joined through it
+                            if img[i - 1] == value and img[i - wp - 1] != value:
+                                _union(parent, cur, lab[i - 1])
+                        elif img[i - 1] == value:
+                            cur = lab[i - 1]
+                        else:
+                            n += 1
+                            parent[n] = n
+                            count[n] = 0
+                            first[n] = i
+                            cur = n
+                    lab[i] = cur
+                    count[cur] += 1
+        if not grow or r < 2:
+            continue
+        q = r - 1
+        for k in range(q * words, (q + 1) * words):
+            word = img64[k]
+            twos = (word >> _ONE) & ~word & _LOW_BITS  # the bytes equal to 2
+            while twos:
+                i = 8 * k + (trailing_zeros(twos) >> 3)
+                twos &= twos - _ONE
+                # j = the first labelled neighbour in raster order, or i itself (lab 0) if none: a chain of
+                # selects, checked from the last neighbour back, rather than unpredictable branches
+                j = i
+                if eight:
+                    j = i + wp + 1 if img[i + wp + 1] == value else j
+                j = i + wp if img[i + wp] == value else j
+                if eight:
+                    j = i + wp - 1 if img[i + wp - 1] == value else j
+                j = i + 1 if img[i + 1] == value else j
+                j = i - 1 if img[i - 1] == value else j
+                if eight:
+                    j = i - wp + 1 if img[i - wp + 1] == value else j
+                j = i - wp if img[i - wp] == value else j
+                if eight:
+                    j = i - wp - 1 if img[i - wp - 1] == value else j
+                cur = lab[j]
+                lab[i] = cur
+                claimed = j != i
+                count[cur] += claimed  # count[0] and first[0] are scratch
+                first[cur] = min(first[cur], i)
+                queue[tail] = i
+                tail += claimed
+    return n, tail
 
 
 @numba.njit(nogil=True, cache=True)
@@ -163,32 +249,37 @@ def _resolve(parent, n):
 
 
 @numba.njit(nogil=True, cache=True)
-def _connected_components(image, eight):
-    h, w = image.shape
-    img = _pad(image, True)
-    lab = np.empty(h * w, np.int32)
-    cap = h * w // 2 + 2
-    parent = np.empty(cap, np.int32)
-    count = np.empty(cap, np.int64)
-    n = _label_provisional(img, h, w, 1, eight, lab, parent, count)
-    lut, _ = _resolve(parent, n)
-    for j in range(h * w):
-        lab[j] = lut[lab[j]]
-    return lab.reshape((h, w))
+def _unpad(lab, lut, h, w, wp):
+    """out[y, x] = lut[lab[padded index of (y, x)]]."""
+    out = np.empty((h, w), np.int32)
+    for y in range(h):
+        src = lab[(y + 1) * wp + 1 : (y + 1) * wp + 1 + w]
+        dst = out[y]
+        for x in range(w):
+            dst[x] = lut[src[x]]
+    return out
 
 
 @numba.njit(nogil=True, cache=True)
-def _owners_across(img, lab, lut, owner, rx0, rx1, bg_lo, bg_hi, w, other_y, o_lo, o_hi, reach):
-    """Record the objects in row ``other_y`` next to each background run ``bg_lo..bg_hi - 1`` of an adjacent row.
+def _connected_components(image, eight, img, lab, wp, parent, count, first, queue):
+    h, w = image.shape
+    _pad_into(image, img, wp, True)
+    n, _ = _label_pass(img, lab, h, wp, 1, eight, parent, count, first, False, queue)
+    lut, _ = _resolve(parent, n)
+    return _unpad(lab, lut, h, w, wp)
 
-    The neighbours of run r in the other row are columns ``rx0[r] - reach .. rx1[r] + reach`` (clipped to the image);
-    those not covered by the other row's background runs ``o_lo..o_hi - 1`` are object pixels.
+
+@numba.njit(nogil=True, cache=True)
+def _owners_across(lab, lut, owner, rx0, rx1, bg_lo, bg_hi, other_base, o_lo, o_hi, reach):
+    """Record the objects in an adjacent row next to each background run ``bg_lo..bg_hi - 1``.
+
+    The neighbours of run r in the other row (flat offset ``other_base``) are its columns ``rx0[r] - reach ..
+    rx1[r] + reach``; those not covered by the other row's background runs ``o_lo..o_hi - 1`` are object pixels.
     """
-    wp = w + 2
     j0 = o_lo
     for r in range(bg_lo, bg_hi):
-        lo = max(rx0[r] - reach, 0)
-        hi = min(rx1[r] + reach, w - 1)
+        lo = rx0[r] - reach
+        hi = rx1[r] + reach
         while j0 < o_hi and rx1[j0] < lo:
             j0 += 1
         j = j0
@@ -199,10 +290,7 @@ def _owners_across(img, lab, lut, owner, rx0, rx1, bg_lo, bg_hi, w, other_y, o_l
                 x = rx1[j] + 1
                 j += 1
                 continue
-            q = other_y * w + x
-            k = lab[q]
-            if img[(other_y + 1) * wp + x + 1] == INTERIOR:
-                k = lut[k]
+            k = lut[lab[other_base + x]]
             if k != last:
                 last = k
                 if owner[r] == 0:
@@ -213,60 +301,61 @@ def _owners_across(img, lab, lut, owner, rx0, rx1, bg_lo, bg_hi, w, other_y, o_l
 
 
 @numba.njit(nogil=True, cache=True)
-def _fill_holes(img, lab, lut, area, h, w, eight_objects):
-    """Step 3: fill background components that touch neither the image edge nor more than one object.
+def _fill_holes(img, lab, lut, rep, area, h, wp, eight_objects, rx0, rx1, parent, owner, row_start):
+    """Step 3: fill the background components that neither reach the ring nor touch more than one object.
 
-    Works on runs: every row is cut into runs of background (``lab == 0``); runs of adjacent rows that touch are
-    joined with union-find, and each run records whether it touches the image edge and the objects beside it (same
-    row) and above and below it (adjacent rows, skipping the columns covered by background runs there). Only pixels
-    next to background are looked at individually.
+    Works on runs: every padded row is cut into runs of background (``lab == 0``, the ring included); runs of
+    adjacent rows that touch are joined with union-find, and each run records the objects (seed ids, ``lut[lab]``)
+    beside it in its row and next to it in the adjacent rows, skipping the columns covered by background runs there,
+    so only pixels next to background are looked at one by one. The ring makes one component, "the outside", whose
+    root is run 0. A hole's pixels get the label ``rep[k]`` of its object k.
     """
-    wp = w + 2
-    reach = 0 if eight_objects else 1  # 4-connected background sees no diagonal neighbours
-    cap = h * (w // 2 + 1) + 1
-    rx0 = np.empty(cap, np.int32)
-    rx1 = np.empty(cap, np.int32)
-    parent = np.empty(cap, np.int32)
-    owner = np.empty(cap, np.int32)
-    edge = np.empty(cap, np.bool_)
-    row_start = np.empty(h + 1, np.int64)
+    img64 = img.view(np.uint64)
+    words = wp // 8
+    reach = 0 if eight_objects else 1  # a 4-connected background has no diagonal neighbours
     nr = 0
-    for y in range(h):
+    for y in range(h + 2):
         row_start[y] = nr
-        base = y * w
-        x = 0
-        while x < w:
-            if lab[base + x] != 0:
-                x += 1
+        base = y * wp
+        open_run = False
+        for k in range(y * words, (y + 1) * words):
+            c0 = 8 * k - base
+            if img64[k] == 0:  # all background
+                if not open_run:
+                    rx0[nr] = c0
+                    open_run = True
                 continue
-            x0 = x
-            while x < w and lab[base + x] == 0:
-                x += 1
-            rx0[nr] = x0
-            rx1[nr] = x - 1
-            parent[nr] = nr
-            edge[nr] = y == 0 or y == h - 1 or x0 == 0 or x == w
-            # The pixels left and right of a run are objects (runs are maximal), unless past the image edge.
+            for c in range(c0, c0 + 8):
+                if lab[base + c] == 0:
+                    if not open_run:
+                        rx0[nr] = c
+                        open_run = True
+                elif open_run:
+                    rx1[nr] = c - 1
+                    nr += 1
+                    open_run = False
+        if open_run:
+            rx1[nr] = wp - 1
+            nr += 1
+        # A run's own record: the objects left and right of it (runs are maximal).
+        for r in range(row_start[y], nr):
+            parent[r] = r
             own = 0
-            if x0 > 0:
-                k = lab[base + x0 - 1]
-                own = lut[k] if img[(y + 1) * wp + x0] == INTERIOR else k
-            if x < w:
-                k = lab[base + x]
-                if img[(y + 1) * wp + x + 1] == INTERIOR:
-                    k = lut[k]
+            if rx0[r] > 0:
+                own = lut[lab[base + rx0[r] - 1]]
+            if rx1[r] < wp - 1:
+                k = lut[lab[base + rx1[r] + 1]]
                 if own == 0:
                     own = k
                 elif own != k:
                     own = -1
-            owner[nr] = own
-            nr += 1
+            owner[r] = own
         row_start[y + 1] = nr
         if y == 0:
             continue
         a_lo = row_start[y - 1]
         a_hi = row_start[y]
-        # Join touching runs of rows y - 1 and y.
+        # Join the touching runs of rows y - 1 and y.
         i = a_lo
         j = a_hi
         while i < a_hi and j < nr:
@@ -276,118 +365,88 @@ def _fill_holes(img, lab, lut, area, h, w, eight_objects):
                 i += 1
             else:
                 j += 1
-        _owners_across(img, lab, lut, owner, rx0, rx1, a_hi, nr, w, y - 1, a_lo, a_hi, reach)
-        _owners_across(img, lab, lut, owner, rx0, rx1, a_lo, a_hi, w, y, a_hi, nr, reach)
-    # Fold every run's record into its root (a root is the smallest index of its set: one ascending sweep).
+        _owners_across(lab, lut, owner, rx0, rx1, a_hi, nr, base - wp, a_lo, a_hi, reach)
+        _owners_across(lab, lut, owner, rx0, rx1, a_lo, a_hi, base, a_hi, nr, reach)
+    # Fold every run's owners into its root (a root is the smallest index of its set: one ascending sweep).
     for r in range(nr):
         root = _find(parent, r)
-        if root != r:
-            edge[root] = edge[root] or edge[r]
-            if owner[r] != 0:
-                if owner[root] == 0:
-                    owner[root] = owner[r]
-                elif owner[root] != owner[r]:
-                    owner[root] = -1
-    for y in range(h):
-        base = y * w
+        if root != r and owner[r] != 0:
+            if owner[root] == 0:
+                owner[root] = owner[r]
+            elif owner[root] != owner[r]:
+                owner[root] = -1
+    outside = _find(parent, 0)
+    for y in range(1, h + 1):
+        base = y * wp
         for r in range(row_start[y], row_start[y + 1]):
             root = _find(parent, r)
             k = owner[root]
-            if k > 0 and not edge[root]:
-                for x in range(rx0[r], rx1[r] + 1):
-                    lab[base + x] = k
+            if root != outside and k > 0:
+                for c in range(rx0[r], rx1[r] + 1):
+                    lab[base + c] = rep[k]
                 area[k] += rx1[r] - rx0[r] + 1
 
 
 @numba.njit(nogil=True, cache=True)
-def _instances(classes, eight, max_grow, min_area):
+def _instances(
+    classes, eight, max_grow, min_area, img, lab, wp, parent, count, first, queue, rx0, rx1, rparent, owner, row_start
+):
     h, w = classes.shape
-    wp = w + 2
-    img = _pad(classes, False)
-    lab = np.empty(h * w, np.int32)
-    cap = h * w // 2 + 2
-    parent = np.empty(cap, np.int32)
-    count = np.empty(cap, np.int64)
+    _pad_into(classes, img, wp, False)
 
-    # 1. Seeds. Interior pixels keep their provisional label in ``lab`` until the last pass; every other pixel holds
-    #    a seed id (or 0), so the seed id of a pixel is lut[lab] for interior pixels and lab otherwise.
-    n = _label_provisional(img, h, w, INTERIOR, eight, lab, parent, count)
-    lut, n_seeds = _resolve(parent, n)
-    area = np.zeros(n_seeds + 1, np.int64)
-    for i in range(1, n + 1):
-        area[lut[i]] += count[i]
+    # 1. Seeds, and round 1 of the growth. Every object pixel holds a provisional label until the last pass.
+    n, tail = _label_pass(img, lab, h, wp, INTERIOR, eight, parent, count, first, max_grow >= 1, queue)
 
-    # 2. Growth through boundary pixels, one round per step; round 1 in raster order. A pixel is addressed by its
-    #    index in the padded ``img`` and in ``lab``; ``lab`` is only touched where ``img`` is nonzero (inside).
-    img_off = np.array([-wp, -1, 1, wp, -wp - 1, -wp + 1, wp - 1, wp + 1])
-    lab_off = np.array([-w, -1, 1, w, -w - 1, -w + 1, w - 1, w + 1])
-    nbr = 8 if eight else 4
-    queue_img = np.empty(h * w, np.int64)
-    queue_lab = np.empty(h * w, np.int64)
-    tail = 0
-    if max_grow >= 1:
-        for y in range(h):
-            i = (y + 1) * wp
-            j = y * w - 1
-            for _ in range(w):
-                i += 1
-                j += 1
-                if img[i] != BOUNDARY:
-                    continue
-                for k in range(nbr):
-                    if img[i + img_off[k]] == INTERIOR:
-                        s = lut[lab[j + lab_off[k]]]
-                        lab[j] = s
-                        area[s] += 1
-                        queue_img[tail] = i
-                        queue_lab[tail] = j
-                        tail += 1
-                        break
+    # 2. Rounds 2..max_grow of the growth.
+    if eight:
+        offsets = np.array([-wp - 1, -wp, -wp + 1, -1, 1, wp - 1, wp, wp + 1])  # raster order
+    else:
+        offsets = np.array([-wp, -1, 1, wp])
     head = 0
     for _ in range(1, max_grow):
         end = tail
         if head == end:
             break
         while head < end:
-            i = queue_img[head]
-            j = queue_lab[head]
+            p = queue[head]
             head += 1
-            s = lab[j]
-            for k in range(nbr):
-                qi = i + img_off[k]
-                qj = j + lab_off[k]
-                if img[qi] == BOUNDARY and lab[qj] == 0:
-                    lab[qj] = s
-                    area[s] += 1
-                    queue_img[tail] = qi
-                    queue_lab[tail] = qj
+            cur = lab[p]
+            for o in offsets:
+                q = p + o
+                if img[q] == BOUNDARY and lab[q] == 0:
+                    lab[q] = cur
+                    count[cur] += 1
+                    if q < first[cur]:
+                        first[cur] = q
+                    queue[tail] = q
                     tail += 1
 
-    # 3. Holes.
-    _fill_holes(img, lab, lut, area, h, w, eight)
+    # Seeds: ids, areas, first pixels, and a provisional label standing for each.
+    lut, n_seeds = _resolve(parent, n)
+    area = np.zeros(n_seeds + 1, np.int64)
+    seed_first = np.full(n_seeds + 1, np.iinfo(np.int32).max, np.int32)
+    rep = np.zeros(n_seeds + 1, np.int32)
+    for i in range(1, n + 1):
+        s = lut[i]
+        area[s] += count[i]
+        if first[i] < seed_first[s]:
+            seed_first[s] = first[i]
+        if rep[s] == 0:
+            rep[s] = i
 
-    # 4. + 5. Drop small objects, number the rest in raster order of their first pixel, in place.
+    # 3. Holes.
+    _fill_holes(img, lab, lut, rep, area, h, wp, eight, rx0, rx1, rparent, owner, row_start)
+
+    # 4. + 5. Drop small objects, number the others in raster order of their first pixel.
     new = np.zeros(n_seeds + 1, np.int32)
     m = 0
-    for y in range(h):
-        i = (y + 1) * wp
-        j = y * w - 1
-        for _ in range(w):
-            i += 1
-            j += 1
-            s = lab[j]
-            if s == 0:
-                continue
-            if img[i] == INTERIOR:
-                s = lut[s]
-            if area[s] < min_area:
-                lab[j] = 0
-                continue
-            if new[s] == 0:
-                m += 1
-                new[s] = m
-            lab[j] = new[s]
-    return lab.reshape((h, w))
+    for s in np.argsort(seed_first[1:]) + 1:
+        if area[s] >= min_area:
+            m += 1
+            new[s] = m
+    for i in range(n + 1):
+        lut[i] = new[lut[i]]
+    return _unpad(lab, lut, h, w, wp)
 
 
 def _check_2d(name: str, array: np.ndarray) -> None:
@@ -429,7 +488,9 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     eight = _check_connectivity(connectivity)
     if mask.dtype != np.bool_ and not np.issubdtype(mask.dtype, np.integer):
         raise ValueError(f"mask must be a bool or integer array, got dtype {mask.dtype}")
-    return _connected_components(mask, eight)
+    h, w = mask.shape
+    ws = _workspace(h, w)
+    return _connected_components(mask, eight, ws.img, ws.lab, ws.wp, ws.parent, ws.count, ws.first, ws.queue)
 
 
 def instances_from_classes(
@@ -482,4 +543,23 @@ def instances_from_classes(
         raise ValueError(
             f"class_map must hold only 0 (background), 1 (interior), 2 (boundary), found {int(class_map.max())}"
         )
-    return _instances(class_map, eight, int(max_grow), int(min_area))
+    h, w = class_map.shape
+    ws = _workspace(h, w)
+    return _instances(
+        class_map,
+        eight,
+        int(max_grow),
+        int(min_area),
+        ws.img,
+        ws.lab,
+        ws.wp,
+        ws.parent,
+        ws.count,
+        ws.first,
+        ws.queue,
+        ws.rx0,
+        ws.rx1,
+        ws.rparent,
+        ws.owner,
+        ws.row_start,
+    )

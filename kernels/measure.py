@@ -2,8 +2,9 @@
 
 One numba pass over the pixels (``nogil=True``, so frames can be measured on threads) accumulates, per label, the
 pixel count, first and second moments of the coordinates, the bounding box, the perimeter weights, whether the object
-touches the image edge, and the sum, shifted sum of squares and maximum of the intensity; the derived values are then
-computed with vectorised numpy.
+touches the image edge, and the sum, shifted sum of squares and maximum of the intensity; it works run by run (a run
+= consecutive pixels of one label in a row), so the coordinate sums are closed forms and only the intensity and the
+border test are per pixel. The derived values are then computed with vectorised numpy.
 
 Definitions (x = column, y = row, both 0-based; n = pixels of the object; sums run over its pixels). CellProfiler 4's
 MeasureObjectSizeShape takes these straight from ``skimage.measure.regionprops``, so "= skimage" below also means
@@ -34,7 +35,7 @@ MeasureObjectSizeShape takes these straight from ``skimage.measure.regionprops``
     sqrt(4 n / pi), the diameter of the disc of the same area (= skimage ``equivalent_diameter_area``).
 ``AreaShape_Extent``
     n / bounding-box area (= skimage ``extent``).
-``Intensity_IntegratedIntensity_<channel>``, ``..._MeanIntensity_...``, ``..._StdIntensity_...``, ``..._MaxIntensity_...``
+``Intensity_{IntegratedIntensity,MeanIntensity,StdIntensity,MaxIntensity}_<channel>``
     Sum, mean, population standard deviation and maximum of the intensity over the object's pixels (= skimage
     ``intensity_mean``, ``intensity_std``, ``intensity_max``; the sum = mean x area). In the raw units of the frame:
     CellProfiler divides 16-bit images by 65535 (and 8-bit by 255) before measuring, so its values are these divided
@@ -84,11 +85,18 @@ _PERIMETER_WEIGHTS[[13, 23]] = (1.0 + math.sqrt(2.0)) / 2.0
 
 def object_schema(channel: str = "DNA") -> dict[str, pl.DataType]:
     """Column names and dtypes of the ``measure`` table, in order."""
-    schema: dict[str, pl.DataType] = {"ObjectNumber": pl.Int32, "AreaShape_Area": pl.Int64}
+    schema: dict[str, pl.DataType] = {"ObjectNumber": pl.Int64, "AreaShape_Area": pl.Int64}
     schema |= {f"AreaShape_Center_{a}": pl.Float64 for a in "XY"}
     schema |= {f"AreaShape_BoundingBox{m}_{a}": pl.Int32 for m in ("Minimum", "Maximum") for a in "XY"}
-    for name in ("Perimeter", "MajorAxisLength", "MinorAxisLength", "Eccentricity", "Orientation",
-                 "EquivalentDiameter", "Extent"):
+    for name in (
+        "Perimeter",
+        "MajorAxisLength",
+        "MinorAxisLength",
+        "Eccentricity",
+        "Orientation",
+        "EquivalentDiameter",
+        "Extent",
+    ):
         schema[f"AreaShape_{name}"] = pl.Float64
     for name in ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MaxIntensity"):
         schema[f"Intensity_{name}_{channel}"] = pl.Float64
@@ -97,35 +105,23 @@ def object_schema(channel: str = "DNA") -> dict[str, pl.DataType]:
 
 
 @numba.njit(nogil=True, cache=True)
-def _border_row(labels, y, out):
-    """out[x] = 1 where pixel (y, x) is a border pixel of its object (a 4-neighbour differs or lies outside)."""
-    h, w = labels.shape
-    for x in range(w):
-        k = labels[y, x]
-        if k == 0:
-            out[x] = 0
-        elif (
-            y == 0
-            or y == h - 1
-            or x == 0
-            or x == w - 1
-            or labels[y - 1, x] != k
-            or labels[y + 1, x] != k
-            or labels[y, x - 1] != k
-            or labels[y, x + 1] != k
-        ):
-            out[x] = 1
-        else:
-            out[x] = 0
+def _sum_squares(m):
+    """0^2 + 1^2 + ... + m^2 for m >= 0; for m < 0 the value that keeps S(b) - S(a - 1) = sum of d^2 over a..b."""
+    return m * (m + 1) * (2 * m + 1) // 6
 
 
 @numba.njit(nogil=True, cache=True)
 def _accumulate(labels, intensity, n, shape, weights):
-    """One pass over the pixels: per-label sums for labels 1..n (see the module docstring).
+    """One pass over the pixels, run by run: per-label sums for labels 1..n (see the module docstring).
 
-    With ``shape`` False only the area, bounding box, border flag and intensity sums are accumulated.
-    Coordinates are accumulated relative to each object's first pixel, which keeps the second moments exact in
-    int64 and free of cancellation.
+    Each row is cut into runs of equal label; a run adds its length, its coordinate sums (closed forms) and its
+    intensity sums (summed in registers first) to its label. Coordinates are taken relative to each object's first
+    pixel, which keeps the second moments exact in int64 and free of cancellation. With ``shape`` False only the
+    area, bounding box, border flag and intensity sums are accumulated.
+
+    The perimeter needs, for every border pixel, the border flags of its 8 neighbours, so it runs one row behind:
+    while row y is scanned (which sets the border flags of row y and lists its border pixels), the listed border
+    pixels of row y - 1 are weighted.
     """
     h, w = labels.shape
     area = np.zeros(n + 1, np.int64)
@@ -146,81 +142,124 @@ def _accumulate(labels, intensity, n, shape, weights):
     idev = np.zeros(n + 1, np.float64)
     idev2 = np.zeros(n + 1, np.float64)
     imax = np.zeros(n + 1, np.float64)
+    # border flags of rows y - 2, y - 1, y (only read where the label matches, so never cleared), border pixels
+    b_old = np.zeros(w, np.uint8)
     b_prev = np.zeros(w, np.uint8)
     b_cur = np.zeros(w, np.uint8)
-    b_next = np.zeros(w, np.uint8)
-    # Border flags of rows y - 1, y, y + 1 (the perimeter weights need the border pixels around each border pixel).
-    if shape and h > 0:
-        _border_row(labels, 0, b_cur)
-        if h > 1:
-            _border_row(labels, 1, b_next)
-    for y in range(h):
-        edge_row = y == 0 or y == h - 1
-        for x in range(w):
-            k = labels[y, x]
-            if k == 0:
-                continue
-            v = np.float64(intensity[y, x])
-            if area[k] == 0:
-                x0[k] = x
-                y0[k] = y
-                xmin[k] = x
-                xmax[k] = x
-                i0[k] = v
-                imax[k] = v
-            area[k] += 1
-            if x < xmin[k]:
-                xmin[k] = x
-            if x > xmax[k]:
-                xmax[k] = x
-            ymax[k] = y
-            if edge_row or x == 0 or x == w - 1:
-                touches[k] = True
-            isum[k] += v
-            d = v - i0[k]
-            idev[k] += d
-            idev2[k] += d * d
-            if v > imax[k]:
-                imax[k] = v
-            if not shape:
-                continue
-            dx = x - x0[k]
-            dy = y - y0[k]
-            sx[k] += dx
-            sy[k] += dy
-            sxx[k] += dx * dx
-            syy[k] += dy * dy
-            sxy[k] += dx * dy
-            if b_cur[x]:
+    list_prev = np.empty(w, np.int64)
+    list_cur = np.empty(w, np.int64)
+    change = np.ones((w + 1 + 7) // 8 * 8, np.uint8)  # change[0] and change[w:] stay 1 (sentinels)
+    change64 = change.view(np.uint64)
+    n_prev = 0
+    for y in range(h + 1):
+        n_cur = 0
+        if y < h:
+            edge_row = y == 0 or y == h - 1
+            row = labels[y]
+            up = labels[max(y - 1, 0)]
+            down = labels[min(y + 1, h - 1)]
+            # change[x] = 1 where a run starts (a vectorisable pass), then hop from start to start a word at a time
+            for x in range(1, w):
+                change[x] = row[x] != row[x - 1]
+            x1 = -1
+            while True:
+                x = x1 + 1
+                if x >= w:
+                    break
+                x1 = x  # find the last pixel of the run starting at x
+                while (x1 + 1) & 7 and not change[x1 + 1]:
+                    x1 += 1
+                if not change[x1 + 1]:
+                    while change64[(x1 + 1) >> 3] == 0:
+                        x1 += 8
+                    while not change[x1 + 1]:
+                        x1 += 1
+                k = row[x]
+                if k == 0:
+                    continue
+                length = x1 - x + 1
+                if area[k] == 0:
+                    x0[k] = x
+                    y0[k] = y
+                    xmin[k] = x
+                    xmax[k] = x1
+                    i0[k] = intensity[y, x]
+                    imax[k] = intensity[y, x]
+                area[k] += length
+                if x < xmin[k]:
+                    xmin[k] = x
+                if x1 > xmax[k]:
+                    xmax[k] = x1
+                ymax[k] = y
+                if edge_row or x == 0 or x1 == w - 1:
+                    touches[k] = True
+                ref = i0[k]
+                s = 0.0
+                d1 = 0.0
+                d2 = 0.0
+                mx = imax[k]
+                for xx in range(x, x1 + 1):
+                    v = np.float64(intensity[y, xx])
+                    s += v
+                    d = v - ref
+                    d1 += d
+                    d2 += d * d
+                    if v > mx:
+                        mx = v
+                isum[k] += s
+                idev[k] += d1
+                idev2[k] += d2
+                imax[k] = mx
+                if shape:
+                    a = x - x0[k]
+                    b = x1 - x0[k]
+                    dy = y - y0[k]
+                    run_sx = (a + b) * length // 2
+                    sx[k] += run_sx
+                    sxx[k] += _sum_squares(b) - _sum_squares(a - 1)
+                    sy[k] += length * dy
+                    syy[k] += length * dy * dy
+                    sxy[k] += dy * run_sx
+                    # border pixels: the run's ends, and pixels whose upper or lower neighbour differs
+                    for xx in range(x, x1 + 1):
+                        border = edge_row | (xx == x) | (xx == x1) | (up[xx] != k) | (down[xx] != k)
+                        b_cur[xx] = border
+                        list_cur[n_cur] = xx
+                        n_cur += border
+        if shape and y > 0:
+            # weights of the border pixels of row r = y - 1: neighbours in rows r - 1 (b_old), r (b_prev), r + 1
+            r = y - 1
+            for t in range(n_prev):
+                xx = list_prev[t]
+                k = labels[r, xx]
                 code = 1
-                if x > 0 and labels[y, x - 1] == k:
-                    code += 2 * b_cur[x - 1]
-                if x + 1 < w and labels[y, x + 1] == k:
-                    code += 2 * b_cur[x + 1]
-                if y > 0:
-                    if labels[y - 1, x] == k:
-                        code += 2 * b_prev[x]
-                    if x > 0 and labels[y - 1, x - 1] == k:
-                        code += 10 * b_prev[x - 1]
-                    if x + 1 < w and labels[y - 1, x + 1] == k:
-                        code += 10 * b_prev[x + 1]
-                if y + 1 < h:
-                    if labels[y + 1, x] == k:
-                        code += 2 * b_next[x]
-                    if x > 0 and labels[y + 1, x - 1] == k:
-                        code += 10 * b_next[x - 1]
-                    if x + 1 < w and labels[y + 1, x + 1] == k:
-                        code += 10 * b_next[x + 1]
+                if xx > 0 and labels[r, xx - 1] == k:
+                    code += 2 * b_prev[xx - 1]
+                if xx + 1 < w and labels[r, xx + 1] == k:
+                    code += 2 * b_prev[xx + 1]
+                if r > 0:
+                    if labels[r - 1, xx] == k:
+                        code += 2 * b_old[xx]
+                    if xx > 0 and labels[r - 1, xx - 1] == k:
+                        code += 10 * b_old[xx - 1]
+                    if xx + 1 < w and labels[r - 1, xx + 1] == k:
+                        code += 10 * b_old[xx + 1]
+                if y < h:
+                    if labels[y, xx] == k:
+                        code += 2 * b_cur[xx]
+                    if xx > 0 and labels[y, xx - 1] == k:
+                        code += 10 * b_cur[xx - 1]
+                    if xx + 1 < w and labels[y, xx + 1] == k:
+                        code += 10 * b_cur[xx + 1]
                 perimeter[k] += weights[code]
-        if shape:
-            b_prev, b_cur, b_next = b_cur, b_next, b_prev
-            if y + 2 < h:
-                _border_row(labels, y + 2, b_next)
+        b_old, b_prev, b_cur = b_prev, b_cur, b_old
+        list_prev, list_cur = list_cur, list_prev
+        n_prev = n_cur
     return area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, perimeter, touches, isum, idev, idev2, imax
 
 
-def _validate(labels: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Check the inputs; return contiguous arrays and, for labels with huge ids, the ids of a compacted copy."""
+def _validate(labels: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, np.ndarray | None]:
+    """Check the inputs. Returns contiguous arrays, the largest label, and for huge ids the ids of a compacted copy."""
     for name, a in (("labels", labels), ("intensity", intensity)):
         if not isinstance(a, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(a).__name__}")
@@ -236,23 +275,23 @@ def _validate(labels: np.ndarray, intensity: np.ndarray) -> tuple[np.ndarray, np
         raise ValueError(f"labels {labels.shape} and intensity {intensity.shape} must have the same shape")
     labels = np.ascontiguousarray(labels)
     intensity = np.ascontiguousarray(intensity)
+    hi = int(labels.max()) if labels.size else 0
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        raise ValueError("labels must be >= 0 (0 = background)")
     ids = None
-    if labels.size:
-        if np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-            raise ValueError("labels must be >= 0 (0 = background)")
-        if int(labels.max()) > labels.size:
-            # Sparse huge ids: measure a compacted copy (per-label arrays are sized by the largest id).
-            ids, inverse = np.unique(labels, return_inverse=True)
-            labels = inverse.reshape(labels.shape).astype(np.int32)
-            if ids[0] != 0:
-                labels += 1
-                ids = np.concatenate([[0], ids])
-    return labels, intensity, ids
+    if hi > labels.size:
+        # Sparse huge ids: measure a compacted copy (the per-label arrays are sized by the largest id).
+        ids, inverse = np.unique(labels, return_inverse=True)
+        labels = inverse.reshape(labels.shape).astype(np.int32)
+        if ids[0] != 0:
+            labels += 1
+            ids = np.concatenate([[0], ids])
+        hi = len(ids) - 1
+    return labels, intensity, int(hi), ids
 
 
 def _run(labels: np.ndarray, intensity: np.ndarray, shape: bool):
-    labels, intensity, ids = _validate(labels, intensity)
-    n = int(labels.max()) if labels.size else 0
+    labels, intensity, n, ids = _validate(labels, intensity)
     acc = _accumulate(labels, intensity, n, shape, _PERIMETER_WEIGHTS)
     present = np.flatnonzero(acc[0][1:]) + 1
     numbers = present if ids is None else ids[present]
@@ -286,7 +325,7 @@ def measure(labels: np.ndarray, intensity: np.ndarray, channel: str = "DNA") -> 
     area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, perimeter, touches, isum, idev, idev2, imax = acc
     n = area.astype(np.float64)
     # n^2 x the central second moments, exact in int64 while n * (largest |dx|) < 2^31 (any object of a frame up
-    # to ~1,400 x 1,400, and every nucleus-sized object of any frame); beyond that, float64.
+    # to 1,290 x 1,290, and every nucleus-sized object of any frame); beyond that, float64.
     exact = area * np.maximum(xmax - xmin, ymax - y0) < 2**31
     mxx_int = area * sxx - sx * sx  # wraps around where not exact; replaced below
     myy_int = area * syy - sy * sy
@@ -337,8 +376,9 @@ def measure(labels: np.ndarray, intensity: np.ndarray, channel: str = "DNA") -> 
     )
 
 
-def _summary(area: np.ndarray, touches: np.ndarray, mean_intensity: np.ndarray, micronucleus_area: int,
-             channel: str) -> dict[str, int | float | None]:
+def _summary(
+    area: np.ndarray, touches: np.ndarray, mean_intensity: np.ndarray, micronucleus_area: int, channel: str
+) -> dict[str, int | float | None]:
     nuclei = area >= micronucleus_area
     kept = nuclei & ~touches
     kept_area = area[kept]

@@ -7,6 +7,7 @@ line, ``error: ...``, with exit status 2; ``--debug`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
@@ -93,15 +94,10 @@ def cmd_segment(a: argparse.Namespace) -> None:
 
 
 def _print_analysis(res) -> None:
-    from nucleiscreen.engine.hits import format_table
+    from nucleiscreen.engine.analyze import format_summary
 
-    print("\nHits (genes passing a hit rule; sample wells only):")
-    print(format_table(res.hits) if res.hits.height else "  none")
-    print("\nControls (reported as controls, never as hits):")
-    print(format_table(res.controls))
-    print(f"\nanalysis written to {res.out_dir}:")
-    for name, path in res.files.items():
-        print(f"  {name}: {path}")
+    print()
+    print(format_summary(res))
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
@@ -167,8 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
     common.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("simulate", parents=[common], help="write a synthetic CX7 screen with ground truth and a layout file",
+    p = add("simulate", help="write a synthetic CX7 screen with ground truth and a layout file",
                        description="Write a synthetic screen: 384-well plates of 16-bit CX7-like Hoechst frames named "
                                    "like the real screen's, ground-truth masks, layout.csv and truth.csv.")
     p.add_argument("out", help="output folder (must be new or empty)")
@@ -183,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", parents=[common], help="train a U-Net from a JSON config (needs the [train] extra)",
+    p = add("train", help="train a U-Net from a JSON config (needs the [train] extra)",
                        description="Train a U-Net on annotated image/mask folders plus simulated frames; resumes "
                                    "from OUT/last.pt. See trainer/configs/ for examples.")
     p.add_argument("--config", required=True, help="JSON training config")
@@ -193,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and start from scratch")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[common], help="F1 at IoU thresholds, Jaccard, splits/merges of label images",
+    p = add("evaluate", help="F1 at IoU thresholds, Jaccard, splits/merges of label images",
                        description="Compare predicted label images (<stem>_labels.tif) with truth (<stem>.tif): F1 at "
                                    "IoU 0.50..0.95, precision/recall, mean matched IoU, the seed lab's Jaccard, "
                                    "pixel Jaccard, splits and merges.")
@@ -202,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("export", parents=[common], help="export a checkpoint to ONNX with its model card (needs [train])",
+    p = add("export", help="export a checkpoint to ONNX with its model card (needs [train])",
                        description="Export a trained checkpoint to ONNX: input 'image' Nx1xHxW, output 'classes' uint8 "
                                    "NxHxW (ArgMax in the graph), the model card in the metadata.")
     p.add_argument("checkpoint", help="best.pt or last.pt from `nucleiscreen train`")
@@ -211,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", parents=[common], help="segment individual images into label TIFFs",
+    p = add("predict", help="segment individual images into label TIFFs",
                        description="Segment images (TIFF, PNG, C01; files or folders) and write "
                                    "OUT/<stem>_labels.tif instance labels that open in napari and Fiji.")
     p.add_argument("images", nargs="+", help="image files or folders")
@@ -219,13 +216,13 @@ def build_parser() -> argparse.ArgumentParser:
     _engine_options(p, batch=False)
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("segment", parents=[common], help="segment every frame of a screen into a run folder",
+    p = add("segment", help="segment every frame of a screen into a run folder",
                        description="Discover the frames of a screen, segment nuclei and write the per-frame image "
                                    "table (and optionally objects and labels) to a run folder. Re-running resumes.")
     _segment_options(p)
     p.set_defaults(func=cmd_segment)
 
-    p = sub.add_parser("analyze", parents=[common], help="aggregate a run folder per well and gene, normalize, call hits",
+    p = add("analyze", help="aggregate a run folder per well and gene, normalize, call hits",
                        description="Aggregate the run's image table per well and gene, normalize per plate to the "
                                    "negative-control (OTP) wells, compute plate QC and call hits; writes "
                                    "RUN/analysis/ (wells, genes, plates, controls, hits.csv, report.html).")
@@ -234,13 +231,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="analysis folder (default: RUN/analysis)")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("run", parents=[common], help="segment + analyze in one command",
+    p = add("run", help="segment + analyze in one command",
                        description="Segment a screen into a run folder, then analyze it with the layout.")
     _segment_options(p)
     p.add_argument("--layout", required=True, help="plate layout: CSV, TSV or Parquet")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", parents=[common], help="simulate a small screen, run everything, print the hits",
+    p = add("demo", help="simulate a small screen, run everything, print the hits",
                        description="Simulate a small CX7-like screen with planted hits, segment it with the shipped "
                                    "U-Net on the CPU, analyze it and print the hit table (a few minutes on 2 cores).")
     p.add_argument("--out", default="nucleiscreen-demo", help="output folder (default: ./nucleiscreen-demo)")
@@ -250,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", parents=[common], help="measure the segmentation pipeline's throughput",
+    p = add("bench", help="measure the segmentation pipeline's throughput",
                        description="Time each stage on simulated frames and compare the overlapped engine with a "
                                    "plain sequential loop measured in the same run.")
     p.add_argument("--frames", type=int, default=64, help="frames to process (default: 64)")

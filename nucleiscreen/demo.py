@@ -11,10 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import polars as pl
-
-from nucleiscreen.engine.analyze import analyze
-from nucleiscreen.engine.hits import format_table
+from nucleiscreen.engine.analyze import analyze, format_summary
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
 from nucleiscreen.simulate import PLANTED, simulate_screen
 
@@ -37,10 +34,8 @@ def demo(out: str | Path = "nucleiscreen-demo", plates: int = 2, fields: int = 2
     res = analyze(result.run, screen / "layout.csv")
     t3 = time.time()
 
-    print("\nHits (genes passing a hit rule; sample wells only):")
-    print(format_table(res.hits) if res.hits.height else "  none")
-    print("\nControls (reported as controls, never as hits):")
-    print(format_table(res.controls))
+    print()
+    print(format_summary(res))
     called = set(res.hits["gene_symbol"].to_list()) if res.hits.height else set()
     planted = set(PLANTED)
     print(f"\nplanted hits recovered: {len(planted & called)}/{len(planted)} "
@@ -50,5 +45,4 @@ def demo(out: str | Path = "nucleiscreen-demo", plates: int = 2, fields: int = 2
     print(f"\noutputs: run folder {result.run} (images/, manifest.json), analysis {res.out_dir} "
           f"(hits.csv, report.html), simulated frames {screen / 'images'}, layout {screen / 'layout.csv'}")
     return {"hits": res.hits, "controls": res.controls, "planted_called": sorted(planted & called),
-            "neutral_called": sorted(called - planted), "wells": res.wells.height if isinstance(res.wells, pl.DataFrame)
-            else None}
+            "neutral_called": sorted(called - planted), "run": result.run, "analysis": res.out_dir}

@@ -74,3 +74,9 @@ def test_simulate_predict_evaluate(capsys, tmp_path):
                  str(tmp_path / "e.json")]) == 0
     out = capsys.readouterr().out
     assert "2 image pair(s)" in out and (tmp_path / "e.json").exists()
+
+
+def test_bench_smoke(capsys):
+    assert main(["bench", "--frames", "4", "--size", "96", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "sequential reference" in out and "engine / sequential" in out

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from nucleiscreen.engine.discover import discover, discover_images
 
+from nucleiscreen.engine.discover import discover, discover_images
 from nucleiscreen.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -7,6 +7,7 @@ import imagecodecs
 import numpy as np
 import pytest
 import tifffile
+
 from nucleiscreen.engine.readers import (
     FrameReadError,
     read_c01,

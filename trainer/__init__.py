@@ -9,8 +9,8 @@ from nucleiscreen.errors import UserError
 def require_torch() -> None:
     """Fail with one clear line when the [train] extra is missing."""
     try:
-        import torch  # noqa: F401
         import onnx  # noqa: F401
+        import torch  # noqa: F401
     except ImportError as exc:
         raise UserError(f"this command needs the training extra ({exc.name} is missing): "
                         "pip install 'nucleiscreen[train]'") from None

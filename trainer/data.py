@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from nucleiscreen.engine.readers import read_frame
-from nucleiscreen.kernels.normalize import Normalization, normalize
-from nucleiscreen.kernels.targets import classes_from_instances
 from torch.nn import functional as F
 
+from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.normalize import Normalization, normalize
+from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA, NUCLEI_PER_FRAME, FrameSpec, synth_frame
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")

@@ -50,7 +50,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path) -> dict:
 
 def format_report(report: dict) -> str:
     s = report["summary"]
-    lines = [f"{report['pairs']} image pair(s); {s['images_objects_true']} true and {s['objects_pred']} predicted objects"]
+    lines = [f"{report['pairs']} image pair(s); {s['objects_true']} true and {s['objects_pred']} predicted objects"]
     lines.append("IoU  " + " ".join(f"{t:5.2f}" for t in THRESHOLDS))
     lines.append("F1   " + " ".join(f"{s['f1'][f'{t:.2f}']:5.3f}" for t in THRESHOLDS))
     lines.append(f"F1 mean {s['f1_mean']:.3f} | precision@0.5 {s['precision_0.5']:.3f} | recall@0.5 "

@@ -18,10 +18,10 @@ import json
 from pathlib import Path
 
 import torch
-from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig
 
 from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import PIXEL_SIZE_UM
+from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig
 
 CARD_KEY = "nucleiscreen"
 CLASSES = ["background", "interior", "boundary"]

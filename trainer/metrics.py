@@ -60,7 +60,7 @@ class Counts:
     def summary(self) -> dict:
         tp = self.tp[0.5]
         return {
-            "images_objects_true": self.n_true,
+            "objects_true": self.n_true,
             "objects_pred": self.n_pred,
             "f1": {f"{t:.2f}": round(self.f1(t), 4) for t in THRESHOLDS},
             "f1_mean": round(float(np.mean([self.f1(t) for t in THRESHOLDS])), 4),

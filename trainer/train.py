@@ -17,14 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn import functional as F
+
+from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.trainer.data import CropStream, Sample, load_folder
 from nucleiscreen.trainer.metrics import Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
-from torch.nn import functional as F
-
-from nucleiscreen.errors import UserError
 
 
 @dataclass
@@ -195,8 +195,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
             bar.update()
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}", best_f1=f"{max(best, 0):.3f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
-            metrics = validate(net, val, device, cfg) if val else {"loss": float("nan"), "f1": {"0.50": float("nan")},
-                                                                     "f1_mean": float("nan"), "jaccard_lab": float("nan")}
+            nan = float("nan")
+            metrics = validate(net, val, device, cfg) if val else {"loss": nan, "f1": {"0.50": nan}, "f1_mean": nan,
+                                                                     "jaccard_lab": nan}
             f1 = metrics["f1"]["0.50"]
             writer.writerow([step, f"{np.mean(running):.4f}", f"{metrics['loss']:.4f}", f1, metrics["f1_mean"],
                              metrics["jaccard_lab"], f"{sched.get_last_lr()[0]:.2e}", f"{time.time() - t0:.0f}"])

@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
-from nucleiscreen.engine.model import ModelInfo
 
+from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnxruntime as ort
+
 from nucleiscreen.engine.model import ModelInfo
 
 
