@@ -35,7 +35,11 @@ import polars as pl
 from nucleiscreen.engine.readers import IMAGE_SUFFIXES
 from nucleiscreen.errors import UserError
 
-__all__ = ["PATTERNS", "Discovery", "NamingPattern", "discover", "discover_images"]
+FRAME_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site",
+                 "Metadata_Channel", "PathName_DNA", "FileName_DNA"]
+"""The columns of ``Discovery.frames``, in order (CellProfiler's names; the image table starts with them)."""
+
+__all__ = ["FRAME_COLUMNS", "PATTERNS", "Discovery", "NamingPattern", "discover", "discover_images"]
 
 
 @dataclass(frozen=True)
@@ -439,16 +443,7 @@ def _metadata(table: pl.DataFrame, listing: _Listing) -> pl.DataFrame:
             "PathName_DNA",
             "FileName_DNA",
         )
-        .select(
-            "Metadata_Plate",
-            "Metadata_Well",
-            "Metadata_Row",
-            "Metadata_Column",
-            "Metadata_Site",
-            "Metadata_Channel",
-            "PathName_DNA",
-            "FileName_DNA",
-        )
+        .select(FRAME_COLUMNS)
     )
 
 

@@ -32,16 +32,13 @@ import tifffile
 
 import nucleiscreen
 from nucleiscreen.engine.backends import create_backend
-from nucleiscreen.engine.discover import Discovery, discover
+from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import measure, summarize_frame, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
-
-META = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site", "Metadata_Channel",
-        "PathName_DNA", "FileName_DNA"]
 
 
 @dataclass
@@ -200,13 +197,13 @@ def segment(
     def postprocess(rec: dict, raw: np.ndarray, classes: np.ndarray):
         t = time.perf_counter()
         labels = seg.instances(classes)
-        row = {k: rec[k] for k in ["ImageNumber", *META]}
+        row = {k: rec[k] for k in ["ImageNumber", *FRAME_COLUMNS]}
         objects = None
         if opts.objects:  # one pass over the pixels: the frame summary comes from the object table
             objects = measure(labels, raw)
             row.update(summarize_objects(objects, micronucleus_area=opts.micronucleus_area))
             objects = objects.with_columns(pl.lit(rec["ImageNumber"], pl.Int64).alias("ImageNumber"),
-                                           *[pl.lit(rec[k]).alias(k) for k in META[:6]])
+                                           *[pl.lit(rec[k]).alias(k) for k in FRAME_COLUMNS[:6]])
         else:
             row.update(summarize_frame(labels, raw, micronucleus_area=opts.micronucleus_area))
         if opts.save_labels:
@@ -292,7 +289,7 @@ def segment(
 
 
 def _error_row(rec: dict, stage: str, error: str) -> dict:
-    row = {k: rec.get(k) for k in META}
+    row = {k: rec.get(k) for k in FRAME_COLUMNS}
     row.update({"ImageNumber": rec.get("ImageNumber"), "Stage": stage, "Error": error.splitlines()[0][:500]})
     return row
 

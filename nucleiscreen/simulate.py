@@ -114,6 +114,20 @@ def _place(rng, shape, radii, max_tries=40):
     return centres, placed_r
 
 
+def _ellipse_window(shape, cy, cx, a, b, theta, reach):
+    """The window of +-reach px around (cy, cx) clipped to the frame, and each pixel's coordinates (u, v) in the
+    ellipse's frame scaled by its semi-axes a, b (u^2 + v^2 < 1 inside); None when the window is off the frame."""
+    h, w = shape
+    y0, y1 = max(0, int(cy) - reach), min(h, int(cy) + reach + 1)
+    x0, x1 = max(0, int(cx) - reach), min(w, int(cx) + reach + 1)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+    dy, dx = yy - cy, xx - cx
+    c, s = np.cos(theta), np.sin(theta)
+    return (y0, y1, x0, x1), (dx * c + dy * s) / a, (-dx * s + dy * c) / b
+
+
 def synth_frame(
     rng: np.random.Generator, shape: tuple[int, int] = (FRAME_SIZE, FRAME_SIZE), spec: FrameSpec | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -160,17 +174,10 @@ def synth_frame(
         nonlocal label
         a = np.sqrt(area * ar / np.pi)  # semi-major
         b = np.sqrt(area / ar / np.pi)
-        theta = rng.uniform(0, np.pi)
-        reach = int(np.ceil(a * 1.25)) + 2
-        y0, y1 = max(0, int(cy) - reach), min(h, int(cy) + reach + 1)
-        x0, x1 = max(0, int(cx) - reach), min(w, int(cx) + reach + 1)
-        if y0 >= y1 or x0 >= x1:
+        win = _ellipse_window(shape, cy, cx, a, b, rng.uniform(0, np.pi), int(np.ceil(a * 1.25)) + 2)
+        if win is None:
             return
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dy, dx = yy - cy, xx - cx
-        c, s = np.cos(theta), np.sin(theta)
-        u = (dx * c + dy * s) / a
-        v = (-dx * s + dy * c) / b
+        (y0, y1, x0, x1), u, v = win
         rho = np.sqrt(u * u + v * v)
         phi = np.arctan2(v, u)
         edge = np.ones_like(phi)
@@ -209,15 +216,11 @@ def synth_frame(
         ocy = cy + rng.normal(0, 0.3 * r)
         ocx = cx + rng.normal(0, 0.3 * r)
         a, b = r * np.sqrt(ar), r / np.sqrt(ar)
-        reach = int(a * 1.6) + 2
-        y0, y1 = max(0, int(ocy) - reach), min(h, int(ocy) + reach + 1)
-        x0, x1 = max(0, int(ocx) - reach), min(w, int(ocx) + reach + 1)
-        if y0 >= y1 or x0 >= x1:
+        win = _ellipse_window(shape, ocy, ocx, a, b, theta, int(a * 1.6) + 2)
+        if win is None:
             continue
-        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-        dy, dx = yy - ocy, xx - ocx
-        c, s = np.cos(theta), np.sin(theta)
-        q = ((dx * c + dy * s) / a) ** 2 + ((-dx * s + dy * c) / b) ** 2
+        (y0, y1, x0, x1), u, v = win
+        q = u**2 + v**2
         cyto[y0:y1, x0:x1] += bright * rng.uniform(0.15, 0.4) * np.exp(-(q**2))
 
     # Micronuclei and fragments: near a nucleus when there is one, small and often very bright.

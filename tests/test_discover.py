@@ -5,20 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.discover import discover, discover_images
+from nucleiscreen.engine.discover import FRAME_COLUMNS, discover, discover_images
 from nucleiscreen.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COLUMNS = [
-    "Metadata_Plate",
-    "Metadata_Well",
-    "Metadata_Row",
-    "Metadata_Column",
-    "Metadata_Site",
-    "Metadata_Channel",
-    "PathName_DNA",
-    "FileName_DNA",
-]
+COLUMNS = FRAME_COLUMNS
 
 
 def touch(folder: Path, *names: str) -> Path:
