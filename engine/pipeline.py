@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -177,7 +178,13 @@ def segment(
     records = frames.to_dicts()
     threads = opts.threads or os.cpu_count() or 1
     writer = _Writer(run, opts.part_frames)
-    busy = defaultdict(float)
+    busy: dict[str, float] = defaultdict(float)
+    busy_lock = threading.Lock()  # the stages run on several threads; += on a dict entry is not atomic
+
+    def spent(stage: str, since: float) -> None:
+        with busy_lock:
+            busy[stage] += time.perf_counter() - since
+
     failed = 0
     t_start = time.time()
 
@@ -189,9 +196,9 @@ def segment(
                 raise FrameReadError(f"{rec['FileName_DNA']}: not a 2-D frame")
             x = seg.prepare(raw)
         except FrameReadError as exc:
-            busy["decode"] += time.perf_counter() - t
+            spent("decode", t)
             return rec, None, None, ("decode", str(exc))
-        busy["decode"] += time.perf_counter() - t
+        spent("decode", t)
         return rec, raw, x, None
 
     def postprocess(rec: dict, raw: np.ndarray, classes: np.ndarray):
@@ -212,7 +219,7 @@ def segment(
             dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
             tifffile.imwrite(folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif"), labels.astype(dtype),
                              compression="zlib")
-        busy["postprocess"] += time.perf_counter() - t
+        spent("postprocess", t)
         return row, objects
 
     bar = None
@@ -223,11 +230,12 @@ def segment(
     batches = [records[i:i + opts.batch_size] for i in range(0, len(records), opts.batch_size)]
     pending_post: list[tuple[dict, Future]] = []
 
-    def collect(wait_all: bool) -> None:
+    def collect(limit: int) -> None:
+        """Write finished frames, oldest first; wait until at most ``limit`` are pending (back-pressure)."""
         nonlocal failed
         keep = []
-        for rec, fut in pending_post:
-            if not wait_all and not fut.done():
+        for i, (rec, fut) in enumerate(pending_post):
+            if not fut.done() and len(pending_post) - i <= limit:
                 keep.append((rec, fut))
                 continue
             t = time.perf_counter()
@@ -240,7 +248,7 @@ def segment(
                 writer.add("images", row["Metadata_Plate"], row)
                 if objects is not None and objects.height:
                     writer.add("objects", row["Metadata_Plate"], objects)
-            busy["write"] += time.perf_counter() - t
+            spent("write", t)
             if bar is not None:
                 bar.update()
         pending_post[:] = keep
@@ -268,16 +276,16 @@ def segment(
                 try:
                     classes = seg.classes([x for _, _, x in items])
                 except Exception as exc:  # e.g. out of memory on one odd-sized batch: record, go on
-                    busy["infer"] += time.perf_counter() - t
+                    spent("infer", t)
                     for rec, _, _ in items:
                         failed += 1
                         writer.add("errors", None, _error_row(rec, "infer", f"{type(exc).__name__}: {exc}"))
                     continue
-                busy["infer"] += time.perf_counter() - t
+                spent("infer", t)
                 for k, (rec, raw, _) in enumerate(items):
                     pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
-            collect(wait_all=False)
-        collect(wait_all=True)
+            collect(limit=2 * opts.batch_size * threads)
+        collect(limit=0)
     writer.flush()
     if bar is not None:
         bar.close()

@@ -122,10 +122,15 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from nucleiscreen.bench.pipeline import main as bench_main
+    if a.what == "kernels":
+        from nucleiscreen.bench.kernels import main as bench_kernels
 
-    bench_main(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-               threads=a.threads)
+        bench_kernels(threads=a.threads)
+    else:
+        from nucleiscreen.bench.pipeline import main as bench_pipeline
+
+        bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
+                       threads=a.threads)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -248,8 +253,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = add("bench", help="measure the segmentation pipeline's throughput",
-                       description="Time each stage on simulated frames and compare the overlapped engine with a "
-                                   "plain sequential loop measured in the same run.")
+                       description="pipeline: time each stage on simulated frames and compare the overlapped engine "
+                                   "with a plain sequential loop measured in the same run. kernels: post-processing "
+                                   "against OpenCV and scikit-image (needs the [bench] extra).")
+    p.add_argument("what", nargs="?", default="pipeline", choices=["pipeline", "kernels"],
+                   help="what to measure (default: pipeline)")
     p.add_argument("--frames", type=int, default=64, help="frames to process (default: 64)")
     p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
     _engine_options(p)

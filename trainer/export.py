@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -80,8 +81,12 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, pro
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp.onnx")
-    torch.onnx.export(head, (dummy,), str(tmp), input_names=["image"], output_names=outputs, dynamic_axes=axes,
-                      opset_version=opset, dynamo=False, do_constant_folding=True)
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of torch.export's, which needs onnxscript and gains
+        # nothing for a plain CNN; it warns on every call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(head, (dummy,), str(tmp), input_names=["image"], output_names=outputs, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
     proto = onnx.load(str(tmp))
     card = model_card(ck, "float16" if fp16 else "float32")
     entry = proto.metadata_props.add()
