@@ -56,7 +56,8 @@ def sequential(paths: list[Path], seg: Segmenter) -> dict[str, float]:
     return t
 
 
-def main(frames: int = 64, size: int = 1104, model: str | None = None, backend: str = "auto", batch_size: int = 8,
+def main(frames: int = 64, size: int = 1104, model: str | None = None, backend: str = "auto",
+         batch_size: int | None = None,
          threads: int | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "frames"
@@ -73,7 +74,7 @@ def main(frames: int = 64, size: int = 1104, model: str | None = None, backend: 
     print(f"{frames} frames of {size}x{size} px, {seg.backend.description}")
     print(f"sequential reference: {frames / t_seq:8.2f} frames/s  (per frame: "
           + ", ".join(f"{k} {1000 * v / frames:.1f} ms" for k, v in stages.items()) + ")")
-    print(f"engine (batch {batch_size}):  {frames / t_eng:8.2f} frames/s  (busy: "
+    print(f"engine (batch {batch_size or seg.backend.preferred_batch}):  {frames / t_eng:8.2f} frames/s  (busy: "
           + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(res.busy.items())) + ")")
     print(f"engine / sequential: {t_seq / t_eng:.2f}x")
     return {"sequential_fps": frames / t_seq, "engine_fps": frames / t_eng, "ratio": t_seq / t_eng}

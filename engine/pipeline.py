@@ -45,7 +45,7 @@ from nucleiscreen.kernels.normalize import normalize
 @dataclass
 class SegmentOptions:
     backend: str = "auto"
-    batch_size: int = 8
+    batch_size: int | None = None  # None: the backend's preferred batch (1 on the CPU, 16 on a GPU)
     threads: int | None = None
     objects: bool = False
     save_labels: bool = False
@@ -162,9 +162,10 @@ def segment(
 ) -> SegmentResult:
     """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring)."""
     opts = options or SegmentOptions()
-    if opts.batch_size < 1:
+    if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     seg = Segmenter(model, opts.backend, opts.threads, opts.min_area)  # a bad model or backend fails first
+    batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def segment(
         from tqdm import tqdm
 
         bar = tqdm(total=len(records), unit="frame", desc="segment")
-    batches = [records[i:i + opts.batch_size] for i in range(0, len(records), opts.batch_size)]
+    batches = [records[i:i + batch_size] for i in range(0, len(records), batch_size)]
     pending_post: list[tuple[dict, Future]] = []
 
     def collect(limit: int) -> None:
@@ -284,7 +285,7 @@ def segment(
                 spent("infer", t)
                 for k, (rec, raw, _) in enumerate(items):
                     pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
-            collect(limit=2 * opts.batch_size * threads)
+            collect(limit=2 * batch_size * threads)
         collect(limit=0)
     writer.flush()
     if bar is not None:

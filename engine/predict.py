@@ -15,7 +15,7 @@ from nucleiscreen.errors import UserError
 
 
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
-            threads: int | None = None, batch_size: int = 4, progress: bool = False) -> list[Path]:
+            threads: int | None = None, batch_size: int | None = None, progress: bool = False) -> list[Path]:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) for every image; returns the paths."""
     paths = discover_images(images)
     stems = defaultdict(list)
@@ -25,6 +25,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
     seg = Segmenter(model, backend, threads)
+    batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []

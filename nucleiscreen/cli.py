@@ -139,7 +139,8 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
     p.add_argument("--backend", default="auto", help="inference backend: auto, onnxruntime (default: auto)")
     p.add_argument("--threads", type=int, help="worker threads for decoding and post-processing (default: all cores)")
     if batch:
-        p.add_argument("--batch-size", type=int, default=8, help="frames per inference batch (default: 8)")
+        p.add_argument("--batch-size", type=int,
+                       help="frames per inference batch (default: the backend's, 1 on the CPU, 16 on a GPU)")
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:

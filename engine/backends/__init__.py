@@ -19,6 +19,7 @@ from nucleiscreen.errors import UserError
 class Backend(Protocol):
     name: str
     description: str
+    preferred_batch: int  # the batch size used when none is asked for
 
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 

@@ -25,6 +25,9 @@ class OnnxRuntimeBackend:
         self.session = ort.InferenceSession(str(model.path), opts, providers=providers)
         self.provider = self.session.get_providers()[0]
         self.dtype = np.float16 if model.input_dtype == "float16" else np.float32
+        # On the CPU a batch of large frames only adds cache misses (measured: 1104^2 frames, batch 8 took 1.7x the
+        # time per frame of batch 1); accelerators need batches to fill.
+        self.preferred_batch = 1 if self.provider == "CPUExecutionProvider" else 16
         self.description = f"onnxruntime {ort.__version__} ({self.provider}, {np.dtype(self.dtype).name})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
