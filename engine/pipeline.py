@@ -18,6 +18,7 @@ import datetime
 import json
 import os
 import platform
+import shutil
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import measure, summarize_frame, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
+from nucleiscreen.kernels.quality import QUALITY_COLUMNS, frame_quality
 
 
 @dataclass
@@ -53,6 +55,8 @@ class SegmentOptions:
     min_area: int = 8
     part_frames: int = 4096
     progress: bool = True
+    overwrite: bool = False  # empty the run folder first
+    retry_errors: bool = False  # attempt the frames of the error table again
 
 
 @dataclass
@@ -132,10 +136,14 @@ class _Writer:
             os.replace(tmp, folder / name)
 
 
-def _done_frames(run: Path) -> set[tuple[str, str]]:
-    """(PathName_DNA, FileName_DNA) of frames already in the run's image or error tables."""
+# Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "objects")
+
+
+def _done_frames(run: Path, tables: Sequence[str]) -> set[tuple[str, str]]:
+    """(PathName_DNA, FileName_DNA) of the frames already in the run's given tables."""
     done: set[tuple[str, str]] = set()
-    for table in ("images", "errors"):
+    for table in tables:
         parts = sorted((run / table).rglob("part-*.parquet")) if (run / table).is_dir() else []
         if parts:
             df = pl.scan_parquet(parts, hive_partitioning=False).select("PathName_DNA", "FileName_DNA").collect()
@@ -143,13 +151,32 @@ def _done_frames(run: Path) -> set[tuple[str, str]]:
     return done
 
 
-def _check_manifest(run: Path, model: ModelInfo) -> None:
+def _prepare_run(run: Path, model: ModelInfo, opts: SegmentOptions) -> None:
+    """Refuse to mix models or result settings in one run folder, unless ``overwrite`` (which empties it)."""
     path = run / "manifest.json"
-    if path.exists():
-        old = json.loads(path.read_text())
-        if old.get("model", {}).get("sha256") not in (None, model.sha256):
-            raise UserError(f"{run} was segmented with another model ({old['model'].get('path')}): "
-                            "use a new --out folder for a new model")
+    if opts.overwrite:
+        for name in ("images", "objects", "errors", "labels", "analysis"):
+            if (run / name).is_dir():
+                shutil.rmtree(run / name)
+        path.unlink(missing_ok=True)
+    if not path.exists():
+        return
+    old = json.loads(path.read_text())
+    if old.get("model", {}).get("sha256") not in (None, model.sha256):
+        raise UserError(f"{run} was segmented with another model ({old['model'].get('path')}): use a new --out "
+                        "folder, or --overwrite to start this one again")
+    before = old.get("settings", {})
+    changed = [k for k in RESULT_SETTINGS if k in before and before[k] != getattr(opts, k)]
+    if changed:
+        was = ", ".join(f"{k}={before[k]!r}" for k in changed)
+        raise UserError(f"{run} was segmented with {was}: resume with the same settings, use a new --out folder, "
+                        "or --overwrite")
+
+
+def _retry_errors(run: Path) -> None:
+    """Drop the error table so that its frames are attempted again (a frame that fails again is recorded again)."""
+    if (run / "errors").is_dir():
+        shutil.rmtree(run / "errors")
 
 
 def segment(
@@ -169,10 +196,12 @@ def segment(
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    _check_manifest(run, seg.info)
+    _prepare_run(run, seg.info, opts)
+    if opts.retry_errors:
+        _retry_errors(run)
 
     frames = found.frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
-    done = _done_frames(run)
+    done = _done_frames(run, ("images", "errors"))
     if done:
         keys = pl.DataFrame(list(done), schema=["PathName_DNA", "FileName_DNA"], orient="row")
         frames = frames.join(keys, on=["PathName_DNA", "FileName_DNA"], how="anti")
@@ -196,6 +225,7 @@ def segment(
             if raw.ndim != 2:
                 raise FrameReadError(f"{rec['FileName_DNA']}: not a 2-D frame")
             x = seg.prepare(raw)
+            rec = {**rec, **frame_quality(raw)}
         except FrameReadError as exc:
             spent("decode", t)
             return rec, None, None, ("decode", str(exc))
@@ -205,7 +235,7 @@ def segment(
     def postprocess(rec: dict, raw: np.ndarray, classes: np.ndarray):
         t = time.perf_counter()
         labels = seg.instances(classes)
-        row = {k: rec[k] for k in ["ImageNumber", *FRAME_COLUMNS]}
+        row = {k: rec[k] for k in ["ImageNumber", *FRAME_COLUMNS, *QUALITY_COLUMNS]}
         objects = None
         if opts.objects:  # one pass over the pixels: the frame summary comes from the object table
             objects = measure(labels, raw)

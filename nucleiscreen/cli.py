@@ -80,7 +80,8 @@ def _segment(a: argparse.Namespace):
     from nucleiscreen.engine.pipeline import SegmentOptions, segment
 
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
-                          save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet)
+                          save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
+                          overwrite=a.overwrite, retry_errors=a.retry_errors)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
@@ -153,6 +154,9 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-labels", action="store_true", help="write label TIFFs (RUN/labels/) for napari/Fiji")
     p.add_argument("--micronucleus-area", type=int, default=100,
                    help="objects under this area in px are micronuclei, not nuclei (default: 100)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="empty the run folder first (needed to change the model or settings of an existing run)")
+    p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
     _engine_options(p)
 
 

@@ -90,9 +90,51 @@ def test_background_only_frame_gives_no_nuclei():
         assert seg.instances(classes).max() == 0
 
 
-def test_model_from_another_run_is_refused(screen, tmp_path):
+def test_model_or_settings_from_another_run_are_refused_unless_overwrite(screen, tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "manifest.json").write_text(json.dumps({"model": {"sha256": "0" * 64, "path": "old.onnx"}}))
     with pytest.raises(UserError, match="another model"):
         segment([screen.images], run, options=SegmentOptions(progress=False))
+    src = tmp_path / "frames"
+    src.mkdir()
+    for p in sorted(screen.images.rglob("*.tif"))[:3]:
+        (src / p.name).write_bytes(p.read_bytes())
+    res = segment([src], run, options=SegmentOptions(progress=False, overwrite=True))
+    assert res.frames == 3
+    with pytest.raises(UserError, match="micronucleus_area=100"):
+        segment([src], run, options=SegmentOptions(progress=False, micronucleus_area=50))
+    assert _images(run).height == 3
+
+
+def test_retry_errors(screen, tmp_path):
+    src = tmp_path / "frames"
+    src.mkdir()
+    good = sorted(screen.images.rglob("*.tif"))[0]
+    (src / good.name).write_bytes(b"truncated")
+    run = tmp_path / "run"
+    assert segment([src], run, options=SegmentOptions(progress=False)).failed == 1
+    assert segment([src], run, options=SegmentOptions(progress=False)).frames == 0  # errors are not retried...
+    (src / good.name).write_bytes(good.read_bytes())  # ...until asked, e.g. after the file was copied again
+    res = segment([src], run, options=SegmentOptions(progress=False, retry_errors=True))
+    assert res.frames == 1 and res.failed == 0
+    assert _images(run).height == 1 and not (run / "errors").exists()
+
+
+def test_quality_columns(screen, tmp_path):
+    src = tmp_path / "frames"
+    src.mkdir()
+    for p in sorted(screen.images.rglob("*.tif"))[:2]:
+        (src / p.name).write_bytes(p.read_bytes())
+    segment([src], tmp_path / "run", options=SegmentOptions(progress=False))
+    df = _images(tmp_path / "run")
+    assert (df["ImageQuality_FocusScore_DNA"] > 0).all() and (df["ImageQuality_PercentMaximal_DNA"] > 0).all()
+
+
+def test_c01_screen_segments_like_tif(tmp_path):
+    tif = simulate_screen(tmp_path / "tif", plates=1, fields=1, size=96, seed=4, masks=False)
+    c01 = simulate_screen(tmp_path / "c01", plates=1, fields=1, size=96, seed=4, masks=False, fmt="c01")
+    a = _images(segment([tif.images], tmp_path / "ra", options=SegmentOptions(progress=False)).run)
+    b = _images(segment([c01.images], tmp_path / "rb", options=SegmentOptions(progress=False)).run)
+    cols = ["Metadata_Well", "Count_Nuclei", "Total_Nuclei_AreaShape_Area"]
+    assert a.sort("Metadata_Well").select(cols).equals(b.sort("Metadata_Well").select(cols))
