@@ -45,18 +45,32 @@ class ModelInfo:
         return self.card.get("input", {}).get("dtype", "float32")
 
     @property
+    def is_checkpoint(self) -> bool:
+        """A PyTorch training checkpoint (torch backend only) rather than an ONNX file."""
+        return self.path.suffix == ".pt"
+
+    @property
     def postprocessing(self) -> dict:
         return dict(self.card.get("postprocessing", {}))
 
 
 def load_model_info(path: str | Path | None = None) -> ModelInfo:
-    """Read the model card of an ONNX model file (the packaged default when ``path`` is None)."""
+    """Read the model card of an ONNX model file (the packaged default when ``path`` is None), or make one for a
+    training checkpoint (``.pt``, for the torch backend; needs the [train] extra)."""
     import onnxruntime as ort
 
     p = Path(path) if path is not None else default_model_path()
     if not p.is_file():
         raise UserError(f"model file not found: {p}")
     data = p.read_bytes()
+    if p.suffix == ".pt":
+        from nucleiscreen.trainer import require_torch
+
+        require_torch()
+        from nucleiscreen.trainer.export import load_checkpoint, model_card
+
+        _, ck = load_checkpoint(p)
+        return ModelInfo(p, model_card(ck, "float32"), hashlib.sha256(data).hexdigest())
     try:
         meta = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).get_modelmeta()
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types

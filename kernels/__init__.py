@@ -4,12 +4,14 @@ CellProfiler-named measurements. Each function releases the GIL, so frames can b
 from nucleiscreen.kernels.instances import connected_components, instances_from_classes
 from nucleiscreen.kernels.measure import measure, summarize_frame
 from nucleiscreen.kernels.normalize import Normalization, normalize
+from nucleiscreen.kernels.quality import frame_quality
 from nucleiscreen.kernels.targets import classes_from_instances
 
 __all__ = [
     "Normalization",
     "classes_from_instances",
     "connected_components",
+    "frame_quality",
     "instances_from_classes",
     "measure",
     "normalize",

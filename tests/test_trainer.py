@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import tifffile
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx")
@@ -12,7 +11,6 @@ from nucleiscreen.engine.model import load_model_info  # noqa: E402
 from nucleiscreen.engine.readers import read_frame  # noqa: E402
 from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.normalize import normalize  # noqa: E402
-from nucleiscreen.simulate import FrameSpec, synth_frame  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.model import UNet, UNetConfig  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, train  # noqa: E402
@@ -23,27 +21,6 @@ def test_unet_shapes(depth, norm):
     net = UNet(UNetConfig(depth=depth, base=4, norm=norm)).eval()
     m = 2**depth
     assert net(torch.zeros(2, 1, 3 * m, 5 * m)).shape == (2, 3, 3 * m, 5 * m)
-
-
-def _annotated_folder(root, n=2, size=96):
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    for i in range(n):
-        img, lab = synth_frame(np.random.default_rng(i), (size, size), FrameSpec(nuclei_per_frame=600))
-        tifffile.imwrite(root / "images" / f"f{i}.tif", img)
-        tifffile.imwrite(root / "masks" / f"f{i}.tif", lab)
-    return root
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("train")
-    folder = _annotated_folder(tmp / "data")
-    cfg = {"out": str(tmp / "run"), "train": [{"path": str(folder)}], "val": str(folder), "sim_fraction": 0.5,
-           "model": {"depth": 2, "base": 4}, "crop": 64, "batch": 2, "steps": 2, "val_every": 2, "warmup": 1,
-           "threads": 1}
-    train(TrainConfig.from_dict(cfg), progress=False)
-    return tmp, cfg
 
 
 def test_train_logs_checkpoints_and_resumes(tiny_run):

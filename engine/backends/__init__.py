@@ -2,8 +2,8 @@
 
 A backend is made from a model file and runs ``infer(batch)``: ``batch`` is N x 1 x H x W float32 (already
 normalized and padded to the model's spatial multiple); the result is the N x H x W uint8 class map. Backends:
-``onnxruntime`` (CPU by default; CUDA/TensorRT providers when onnxruntime-gpu is installed). The native TensorRT and
-torch backends come with the streaming engine.
+``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed) and ``torch``
+(training checkpoints; CUDA FP16 channels-last, or the CPU). The native TensorRT backend is not written yet.
 """
 
 from __future__ import annotations
@@ -24,13 +24,23 @@ class Backend(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-BACKENDS = ("auto", "onnxruntime")
+BACKENDS = ("auto", "onnxruntime", "torch")
 
 
 def create_backend(name: str, model: ModelInfo, threads: int | None = None) -> Backend:
-    """Make the backend ``name`` for ``model``; ``auto`` picks the fastest one available."""
+    """Make the backend ``name`` for ``model``; ``auto`` picks the fastest one available for the model file:
+    torch for a training checkpoint (.pt), onnxruntime (CUDA provider when onnxruntime-gpu is installed) for ONNX."""
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    if name == "auto":
+        name = "torch" if model.is_checkpoint else "onnxruntime"
+    if name == "torch":
+        from nucleiscreen.engine.backends.torch import TorchBackend
+
+        return TorchBackend(model, threads=threads)
+    if model.is_checkpoint:
+        raise UserError(f"onnxruntime runs ONNX files, not the checkpoint {model.path.name}: export it with "
+                        "`nucleiscreen export`, or use --backend torch")
     from nucleiscreen.engine.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model, threads=threads)
