@@ -138,7 +138,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
 def _engine_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
     p.add_argument("--model", help="ONNX model file (default: the U-Net shipped with nucleiscreen)")
     p.add_argument("--backend", default="auto",
-                   help="inference backend: auto, onnxruntime (ONNX files), torch (.pt checkpoints) (default: auto)")
+                   help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
+                        "(default: auto, the fastest available)")
     p.add_argument("--threads", type=int, help="worker threads for decoding and post-processing (default: all cores)")
     if batch:
         p.add_argument("--batch-size", type=int,

@@ -2,8 +2,9 @@
 
 A backend is made from a model file and runs ``infer(batch)``: ``batch`` is N x 1 x H x W float32 (already
 normalized and padded to the model's spatial multiple); the result is the N x H x W uint8 class map. Backends:
-``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed) and ``torch``
-(training checkpoints; CUDA FP16 channels-last, or the CPU). The native TensorRT backend is not written yet.
+``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed), ``torch``
+(training checkpoints; CUDA FP16 channels-last, or the CPU) and ``tensorrt`` (ONNX files built into cached plans;
+unverified: no GPU with TensorRT has run it yet).
 """
 
 from __future__ import annotations
@@ -24,16 +25,23 @@ class Backend(Protocol):
     def infer(self, batch: np.ndarray) -> np.ndarray: ...
 
 
-BACKENDS = ("auto", "onnxruntime", "torch")
+BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 
 
 def create_backend(name: str, model: ModelInfo, threads: int | None = None) -> Backend:
     """Make the backend ``name`` for ``model``; ``auto`` picks the fastest one available for the model file:
-    torch for a training checkpoint (.pt), onnxruntime (CUDA provider when onnxruntime-gpu is installed) for ONNX."""
+    torch for a training checkpoint (.pt); for ONNX, TensorRT when it and a GPU are present, else onnxruntime (its
+    CUDA provider when onnxruntime-gpu is installed)."""
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        name = "torch" if model.is_checkpoint else "onnxruntime"
+        from nucleiscreen.engine.backends import tensorrt
+
+        name = "torch" if model.is_checkpoint else "tensorrt" if tensorrt.available() else "onnxruntime"
+    if name == "tensorrt":
+        from nucleiscreen.engine.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(model, threads=threads)
     if name == "torch":
         from nucleiscreen.engine.backends.torch import TorchBackend
 
