@@ -46,7 +46,7 @@ def sequential(paths: list[Path], seg: Segmenter) -> dict[str, float]:
         raw = read_frame(p)
         x = seg.prepare(raw)
         t1 = time.perf_counter()
-        (classes,) = seg.classes([x])
+        (classes,) = seg.classes([x], raw.shape)
         t2 = time.perf_counter()
         summarize_frame(seg.instances(classes), raw)
         t3 = time.perf_counter()

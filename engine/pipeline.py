@@ -42,6 +42,7 @@ from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import measure, summarize_frame, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
 from nucleiscreen.kernels.quality import QUALITY_COLUMNS, frame_quality
+from nucleiscreen.kernels.resize import resize
 
 
 @dataclass
@@ -53,6 +54,7 @@ class SegmentOptions:
     save_labels: bool = False
     micronucleus_area: int = 100
     min_area: int = 8
+    pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
     progress: bool = True
     overwrite: bool = False  # empty the run folder first
@@ -78,26 +80,40 @@ class Segmenter:
     """
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
-                 threads: int | None = None, min_area: int = 8):
+                 threads: int | None = None, min_area: int = 8, pixel_size: float | None = None):
         self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         self.backend = create_backend(backend, self.info, threads=threads)
         self.norm = self.info.normalization
         self.multiple = self.info.multiple
         self.min_area = min_area
+        # Frames at another pixel size (a 10x or 40x screen) are resized to the model's before inference and the
+        # class map back after it, so nuclei have the size the network was trained on.
+        model_px = self.info.card.get("pixel_size_um")
+        if pixel_size is not None and pixel_size <= 0:
+            raise UserError(f"--pixel-size must be positive, got {pixel_size}")
+        self.scale = pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02 \
+            else 1.0
         post = self.info.postprocessing
         self.post_args = {k: post[k] for k in ("max_grow",) if k in post}
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """The normalized network input of a raw frame (float32, the frame's own size)."""
-        return normalize(raw, self.norm)
+        """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
+        x = normalize(raw, self.norm)
+        if self.scale != 1.0:
+            x = resize(x, (max(1, round(x.shape[0] * self.scale)), max(1, round(x.shape[1] * self.scale))))
+        return x
 
-    def classes(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Class maps of same-shape prepared frames, in one batch padded to the network's multiple."""
+    def classes(self, inputs: list[np.ndarray], shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Class maps of same-shape prepared frames, in one batch padded to the network's multiple; resized to the
+        raw frames' ``shape`` when the frames were rescaled."""
         h, w = inputs[0].shape
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         batch = np.stack([np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x for x in inputs])
         out = self.backend.infer(batch[:, None])
-        return [np.ascontiguousarray(out[k, :h, :w]) for k in range(len(inputs))]
+        maps = [np.ascontiguousarray(out[k, :h, :w]) for k in range(len(inputs))]
+        if shape is not None and shape != (h, w):
+            maps = [resize(m, shape, nearest=True) for m in maps]
+        return maps
 
     def instances(self, classes: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map."""
@@ -137,7 +153,7 @@ class _Writer:
 
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "min_area", "objects")
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "objects", "pixel_size")
 
 
 def _done_frames(run: Path, tables: Sequence[str]) -> set[tuple[str, str]]:
@@ -191,7 +207,7 @@ def segment(
     opts = options or SegmentOptions()
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area)  # a bad model or backend fails first
+    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size)  # bad model/backend fail first
     batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     run = Path(out)
@@ -301,11 +317,11 @@ def segment(
             # Same-shape groups; each is padded to the network's multiple and cropped back.
             by_shape: dict[tuple[int, int], list] = defaultdict(list)
             for item in good:
-                by_shape[item[2].shape].append(item)
-            for items in by_shape.values():
+                by_shape[item[1].shape].append(item)
+            for shape, items in by_shape.items():
                 t = time.perf_counter()
                 try:
-                    classes = seg.classes([x for _, _, x in items])
+                    classes = seg.classes([x for _, _, x in items], shape)
                 except Exception as exc:  # e.g. out of memory on one odd-sized batch: record, go on
                     spent("infer", t)
                     for rec, _, _ in items:

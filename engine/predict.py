@@ -1,4 +1,5 @@
-"""``nucleiscreen predict``: segment individual images into instance-label TIFFs (napari/Fiji open them)."""
+"""``nucleiscreen predict``: segment individual images into instance-label TIFFs (napari/Fiji open them), with the
+per-nucleus measurements of each image beside its labels as ``<stem>_nuclei.csv`` (CellProfiler column names)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,14 @@ from nucleiscreen.engine.discover import discover_images
 from nucleiscreen.engine.pipeline import Segmenter
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.measure import measure
 
 
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
-            threads: int | None = None, batch_size: int | None = None, progress: bool = False) -> list[Path]:
-    """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) for every image; returns the paths."""
+            threads: int | None = None, batch_size: int | None = None, progress: bool = False,
+            pixel_size: float | None = None) -> list[Path]:
+    """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
+    image; returns the label paths."""
     paths = discover_images(images)
     stems = defaultdict(list)
     for p in paths:
@@ -24,7 +28,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     clashes = [v for v in stems.values() if len(v) > 1]
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
-    seg = Segmenter(model, backend, threads)
+    seg = Segmenter(model, backend, threads, pixel_size=pixel_size)
     batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -42,13 +46,14 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
             except FrameReadError as exc:
                 raise UserError(str(exc)) from None
             group[raw.shape].append((p, raw))
-        for items in group.values():
-            classes = seg.classes([seg.prepare(raw) for _, raw in items])
-            for (p, _), cls in zip(items, classes):
+        for shape, items in group.items():
+            classes = seg.classes([seg.prepare(raw) for _, raw in items], shape)
+            for (p, raw), cls in zip(items, classes):
                 labels = seg.instances(cls)
                 dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
                 target = out / f"{p.stem}_labels.tif"
                 tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
+                measure(labels, raw).write_csv(out / f"{p.stem}_nuclei.csv")
                 written.append(target)
                 if bar is not None:
                     bar.update()

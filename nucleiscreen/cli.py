@@ -72,7 +72,8 @@ def cmd_export(a: argparse.Namespace) -> None:
 def cmd_predict(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.predict import predict
 
-    written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet)
+    written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
+                      pixel_size=a.pixel_size)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -81,7 +82,7 @@ def _segment(a: argparse.Namespace):
 
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
-                          overwrite=a.overwrite, retry_errors=a.retry_errors)
+                          overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
@@ -135,8 +136,12 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parser
-def _engine_options(p: argparse.ArgumentParser, batch: bool = True) -> None:
+def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: bool = True) -> None:
     p.add_argument("--model", help="ONNX model file (default: the U-Net shipped with nucleiscreen)")
+    if pixel_size:
+        p.add_argument("--pixel-size", type=float,
+                       help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen); "
+                            "frames are resized to the model's pixel size for inference")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")
@@ -267,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what to measure (default: pipeline)")
     p.add_argument("--frames", type=int, default=64, help="frames to process (default: 64)")
     p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
-    _engine_options(p)
+    _engine_options(p, pixel_size=False)
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -68,7 +68,10 @@ def test_simulate_predict_evaluate(capsys, tmp_path):
         tifffile.imwrite(imgs / f"f{i}.tif", img)
         tifffile.imwrite(truth / f"f{i}.tif", lab)
     assert main(["predict", str(imgs), "--out", str(tmp_path / "pred")]) == 0
-    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["f0_labels.tif", "f1_labels.tif"]
+    assert sorted(p.name for p in (tmp_path / "pred").iterdir()) == ["f0_labels.tif", "f0_nuclei.csv",
+                                                                      "f1_labels.tif", "f1_nuclei.csv"]
+    nuclei = (tmp_path / "pred" / "f0_nuclei.csv").read_text().splitlines()
+    assert nuclei[0].startswith("ObjectNumber,AreaShape_Area") and len(nuclei) > 2
     capsys.readouterr()
     assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(truth), "--json",
                  str(tmp_path / "e.json")]) == 0
