@@ -132,11 +132,14 @@ class _Writer:
     def add(self, table: str, plate: str | None, rows) -> None:
         key = (table, plate or "")
         self.rows[key].append(rows)
-        if table == "images" and len(self.rows[key]) >= self.part_frames:
+        if table == "images" and len(self.rows[key]) >= self.part_frames:  # memory stays flat however many frames
+            # A plate's objects go out with its image rows, objects first: resuming skips only frames whose image
+            # row was written, so their objects are on disk too.
+            self.flush(("objects", key[1]))
             self.flush(key)
 
     def flush(self, key: tuple[str, str] | None = None) -> None:
-        for k in [key] if key else list(self.rows):
+        for k in [key] if key else sorted(self.rows, key=lambda k: k[0] == "images"):  # image rows last
             items = self.rows.pop(k, [])
             if not items:
                 continue

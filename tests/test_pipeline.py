@@ -157,3 +157,15 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     assert naive != n2 or n1 == 0  # without --pixel-size the model sees nuclei 4x too large
     with pytest.raises(UserError, match="positive"):
         Segmenter(pixel_size=-1.0)
+
+
+def test_parts_are_flushed_as_frames_accumulate(screen, tmp_path):
+    run = tmp_path / "run"
+    segment([screen.images], run, options=SegmentOptions(progress=False, part_frames=100, objects=True))
+    images = sorted((run / "images").rglob("part-*.parquet"))
+    objects = sorted((run / "objects").rglob("part-*.parquet"))
+    assert len(images) == 4 and len(objects) >= 4  # 384 frames in parts of at most 100
+    df = _images(run)
+    assert df.height == 384 and df["ImageNumber"].n_unique() == 384
+    obj = pl.read_parquet(objects, hive_partitioning=False)
+    assert obj.height == int((df["Count_Nuclei"] + df["Count_Micronuclei"]).sum())
