@@ -144,8 +144,10 @@ class _Writer:
             if not items:
                 continue
             table, plate = k
-            df = pl.concat([i if isinstance(i, pl.DataFrame) else pl.DataFrame([i]) for i in items],
-                           how="diagonal_relaxed")
+            if isinstance(items[0], pl.DataFrame):
+                df = pl.concat(items, how="diagonal_relaxed")
+            else:  # dict rows; None in the first rows must not fix a column's type, so infer over all of them
+                df = pl.from_dicts(items, infer_schema_length=None)
             folder = self.run / table / f"plate={plate}" if table != "errors" else self.run / table
             folder.mkdir(parents=True, exist_ok=True)
             self.count += 1
