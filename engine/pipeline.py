@@ -59,6 +59,27 @@ class SegmentOptions:
     progress: bool = True
     overwrite: bool = False  # empty the run folder first
     retry_errors: bool = False  # attempt the frames of the error table again
+    shard: tuple[int, int] | None = None  # (k, n): this process takes the frames with (ImageNumber - 1) % n == k
+
+
+def parse_shard(text: str, environ: dict | None = None) -> tuple[int, int]:
+    """``K/N`` (0-based K) or ``slurm`` (SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT of a job array, whose
+    task ids must run 0..N-1 (``--array=0-N``)."""
+    env = os.environ if environ is None else environ
+    if text == "slurm":
+        try:
+            k, n = int(env["SLURM_ARRAY_TASK_ID"]), int(env["SLURM_ARRAY_TASK_COUNT"])
+        except (KeyError, ValueError):
+            raise UserError("--shard slurm needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT "
+                            "(run it inside an sbatch --array job)") from None
+    else:
+        try:
+            k, n = (int(v) for v in text.split("/"))
+        except ValueError:
+            raise UserError(f"--shard {text!r}: expected K/N, e.g. 0/8, or slurm") from None
+    if not 0 <= k < n:
+        raise UserError(f"--shard {k}/{n}: K must be in 0..N-1")
+    return k, n
 
 
 @dataclass
@@ -222,6 +243,10 @@ def segment(
         _retry_errors(run)
 
     frames = found.frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
+    if opts.shard is not None:  # shards share one run folder: part names are unique, ImageNumbers global
+        k, n = opts.shard
+        frames = frames.filter((pl.col("ImageNumber") - 1) % n == k)
+    mine = frames.height
     done = _done_frames(run, ("images", "errors"))
     if done:
         keys = pl.DataFrame(list(done), schema=["PathName_DNA", "FileName_DNA"], orient="row")
@@ -342,7 +367,7 @@ def segment(
     if bar is not None:
         bar.close()
     seconds = time.time() - t_start
-    result = SegmentResult(run, len(records), found.frames.height - len(records), failed, seconds, dict(busy),
+    result = SegmentResult(run, len(records), mine - len(records), failed, seconds, dict(busy),
                            seg.backend.description)
     _write_manifest(run, seg.info, result, opts, found)
     return result

@@ -78,11 +78,12 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
 
 def _segment(a: argparse.Namespace):
-    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions, parse_shard, segment
 
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
-                          overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size)
+                          overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
+                          shard=parse_shard(a.shard) if a.shard else None)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
@@ -112,6 +113,8 @@ def cmd_run(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.analyze import analyze
     from nucleiscreen.engine.layout import read_layout
 
+    if a.shard:
+        raise UserError("--shard splits `segment` over processes; run `nucleiscreen analyze` once all shards are done")
     read_layout(a.layout)  # a broken layout should fail before hours of segmentation, not after
     result = _segment(a)
     _print_analysis(analyze(result.run, a.layout))
@@ -164,6 +167,8 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="empty the run folder first (needed to change the model or settings of an existing run)")
     p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
+    p.add_argument("--shard", help="K/N: segment every N-th frame from the K-th (0-based) into the shared run "
+                                   "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
     _engine_options(p)
 
 

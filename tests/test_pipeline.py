@@ -169,3 +169,22 @@ def test_parts_are_flushed_as_frames_accumulate(screen, tmp_path):
     assert df.height == 384 and df["ImageNumber"].n_unique() == 384
     obj = pl.read_parquet(objects, hive_partitioning=False)
     assert obj.height == int((df["Count_Nuclei"] + df["Count_Micronuclei"]).sum())
+
+
+def test_shards_fill_one_run_folder(screen, tmp_path):
+    from nucleiscreen.engine.pipeline import parse_shard
+
+    run = tmp_path / "run"
+    a = segment([screen.images], run, options=SegmentOptions(progress=False, shard=(0, 3)))
+    b = segment([screen.images], run, options=SegmentOptions(progress=False, shard=(2, 3)))
+    c = segment([screen.images], run, options=SegmentOptions(progress=False, shard=parse_shard(
+        "slurm", {"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"})))
+    assert a.frames == b.frames == c.frames == 128
+    df = _images(run)
+    assert df.height == 384 and sorted(df["ImageNumber"]) == list(range(1, 385))
+    assert segment([screen.images], run, options=SegmentOptions(progress=False, shard=(1, 3))).frames == 0
+    for bad in ("3/3", "x", "1/0"):
+        with pytest.raises(UserError):
+            parse_shard(bad, {})
+    with pytest.raises(UserError, match="SLURM_ARRAY_TASK_ID"):
+        parse_shard("slurm", {})
