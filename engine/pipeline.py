@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -228,14 +228,19 @@ def segment(
     options: SegmentOptions | None = None,
     pattern: str = "auto",
     channel: int | None = None,
+    on_discovered: Callable[[Discovery], None] | None = None,
 ) -> SegmentResult:
-    """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring)."""
+    """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring).
+
+    ``on_discovered`` is called with the discovery before any frame is read (the CLI prints its summary)."""
     opts = options or SegmentOptions()
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size)  # bad model/backend fail first
     batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
+    if on_discovered is not None:
+        on_discovered(found)
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     _prepare_run(run, seg.info, opts)

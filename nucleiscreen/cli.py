@@ -84,7 +84,8 @@ def _segment(a: argparse.Namespace):
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
                           shard=parse_shard(a.shard) if a.shard else None)
-    result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel)
+    result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
+                     on_discovered=lambda found: print(found.summary()))
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
