@@ -1,7 +1,10 @@
 """``nucleiscreen analyze``: a run folder and a layout in, the screen's tables, hits and report out.
 
-Reads ``RUN/images/plate=*/part-*.parquet`` (one row per frame) and ``RUN/errors/part-*.parquet`` (failed
-frames, when present), and writes to ``RUN/analysis/`` (or ``out_dir``):
+Reads ``RUN/images/plate=*/part-*.parquet`` (one row per frame), and when present ``RUN/errors/part-*.parquet``
+(failed frames), ``RUN/objects/plate=*/part-*.parquet`` (one row per nucleus: exact median areas),
+``RUN/labels/`` (nuclei outlines on the hit frames of the report) and ``RUN/manifest.json`` (the micronucleus
+cut-off the run used). Frames flagged by the frame QC (focus, saturation; :class:`FrameQC`) are left out of the
+wells. Writes to ``RUN/analysis/`` (or ``out_dir``):
 
 - ``wells.parquet``: one row per plate and well, normalized (:mod:`nucleiscreen.engine.screen` documents the
   columns),
@@ -17,6 +20,7 @@ half a file.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,9 +30,17 @@ import polars as pl
 
 from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, call_hits, control_summary, format_table
 from nucleiscreen.engine.layout import read_layout
-from nucleiscreen.engine.report import write_report
-from nucleiscreen.engine.screen import aggregate_genes, aggregate_wells, normalize_plates, plate_qc
+from nucleiscreen.engine.report import example_frames, write_report
+from nucleiscreen.engine.screen import (
+    Z_PRIME_MIN,
+    FrameQC,
+    aggregate_genes,
+    aggregate_wells,
+    normalize_plates,
+    plate_qc,
+)
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 
 
 @dataclass
@@ -47,6 +59,8 @@ class AnalysisResult:
         path.
     unplaced_failures
         Rows of the error table without a plate and well (they cannot be counted against a well).
+    notes
+        What the analysis used beyond the image table (object table, frame QC rules), one line each.
     """
 
     wells: pl.DataFrame
@@ -57,10 +71,12 @@ class AnalysisResult:
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     unplaced_failures: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | None = None,
-            rules: Sequence[HitRule] = DEFAULT_RULES, reference: str | Sequence[str] = "negative"
+            rules: Sequence[HitRule] = DEFAULT_RULES, reference: str | Sequence[str] = "negative", *,
+            frame_qc: FrameQC | None = FrameQC(), z_prime_min: float = Z_PRIME_MIN, report: bool = True
             ) -> AnalysisResult:
     """Aggregate, normalize and call hits for a segmented run, and write the outputs.
 
@@ -76,6 +92,13 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
         Hit rules, applied to gene medians; default the paper's.
     reference
         The reference wells of each plate (see :func:`~nucleiscreen.engine.screen.normalize_plates`).
+    frame_qc
+        Which frames to exclude by their focus and saturation measures, when the image table has them;
+        None: keep every frame.
+    z_prime_min
+        Plates with a robust Z′ under this are flagged (``plates.low_z_prime``).
+    report
+        Write ``report.html`` (reads the hits' frames); False writes the tables only.
 
     Returns
     -------
@@ -94,35 +117,53 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     image_files = sorted((run_dir / "images").glob("plate=*/part-*.parquet"))
     if not image_files:
         raise UserError(f"no image table under {run_dir / 'images'}: run `nucleiscreen segment` first")
-    images = pl.scan_parquet(image_files, hive_partitioning=False)
-    error_files = sorted((run_dir / "errors").glob("part-*.parquet"))
-    errors = None
-    if error_files:
-        errors = pl.scan_parquet(error_files, hive_partitioning=False, missing_columns="insert")
+    images = _scan(image_files)
+    errors = _scan(sorted((run_dir / "errors").glob("part-*.parquet")))
+    objects = _scan(sorted((run_dir / "objects").glob("plate=*/part-*.parquet")))
     layout = read_layout(layout_path)
 
-    wells = aggregate_wells(images, errors)
+    notes = []
+    exclude = frame_qc.exclude(images.collect_schema().names()) if frame_qc is not None else None
+    if exclude is not None:
+        notes.append("Frame QC: " + "; ".join(frame_qc.describe(images.collect_schema().names())) + ".")
+    else:
+        notes.append("Frame QC: the image table has no focus or saturation measure (or frame QC is off); "
+                     "no frame was excluded.")
+    micronucleus_area = _micronucleus_area(run_dir)
+    if objects is not None:
+        notes.append(f"Median nuclear areas are exact, over the object table (nuclei of at least "
+                     f"{micronucleus_area:g} px not touching the frame border).")
+
+    wells = aggregate_wells(images, errors, exclude=exclude, objects=objects, micronucleus_area=micronucleus_area)
     wells = normalize_plates(wells, layout, reference, source=layout_path)
     genes = aggregate_genes(wells, rules)
     result = AnalysisResult(
         wells=wells,
         genes=genes,
-        plates=plate_qc(wells),
+        plates=plate_qc(wells, z_prime_min),
         controls=control_summary(wells, rules),
         hits=call_hits(genes, rules),
         out_dir=Path(out_dir) if out_dir is not None else run_dir / "analysis",
         unplaced_failures=_unplaced(errors),
+        notes=notes,
     )
     result.out_dir.mkdir(parents=True, exist_ok=True)
     for name in ("wells", "genes", "plates", "controls"):
         result.files[name] = _write(getattr(result, name), result.out_dir / f"{name}.parquet")
     result.files["hits"] = _write(result.hits, result.out_dir / "hits.csv")
-    result.files["report"] = write_report(result.out_dir / "report.html", result.wells, result.genes,
-                                          result.plates, result.hits, result.controls, rules)
+    if report:
+        examples = example_frames(images, wells, result.hits, run_dir, exclude=exclude)
+        result.files["report"] = write_report(
+            result.out_dir / "report.html", result.wells, result.genes, result.plates, result.hits,
+            result.controls, rules, examples=examples, z_prime_min=z_prime_min, notes=notes,
+        )
     return result
 
 
-HIT_COLUMNS = ["gene_symbol", "hit_rules", "wells", "count_fc", "area_fc", "nuclei_per_field"]
+HIT_COLUMNS = ["gene_symbol", "hit_rules", "wells", "count_fc", "area_fc", "count_ssmd", "nuclei_per_field"]
+PLATE_COLUMNS = ["plate", "fields_analysed", "fields_failed", "fields_excluded", "reference_nuclei_per_field",
+                 "positive_count_fc", "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust",
+                 "low_z_prime"]
 CONTROL_COLUMNS = ["role", "control_name", "reference", "wells", "nuclei_per_field", "count_fc", "area_fc",
                    "count_fc_min", "count_fc_max"]
 
@@ -139,10 +180,31 @@ def format_summary(result: AnalysisResult) -> str:
              format_table(pick(result.controls, CONTROL_COLUMNS)),
              "",
              "Plates:",
-             format_table(result.plates),
+             format_table(result.plates.select(PLATE_COLUMNS)),
+             *result.notes,
              "",
              f"analysis written to {result.out_dir}: " + ", ".join(p.name for p in result.files.values())]
     return "\n".join(lines)
+
+
+def _scan(files: list[Path]) -> pl.LazyFrame | None:
+    """The Parquet parts as one table with every column of any part (a run resumed by a newer engine has parts
+    with more columns, e.g. the focus measure); a part without a column gives nulls."""
+    if not files:
+        return None
+    schema: dict[str, pl.DataType] = {}
+    for f in files:
+        schema.update(pl.read_parquet_schema(f))
+    return pl.scan_parquet(files, schema=schema, hive_partitioning=False, missing_columns="insert")
+
+
+def _micronucleus_area(run_dir: Path) -> float:
+    """The run's micronucleus cut-off from its manifest, else the engine's default."""
+    try:
+        settings = json.loads((run_dir / "manifest.json").read_text()).get("settings", {})
+        return float(settings.get("micronucleus_area", DEFAULT_MICRONUCLEUS_AREA))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return float(DEFAULT_MICRONUCLEUS_AREA)
 
 
 def _unplaced(errors: pl.LazyFrame | None) -> int:

@@ -151,10 +151,10 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     polars.DataFrame
         One row per (role, control_name) of the non-sample wells: ``role``, ``control_name``, ``reference``
         (these wells are the normalization reference), ``wells``, ``plates``, ``wells_analysed``,
-        ``nuclei_per_field``, ``count_fc``, ``area_fc`` (medians over the wells; the area median over wells
-        that have an area), ``count_fc_min``, ``count_fc_max``, then the rules' pass counts. Sorted negative,
-        positive, other, empty, then by name. The mock and untransfected rows next to OTP show transfection
-        toxicity.
+        ``nuclei_per_field``, ``count_fc``, ``area_fc``, ``count_ssmd`` (medians over the wells that have
+        one), ``count_fc_min``, ``count_fc_max``, then the rules' pass counts. Sorted negative, positive,
+        other, empty; within a role the reference first, then by name. The mock and untransfected rows next
+        to the non-targeting reference show transfection toxicity.
     """
     controls = wells.filter(pl.col("role").is_not_null() & (pl.col("role") != "sample"))
     summary = controls.group_by("role", "control_name").agg(
@@ -165,12 +165,13 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         nuclei_per_field=pl.col("nuclei_per_field").median(),
         count_fc=pl.col("count_fc").median(),
         area_fc=pl.col("area_fc").median(),
+        count_ssmd=pl.col("count_ssmd").median(),
         count_fc_min=pl.col("count_fc").min(),
         count_fc_max=pl.col("count_fc").max(),
         **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
     )
     order = pl.col("role").replace_strict(ROLE_ORDER, default=len(ROLE_ORDER), return_dtype=pl.Int64)
-    return summary.sort(order, "control_name", nulls_last=True)
+    return summary.sort(order, "reference", "control_name", descending=[False, True, False], nulls_last=True)
 
 
 def format_value(value: object) -> str:

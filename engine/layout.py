@@ -63,7 +63,9 @@ ROLE_SPELLINGS: dict[str, str] = {
 
 # Control names, matched on the name upper-cased with spaces, '-', '_' and '.' removed.
 NONTARGETING_PATTERN = r"^(OTP.*|.*NONTARGETING.*|NT|NTC)$"
-NEGATIVE_PATTERN = r"^(OTP.*|.*NONTARGETING.*|NT|NTC|MOCK.*|UNTRANSFECTED.*)$"
+MOCK_PATTERN = r"^(MOCK.*)$"
+UNTRANSFECTED_PATTERN = r"^(UNTRANSFECTED.*|UNTREATED.*)$"
+NEGATIVE_PATTERN = "|".join((NONTARGETING_PATTERN, MOCK_PATTERN, UNTRANSFECTED_PATTERN))
 POSITIVE_PATTERN = r"^(PLK1|KIF11)$"
 OTHER_PATTERN = r"^(LIPA)$"
 EMPTY_PATTERN = r"^(|EMPTY|BLANK|NONE)$"
@@ -82,10 +84,25 @@ def is_nontargeting(name: pl.Expr) -> pl.Expr:
     return name_key(name).str.contains(NONTARGETING_PATTERN).fill_null(False)
 
 
+def negative_kind(name: pl.Expr) -> pl.Expr:
+    """Which kind of negative control a name is: ``"nontargeting"``, ``"mock"`` (transfection reagent
+    without siRNA), ``"untransfected"`` (cells alone; also ``untreated``), or null for any other name.
+
+    Comparing the three on a plate separates the toxicity of the siRNA transfection (non-targeting below mock)
+    from that of the reagent (mock below untransfected).
+    """
+    key = name_key(name)
+    return (
+        pl.when(key.str.contains(NONTARGETING_PATTERN)).then(pl.lit("nontargeting"))
+        .when(key.str.contains(MOCK_PATTERN)).then(pl.lit("mock"))
+        .when(key.str.contains(UNTRANSFECTED_PATTERN)).then(pl.lit("untransfected"))
+    )
+
+
 def infer_role(name: pl.Expr) -> pl.Expr:
     """The role a control or gene name implies.
 
-    ``OTP``/non-targeting/``NT``/``mock``/``untransfected`` -> ``negative``; ``PLK1``, ``KIF11`` ->
+    ``OTP``/non-targeting/``NT``/``mock``/``untransfected``/``untreated`` -> ``negative``; ``PLK1``, ``KIF11`` ->
     ``positive``; ``LIPA`` -> ``other`` (the lysosomal-damage control); null, blank, ``empty`` -> ``empty``;
     anything else -> ``sample``.
     """

@@ -3,13 +3,20 @@ not."""
 
 from __future__ import annotations
 
+import base64
+import re
+from pathlib import Path
+
+import imagecodecs
 import numpy as np
 import polars as pl
 import pytest
+import tifffile
 
 from nucleiscreen.engine.analyze import analyze
 from nucleiscreen.engine.hits import call_hits, control_summary, format_table
 from nucleiscreen.engine.layout import read_layout
+from nucleiscreen.engine.report import example_frames, frame_thumbnail
 from nucleiscreen.engine.screen import aggregate_genes, aggregate_wells, normalize_plates, plate_qc
 from nucleiscreen.errors import UserError
 
@@ -156,6 +163,8 @@ def test_analyze_writes_every_output(tmp_path):
         assert f"<td>{gene}</td>" in page  # and in the hit table
     assert page.count("<figure class='plate'>") == len(PLATES)
     assert "<script" not in page and "src=" not in page and "href=" not in page  # self-contained
+    # the frames of /screen/... are not on this machine: the report lists the frames it would show
+    assert "None of the hits' frames is reachable" in page and page.count("/screen/") == 2 * 2 * len(PLANTED)
     # a second run (another output folder) gives the same hits
     again = analyze(run, layout, out_dir=tmp_path / "elsewhere")
     assert again.hits.equals(result.hits)
@@ -173,3 +182,83 @@ def test_analyze_user_errors(tmp_path):
     with pytest.raises(UserError, match=f"layout.csv: no rows for 1 plate.*: {PLATES[1]}"):
         analyze(run, layout)
     assert not (run / "analysis").exists()
+
+
+# --- report frames -----------------------------------------------------------------------------------------
+
+
+def disk_frame(size: int = 48, radius: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:size, :size]
+    inside = (yy - size // 2) ** 2 + (xx - size // 2) ** 2 <= radius ** 2
+    return np.where(inside, 3000, 300).astype(np.uint16), inside.astype(np.uint16)
+
+
+def test_frame_thumbnail_outlines(tmp_path):
+    frame, labels = disk_frame()
+    tifffile.imwrite(tmp_path / "f.tif", frame)
+    tifffile.imwrite(tmp_path / "f_labels.tif", labels)
+    tifffile.imwrite(tmp_path / "other_labels.tif", labels[:40])
+    rgb = imagecodecs.jpeg8_decode(frame_thumbnail(tmp_path / "f.tif", tmp_path / "f_labels.tif", size=48))
+    assert rgb.shape == (48, 48, 3)
+    r, g, b = (rgb[..., i].astype(int) for i in range(3))
+    assert r[24, 14] > 200 and b[24, 14] < 100  # the disk's edge (x = 24 - 10) is outlined in yellow
+    assert abs(r[24, 24] - b[24, 24]) < 20 and r[24, 24] > 200  # its inside stays grey, bright
+    assert r[2, 2] < 40  # background dark
+    # no labels, or labels of another shape: no outline; an unreadable frame: None
+    plain = imagecodecs.jpeg8_decode(frame_thumbnail(tmp_path / "f.tif", tmp_path / "other_labels.tif"))
+    assert abs(int(plain[24, 14, 0]) - int(plain[24, 14, 2])) < 20
+    assert frame_thumbnail(tmp_path / "missing.tif") is None
+    # a large frame: its centre crop, shrunk by an integer factor
+    big = np.zeros((1104, 1104), np.uint16)
+    tifffile.imwrite(tmp_path / "big.tif", big)
+    assert imagecodecs.jpeg8_decode(frame_thumbnail(tmp_path / "big.tif")).shape == (256, 256, 3)
+
+
+def test_report_shows_hit_frames_next_to_reference_frames(tmp_path):
+    run, layout = write_run(tmp_path)
+    frames = tmp_path / "frames"
+    frame, labels = disk_frame()
+    for part in sorted((run / "images").glob("plate=*/part-*.parquet")):
+        table = pl.read_parquet(part).with_columns(
+            PathName_DNA=pl.lit(str(frames)) + "/" + pl.col("Metadata_Plate"),
+            FileName_DNA=pl.col("FileName_DNA").str.replace(r"\.C01$", ".tif"),
+        )
+        table.write_parquet(part)
+        for plate, name in table.select("Metadata_Plate", "FileName_DNA").iter_rows():
+            (frames / plate).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(frames / plate / name, frame)
+            if plate == PLATES[0]:  # label images for the first plate only
+                folder = run / "labels" / f"plate={plate}"
+                folder.mkdir(parents=True, exist_ok=True)
+                tifffile.imwrite(folder / name.replace(".tif", "_labels.tif"), labels)
+    result = analyze(run, layout)
+
+    images = pl.scan_parquet(sorted((run / "images").glob("plate=*/part-*.parquet")))
+    examples = example_frames(images, result.wells, result.hits, run)
+    assert examples["gene_symbol"].unique(maintain_order=True).to_list() == result.hits["gene_symbol"].to_list()
+    wells = result.wells
+    for r in examples.iter_rows(named=True):
+        # the hit well's count FC is among the closest 2 to the gene's; the reference well is OTP of its plate
+        mine = wells.filter(pl.col("gene_symbol") == r["gene_symbol"])
+        closest = (mine["count_fc"] - r["gene_count_fc"]).abs().sort()
+        assert abs(r["count_fc"] - r["gene_count_fc"]) <= closest[1]
+        refs = wells.filter(pl.col("is_reference") & (pl.col("plate") == r["plate"]))
+        assert r["ref_well"] in refs["well"].to_list() and r["ref_control_name"] == "OTP"
+        assert abs(r["ref_count_fc"] - 1) == (refs["count_fc"] - 1).abs().min()
+        # the most typical field: its count is the closest to the well's nuclei per field
+        fields = images.filter((pl.col("Metadata_Plate") == r["plate"]) & (pl.col("Metadata_Well") == r["well"]))
+        per_field = wells.filter((pl.col("plate") == r["plate"]) & (pl.col("well") == r["well"]))
+        target = per_field["nuclei_per_field"].item()
+        best = fields.select((pl.col("Count_Nuclei") - target).abs().min()).collect().item()
+        assert abs(r["nuclei"] - target) == best
+        assert Path(r["frame"]).is_file()
+        assert (r["labels"] is not None) == (r["plate"] == PLATES[0])
+    assert examples.group_by("gene_symbol").len()["len"].to_list() == [2] * 4
+
+    page = (run / "analysis" / "report.html").read_text()
+    sources = re.findall(r"src='([^']*)'", page)
+    assert len(sources) == 2 * examples.height and "frame not reachable" not in page
+    assert all(src.startswith("data:image/jpeg;base64,") for src in sources)  # embedded, nothing fetched
+    first = base64.b64decode(sources[0].split(",", 1)[1])
+    assert imagecodecs.jpeg8_decode(first).shape == (48, 48, 3)
+    assert page.count("no label image") == (examples["plate"] != PLATES[0]).sum()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.layout import LAYOUT_COLUMNS, expand_layout, read_layout
+from nucleiscreen.engine.layout import LAYOUT_COLUMNS, expand_layout, infer_role, negative_kind, read_layout
 from nucleiscreen.errors import UserError
 
 
@@ -62,6 +62,17 @@ def test_role_inferred_from_names(tmp_path):
     rows = "".join(f"P1,A{i + 1},{name}\n" for i, name in enumerate(names))
     layout = read_layout(write(tmp_path, "plate,well,gene_symbol\n" + rows)).sort("column")
     assert dict(zip(names, layout["role"], strict=True)) == names
+
+
+def test_negative_kinds():
+    names = {"OTP": "nontargeting", "otp-nt pool": "nontargeting", "Non-Targeting": "nontargeting",
+             "mock": "mock", "Mock 2": "mock", "untransfected": "untransfected", "Untreated": "untransfected",
+             "PLK1": None, "TP53": None, None: None}
+    got = pl.select(negative_kind(pl.Series(list(names), dtype=pl.String))).to_series().to_list()
+    assert got == list(names.values())
+    # every kind is a negative control when the role is inferred
+    roles = pl.select(infer_role(pl.Series(["untreated", "Mock 2", "OTP"]))).to_series().to_list()
+    assert roles == ["negative"] * 3
 
 
 def test_blank_role_cell_inferred_and_control_name_used(tmp_path):

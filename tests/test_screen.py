@@ -20,8 +20,10 @@ from nucleiscreen.engine.layout import LAYOUT_COLUMNS, well_parts
 from nucleiscreen.engine.screen import (
     MAD_SCALE,
     WELL_COLUMNS,
+    FrameQC,
     aggregate_genes,
     aggregate_wells,
+    median_polish,
     normalize_plates,
     plate_qc,
 )
@@ -157,6 +159,60 @@ def test_errors_without_metadata_columns_and_exclusion():
     assert (well["nuclei"], well["nuclei_per_field"]) == (180, 90.0)
 
 
+def test_exact_median_area_from_objects():
+    rows = [frame("P1", "A01", 1, 3, nonborder=2), frame("P1", "A01", 2, 2), frame("P1", "A01", 3, 1),
+            frame("P1", "A02", 1, 1, nonborder=0), frame("P1", "A03", 1, 0)]
+    objects = pl.DataFrame({
+        "Metadata_Plate": ["P1"] * 9,
+        "Metadata_Well": ["A01"] * 7 + ["A02"] * 2,
+        "Metadata_Site": [1, 1, 1, 1, 2, 2, 3, 1, 1],
+        "AreaShape_Area": [400, 1000, 900, 40, 300, 700, 5000, 800, 30],
+        "TouchesBorder": [False, False, True, False, False, False, False, True, False],
+    })
+    wells = aggregate_wells(images(rows), objects=objects).sort("well")
+    a01, a02, a03 = wells.iter_rows(named=True)
+    # A01's nuclei: 400, 1000 (900 touches the border, 40 is a micronucleus), 300, 700, 5000 -> median 700
+    assert a01["nuclei_area_median"] == 700.0
+    # without frame 3 (excluded): 300, 400, 700, 1000 -> an even count, (400 + 700) / 2
+    excluded = aggregate_wells(images(rows), objects=objects, exclude=pl.col("Metadata_Site") == 3).sort("well")
+    assert excluded["nuclei_area_median"][0] == 550.0
+    # a higher micronucleus cut-off drops 300 and 400: 700, 1000, 5000
+    assert aggregate_wells(images(rows), objects=objects, micronucleus_area=500)["nuclei_area_median"][0] == 1000
+    # A02: only a border-touching nucleus and a micronucleus; A03: no object at all -> null, never NaN
+    assert a02["nuclei_area_median"] is None and a03["nuclei_area_median"] is None
+    # without an object table the column is there, null
+    assert aggregate_wells(images(rows))["nuclei_area_median"].null_count() == 3
+    with pytest.raises(UserError, match="object table has no column TouchesBorder"):
+        aggregate_wells(images(rows), objects=objects.drop("TouchesBorder"))
+
+
+def test_frame_qc_rules():
+    focus = "ImageQuality_FocusScore_DNA"
+    saturated = "ImageQuality_PercentMaximal_DNA"
+    rows = [  # (well, site, nuclei, focus, percent maximal)
+        ("A01", 1, 20, 1.0, 0.001), ("A01", 2, 20, 0.9, 0.001), ("A01", 3, 2, 0.15, 0.001),
+        ("A01", 4, 20, 1.1, 0.001),
+        ("A02", 1, 0, 1e-5, 0.001), ("A02", 2, 1, 0.01, 0.001), ("A02", 3, 0, 1e-5, 0.001),  # cells died
+        ("A03", 1, 30, 1.0, 30.0), ("A03", 2, 30, None, 0.001), ("A03", 3, 30, 1.0, None),
+    ]
+    table = images([{**frame("P1", w, site, n), focus: f, saturated: m} for w, site, n, f, m in rows])
+    qc = FrameQC()
+    flags = table.select(x=qc.exclude(table.columns))["x"].to_list()
+    # A01: median focus (0.9 + 1.0) / 2 = 0.95, 0.15 < 0.2 * 0.95; A02's frames are never judged for focus
+    # (median 0 nuclei per frame < 20); A03: 30 % of the pixels at the maximum; null measures exclude nothing
+    assert flags == [False, False, True, False, False, False, False, True, False, False]
+    wells = aggregate_wells(table, exclude=qc.exclude(table.columns)).sort("well")
+    assert wells["fields_excluded"].to_list() == [1, 0, 1]
+    assert wells["nuclei_per_field"].to_list() == [20.0, 1 / 3, 30.0]
+    # an absolute floor catches a well out of focus everywhere; rules can be switched off
+    floor = FrameQC(min_focus=0.5, min_focus_ratio=None, max_saturated_percent=None)
+    assert table.select(x=floor.exclude(table.columns))["x"].to_list() == [False, False, True, False, True, True, True,
+                                                                        False, False, False]
+    assert FrameQC().exclude(["Count_Nuclei", "Metadata_Plate"]) is None
+    assert FrameQC(min_focus_ratio=None, max_saturated_percent=None).exclude(table.columns) is None
+    assert len(qc.describe(table.columns)) == 2 and qc.describe(["Count_Nuclei"]) == []
+
+
 def test_missing_image_columns():
     with pytest.raises(UserError, match="no column Count_Nuclei_NonBorder"):
         aggregate_wells(pl.DataFrame({"Metadata_Plate": ["P"], "Metadata_Well": ["A01"], "Count_Nuclei": [1],
@@ -211,6 +267,98 @@ def test_robust_z_by_hand_and_mad_zero_guard():
     norm = normalize_plates(flat, lay)
     assert norm["count_robust_z"].null_count() == norm.height
     assert norm.filter(pl.col("well") == "B01")["count_fc"].item() == 3.0
+
+
+def test_ssmd_by_hand_and_mad_zero_guard():
+    wells, lay = plate_one()
+    by_well = {r["well"]: r for r in normalize_plates(wells, lay).iter_rows(named=True)}
+    # reference counts 10, 20, 30, 50 (median 25): l = log2 of 0.4, 0.8, 1.2, 2
+    l_ref = sorted(math.log2(x) for x in (0.4, 0.8, 1.2, 2.0))
+    centre = (l_ref[1] + l_ref[2]) / 2  # an even count: the mean of the middle two
+    deviations = sorted(abs(v - centre) for v in l_ref)
+    mad = (deviations[1] + deviations[2]) / 2
+    scale = math.sqrt(2) * MAD_SCALE * mad
+    assert by_well["B02"]["count_ssmd"] == pytest.approx((math.log2(2.0) - centre) / scale)
+    assert by_well["A06"]["count_ssmd"] == pytest.approx((math.log2(2 / 25) - centre) / scale)  # PLK1
+    # no nucleus in 1 field: half a nucleus, l = log2(0.5 / 25); the strongest loss keeps a score
+    assert by_well["B03"]["count_ssmd"] == pytest.approx((math.log2(0.5 / 25) - centre) / scale)
+    # area: reference areas 300, 400, 600, 500 (median 450)
+    a_ref = sorted(math.log2(a / 450) for a in (300, 400, 600, 500))
+    a_centre = (a_ref[1] + a_ref[2]) / 2
+    a_dev = sorted(abs(v - a_centre) for v in a_ref)
+    a_scale = math.sqrt(2) * MAD_SCALE * (a_dev[1] + a_dev[2]) / 2
+    assert by_well["B02"]["area_ssmd"] == pytest.approx((math.log2(900 / 450) - a_centre) / a_scale)
+    assert by_well["B03"]["area_ssmd"] is None  # no nucleus, no area
+    # identical reference wells: MAD = 0 -> null, not inf
+    flat = aggregate_wells(images(wells_from_counts("P1", {"A01": 10, "A02": 10, "A03": 10, "B01": 30})))
+    assert normalize_plates(flat, lay)["count_ssmd"].null_count() == 4  # every well
+
+
+def r_medpolish(x: np.ndarray, max_iter: int = 10, eps: float = 0.01) -> np.ndarray:
+    """R's stats::medpolish(x, na.rm = TRUE), line by line; returns the residuals."""
+    z = x.astype(float).copy()
+    nr, nc = z.shape
+    t, r, c, oldsum = 0.0, np.zeros(nr), np.zeros(nc), 0.0
+    for _ in range(max_iter):
+        rdelta = np.nanmedian(z, axis=1)
+        z = z - rdelta[:, None]
+        r = r + rdelta
+        delta = np.nanmedian(c)
+        c, t = c - delta, t + delta
+        cdelta = np.nanmedian(z, axis=0)
+        z = z - cdelta[None, :]
+        c = c + cdelta
+        delta = np.nanmedian(r)
+        r, t = r - delta, t + delta
+        newsum = np.nansum(np.abs(z))
+        if newsum == 0 or abs(newsum - oldsum) < eps * newsum:
+            break
+        oldsum = newsum
+    return z
+
+
+def polish_table(matrices: dict[str, np.ndarray]) -> pl.DataFrame:
+    return pl.DataFrame([
+        {"plate": plate, "row": "ABCDEFGHIJKLMNOP"[i], "column": j + 1,
+         "value": None if np.isnan(m[i, j]) else float(m[i, j])}
+        for plate, m in matrices.items() for i in range(m.shape[0]) for j in range(m.shape[1])
+    ], schema={"plate": pl.String, "row": pl.String, "column": pl.Int64, "value": pl.Float64})
+
+
+def test_median_polish_by_hand_and_against_r():
+    # row medians 2, 5, 8 -> [[-1, 0, 1], [-1, 0, 1], [-1, 0, 92]]; column medians -1, 0, 1 -> all 0 but
+    # the outlier, 91; the second sweep changes nothing and stops the polish
+    out = median_polish(polish_table({"P": np.array([[1, 2, 3], [4, 5, 6], [7, 8, 100.0]])}))
+    assert out["residual"].to_list() == [0, 0, 0, 0, 0, 0, 0, 0, 91]
+    # two plates polished independently, with missing wells, against R's algorithm
+    rng = np.random.default_rng(3)
+    matrices = {}
+    for plate in ("P1", "P2"):
+        m = rng.normal(0, 1, (16, 24)) + np.linspace(0, 2, 24)[None, :] + rng.normal(0, 1, (16, 1))
+        m[rng.random(m.shape) < 0.05] = np.nan
+        matrices[plate] = m
+    got = median_polish(polish_table(matrices))
+    for plate, m in matrices.items():
+        residual = got.filter(pl.col("plate") == plate)["residual"].to_numpy().reshape(16, 24)
+        np.testing.assert_allclose(residual, r_medpolish(m), rtol=1e-12, atol=1e-12)
+        assert np.isnan(residual[np.isnan(m)]).all()
+
+
+def test_b_score_by_hand():
+    # four sample wells with reference 8 nuclei per field: l = log2(count / 8) = [[0, 1], [2, 5]]
+    # row medians 0.5, 3.5 -> [[-.5, .5], [-1.5, 1.5]]; column medians -1, 1 -> [[.5, -.5], [-.5, .5]]
+    # residual median 0, MAD 0.5 -> B = +-0.5 / (1.4826 * 0.5)
+    counts = {"A01": 8, "A02": 8, "A03": 8, "A04": 8, "A06": 1, "A07": 1,
+              "B01": 8, "B02": 16, "C01": 32, "C02": 256}
+    samples = [("P1", "B01", "G1", "sample"), ("P1", "B02", "G2", "sample"), ("P1", "C01", "G3", "sample"),
+               ("P1", "C02", "G4", "sample")]
+    norm = normalize_plates(aggregate_wells(images(wells_from_counts("P1", counts))), layout([*CONTROLS, *samples]))
+    b = dict(zip(norm["well"], norm["count_b_score"], strict=True))
+    one = 1 / MAD_SCALE
+    assert [b["B01"], b["B02"], b["C01"], b["C02"]] == pytest.approx([one, -one, -one, one])
+    assert b["A01"] is None and b["A06"] is None  # controls have no B-score
+    genes = aggregate_genes(norm)
+    assert genes["count_b_score"].to_list() == pytest.approx([one, -one, -one, one])
 
 
 def test_reference_choices():
@@ -283,6 +431,28 @@ def test_plate_qc_z_prime_by_hand():
     qc2 = plate_qc(normalize_plates(pl.concat([one, two]), lay)).row(1, named=True)
     assert qc2["z_prime"] is None and qc2["z_prime_robust"] is None
     assert qc2["reference_cv"] == 0.0
+    # robust Z′ = 1 - 3 * 1.4826 * 11 / 22 = -1.2239: under 0.5, not under -2; undefined: null
+    assert qc["z_prime_robust"] == pytest.approx(-1.2239, abs=1e-4)
+    flags = plate_qc(normalize_plates(pl.concat([one, two]), lay))["low_z_prime"].to_list()
+    assert flags == [True, None]
+    assert plate_qc(normalize_plates(pl.concat([one, two]), lay), z_prime_min=-2)["low_z_prime"][0] is False
+
+
+def test_plate_qc_range_cv_and_transfection_toxicity():
+    wells, lay = plate_one()  # OTP 10, 20, 30, 50; mock 5; PLK1 2, KIF11 4
+    extra = aggregate_wells(images(wells_from_counts("P1", {"A08": 30, "A09": 20, "A10": 40})))
+    lay = pl.concat([lay, layout([("*", "A08", "untransfected", "negative"), ("*", "A09", "Mock 2", "negative"),
+                                  ("*", "A10", "untreated", "negative")])])
+    qc = plate_qc(normalize_plates(pl.concat([wells, extra]), lay)).row(0, named=True)
+    assert qc["dynamic_range"] == 25 / 3  # reference median 25 over the positive median (2 + 4) / 2
+    assert qc["positive_cv"] == pytest.approx(np.std([2, 4], ddof=1) / 3)
+    assert qc["mock_count_fc"] == pytest.approx((5 / 25 + 20 / 25) / 2)  # mock and "Mock 2"
+    assert qc["untransfected_count_fc"] == pytest.approx((30 / 25 + 40 / 25) / 2)  # untransfected, untreated
+    none = plate_qc(normalize_plates(*plate_one())).row(0, named=True)
+    assert none["untransfected_count_fc"] is None
+    # a positive median of 0: no finite dynamic range
+    dead = aggregate_wells(images(wells_from_counts("P1", {"A01": 10, "A02": 20, "A06": 0, "A07": 0, "B01": 5})))
+    assert plate_qc(normalize_plates(dead, lay))["dynamic_range"][0] is None
 
 
 def test_rules_null_never_pass_and_parse():
