@@ -83,3 +83,15 @@ def test_bench_smoke(capsys):
     assert main(["bench", "--frames", "4", "--size", "96", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "sequential reference" in out and "engine / sequential" in out
+
+
+def test_run_segments_and_analyzes(capsys, tmp_path):
+    assert main(["--quiet", "simulate", str(tmp_path / "s"), "--plates", "1", "--fields", "1", "--size", "96",
+                 "--no-masks"]) == 0
+    capsys.readouterr()
+    assert main(["--quiet", "run", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "r"), "--layout",
+                 str(tmp_path / "s" / "layout.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "pattern: cx7 (384 frames" in out and "Controls" in out and "Plates" in out
+    assert {p.name for p in (tmp_path / "r" / "analysis").iterdir()} >= {
+        "wells.parquet", "genes.parquet", "plates.parquet", "hits.csv", "report.html"}
