@@ -86,7 +86,7 @@ def test_bench_smoke(capsys):
 
 
 def test_run_segments_and_analyzes(capsys, tmp_path):
-    assert main(["--quiet", "simulate", str(tmp_path / "s"), "--plates", "1", "--fields", "1", "--size", "96",
+    assert main(["--quiet", "simulate", str(tmp_path / "s"), "--plates", "1", "--fields", "1", "--size", "256",
                  "--no-masks"]) == 0
     capsys.readouterr()
     assert main(["--quiet", "run", str(tmp_path / "s" / "images"), "--out", str(tmp_path / "r"), "--layout",
