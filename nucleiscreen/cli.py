@@ -104,10 +104,17 @@ def _print_analysis(res) -> None:
     print(format_summary(res))
 
 
+def _analysis_options(a: argparse.Namespace) -> dict:
+    from nucleiscreen.engine.screen import FrameQC
+
+    return {"frame_qc": None if a.no_frame_qc else FrameQC(), "z_prime_min": a.z_prime_min,
+            "report": not a.no_report}
+
+
 def cmd_analyze(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.analyze import analyze
 
-    _print_analysis(analyze(a.run, a.layout, a.out))
+    _print_analysis(analyze(a.run, a.layout, a.out, **_analysis_options(a)))
 
 
 def cmd_run(a: argparse.Namespace) -> None:
@@ -118,7 +125,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         raise UserError("--shard splits `segment` over processes; run `nucleiscreen analyze` once all shards are done")
     read_layout(a.layout)  # a broken layout should fail before hours of segmentation, not after
     result = _segment(a)
-    _print_analysis(analyze(result.run, a.layout))
+    _print_analysis(analyze(result.run, a.layout, **_analysis_options(a)))
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -171,6 +178,14 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", help="K/N: segment every N-th frame from the K-th (0-based) into the shared run "
                                    "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
     _engine_options(p)
+
+
+def _analysis_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--z-prime-min", type=float, default=0.5,
+                   help="flag plates whose robust Z' (positive controls vs OTP) is under this (default: 0.5)")
+    p.add_argument("--no-frame-qc", action="store_true",
+                   help="keep every frame (default: leave out-of-focus and saturated frames out of the wells)")
+    p.add_argument("--no-report", action="store_true", help="write the tables but not report.html")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -252,12 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run folder written by `nucleiscreen segment`")
     p.add_argument("--layout", required=True, help="plate layout: CSV, TSV or Parquet")
     p.add_argument("--out", help="analysis folder (default: RUN/analysis)")
+    _analysis_flags(p)
     p.set_defaults(func=cmd_analyze)
 
     p = add("run", help="segment + analyze in one command",
                        description="Segment a screen into a run folder, then analyze it with the layout.")
     _segment_options(p)
     p.add_argument("--layout", required=True, help="plate layout: CSV, TSV or Parquet")
+    _analysis_flags(p)
     p.set_defaults(func=cmd_run)
 
     p = add("demo", help="simulate a small screen, run everything, print the hits",
