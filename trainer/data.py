@@ -20,7 +20,7 @@ from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.normalize import Normalization, normalize
 from nucleiscreen.kernels.targets import classes_from_instances
-from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA, NUCLEI_PER_FRAME, FrameSpec, synth_frame
+from nucleiscreen.simulate import NUCLEI_PER_FRAME, FrameSpec, synth_frame
 
 IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
@@ -142,5 +142,3 @@ class CropStream:
             ys.append(cls)
         return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
 
-
-__all__ = ["Sample", "find_pairs", "load_folder", "simulated_sample", "CropStream", "MEDIAN_NUCLEUS_AREA"]

@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
+from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Sample, load_folder
 from nucleiscreen.trainer.metrics import Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
@@ -132,8 +133,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     torch.manual_seed(cfg.seed)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    sources = [(load_folder(s.path, cfg.norm, 1500.0 if s.rescale else None, cfg.boundary_width, s.limit), s.weight)
-               for s in cfg.train]
+    # Rescaled sources get the median nucleus area of the CX7 frames the network is for.
+    sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.boundary_width,
+                            s.limit), s.weight) for s in cfg.train]
     val = load_folder(cfg.val, cfg.norm, None, cfg.boundary_width) if cfg.val else []
     stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed)
 
