@@ -1,14 +1,19 @@
 """Post-processing speed: class map -> nuclei -> CellProfiler features, against OpenCV and scikit-image.
 
-All three run in one process on the same 1104 x 1104 frame with ~300 nuclei (a dense simulated CX7 frame), one
-thread, median of ``repeats`` runs, and are printed as ratios:
+Everything runs in one process on the same 1104 x 1104 frame with ~300 nuclei (a dense simulated CX7 frame and its
+ideal 3-class map), one thread. The contenders are timed in turns (one call each per round, the order rotating, so a
+busy neighbour on a shared machine slows all of them alike) and the medians of ``repeats`` rounds are compared:
 
-- nucleiscreen "full": ``measure(instances_from_classes(class_map), raw)`` (every feature but Solidity);
-- OpenCV ``connectedComponentsWithStats`` on the same foreground mask, its fastest algorithm (labels, areas, bounding
-  boxes and centroids only: the C++ anchor of issue #3);
-- scikit-image ``label`` + ``regionprops_table`` for the same features.
+- nucleiscreen "full": ``segment_and_measure(class_map, raw)`` -- the label image and every feature but Solidity;
+- nucleiscreen "summary": ``segment_and_summarize(class_map, raw)`` -- the label image and the image-table values
+  (the per-frame path of the engine);
+- OpenCV ``connectedComponentsWithStats`` on the foreground mask (class > 0), the fastest of its algorithms for this
+  frame (labels, areas, bounding boxes and centroids only: the C++ anchor of issue #3);
+- scikit-image ``label`` of the same mask + ``regionprops_table`` for the same features as "full".
 
-Then frames/s of "full" on all cores (the kernels release the GIL, so plain threads scale).
+Then the parts on their own (``instances_from_classes``, ``measure`` of a label image, ``connected_components``,
+Solidity), and frames/s of "full" on one thread and on all cores (the kernels release the GIL, so plain threads
+scale).
 
     nucleiscreen bench kernels          # needs the [bench] extra for OpenCV and scikit-image
 """
@@ -16,13 +21,16 @@ Then frames/s of "full" on all cores (the kernels release the GIL, so plain thre
 from __future__ import annotations
 
 import os
+import platform
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels import classes_from_instances, connected_components, instances_from_classes, measure
+from nucleiscreen.kernels.instances import connected_components, instances_from_classes
+from nucleiscreen.kernels.measure import measure, segment_and_measure, segment_and_summarize
+from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import FrameSpec, synth_frame
 
 SKIMAGE_PROPERTIES = ["label", "area", "centroid", "bbox", "perimeter", "axis_major_length", "axis_minor_length",
@@ -36,17 +44,36 @@ def dense_frame(seed: int = 0, size: int = 1104, nuclei: int = 300) -> tuple[np.
     return raw, classes_from_instances(labels)
 
 
-def median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def interleaved_ms(contenders: dict, repeats: int) -> dict[str, float]:
+    """Median milliseconds per call of each contender, timed in rotating turns after one warm-up call each."""
+    for fn in contenders.values():
         fn()
-        times.append(time.perf_counter() - t)
-    return 1000.0 * float(np.median(times))
+    names = list(contenders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            contenders[name]()
+            times[name].append(time.perf_counter() - t)
+    return {name: 1000.0 * float(np.median(v)) for name, v in times.items()}
 
 
-def main(repeats: int = 25, threads: int | None = None) -> dict:
+def frames_per_second(frames: list[tuple[np.ndarray, np.ndarray]], threads: int, seconds: float = 3.0) -> float:
+    """Frames/s of ``segment_and_measure`` over ``frames`` ((class map, raw) pairs) on ``threads`` threads."""
+    def full(f):
+        return segment_and_measure(*f)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(full, frames))  # warm-up: per-thread scratch buffers
+        n = 0
+        t = time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            list(pool.map(full, frames))
+            n += len(frames)
+        return n / (time.perf_counter() - t)
+
+
+def main(repeats: int = 40, threads: int | None = None) -> dict:
     try:
         import cv2
         from skimage.measure import label, regionprops_table
@@ -56,39 +83,46 @@ def main(repeats: int = 25, threads: int | None = None) -> dict:
     labels = instances_from_classes(classes)
     fg = (classes > 0).astype(np.uint8)
     cv2.setNumThreads(1)
+    algorithms = {"BBDT": cv2.CCL_BBDT, "SAUF": cv2.CCL_SAUF, "Spaghetti": cv2.CCL_SPAGHETTI}
+    fastest = interleaved_ms(
+        {name: lambda a=a: cv2.connectedComponentsWithStatsWithAlgorithm(fg, 8, cv2.CV_32S, a)
+         for name, a in algorithms.items()}, max(10, repeats // 2))
+    best = min(fastest, key=fastest.get)
 
-    ms = {"opencv connectedComponentsWithStats": min(
-        median_ms(lambda a=alg: cv2.connectedComponentsWithStatsWithAlgorithm(fg, 8, cv2.CV_32S, a), repeats)
-        for alg in (cv2.CCL_BBDT, cv2.CCL_SPAGHETTI, cv2.CCL_SAUF))}
-    ms["nucleiscreen connected_components"] = median_ms(lambda: connected_components(fg), repeats)
-    ms["nucleiscreen instances_from_classes"] = median_ms(lambda: instances_from_classes(classes), repeats)
-    ms["nucleiscreen measure"] = median_ms(lambda: measure(labels, raw), repeats)
-    ms["nucleiscreen full"] = median_ms(lambda: measure(instances_from_classes(classes), raw), repeats)
-    ms["scikit-image label + regionprops_table"] = median_ms(
-        lambda: regionprops_table(label(classes == 1), raw, properties=SKIMAGE_PROPERTIES), max(3, repeats // 5))
+    head = interleaved_ms({
+        "nucleiscreen full (segment_and_measure)": lambda: segment_and_measure(classes, raw),
+        "nucleiscreen summary (segment_and_summarize)": lambda: segment_and_summarize(classes, raw),
+        f"OpenCV connectedComponentsWithStats ({best})":
+            lambda: cv2.connectedComponentsWithStatsWithAlgorithm(fg, 8, cv2.CV_32S, algorithms[best]),
+    }, repeats)
+    skimage = interleaved_ms({"scikit-image label + regionprops_table": lambda: regionprops_table(
+        label(fg, connectivity=2), raw, properties=SKIMAGE_PROPERTIES)}, max(5, repeats // 8))
+    parts = interleaved_ms({
+        "nucleiscreen instances_from_classes": lambda: instances_from_classes(classes),
+        "nucleiscreen measure (label image)": lambda: measure(labels, raw),
+        "nucleiscreen connected_components": lambda: connected_components(fg),
+        "nucleiscreen measure(..., solidity=True)": lambda: measure(labels, raw, solidity=True),
+    }, max(10, repeats // 2))
 
-    threads = threads or os.cpu_count() or 1
+    cores = threads or os.cpu_count() or 1
     frames = [dense_frame(seed)[::-1] for seed in range(1, 9)]  # (classes, raw) pairs
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda f: measure(instances_from_classes(f[0]), f[1]), frames))
-        t = time.perf_counter()
-        n = 0
-        while time.perf_counter() - t < 3.0:
-            list(pool.map(lambda f: measure(instances_from_classes(f[0]), f[1]), frames))
-            n += len(frames)
-        fps = n / (time.perf_counter() - t)
+    fps_one = frames_per_second(frames, 1)
+    fps_all = fps_one if cores == 1 else frames_per_second(frames, cores)
 
-    full = ms["nucleiscreen full"]
-    print(f"1104x1104 frame, {labels.max()} objects, {100 * fg.mean():.0f}% foreground; one thread, median of "
-          f"{repeats} runs")
+    full, summary, opencv = head.values()
+    sk = skimage["scikit-image label + regionprops_table"]
+    ms = head | skimage | parts
+    print(f"{raw.shape[1]}x{raw.shape[0]} frame, {labels.max()} nuclei, {100 * fg.mean():.0f}% foreground; "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; one thread, median of {repeats} "
+          f"interleaved runs")
     for name, value in ms.items():
-        print(f"  {name:42s} {value:8.2f} ms")
-    ratio_cv = full / ms["opencv connectedComponentsWithStats"]
-    ratio_sk = ms["scikit-image label + regionprops_table"] / full
-    print(f"full / OpenCV connectedComponentsWithStats: {ratio_cv:.2f}x  (target <= 1.0x)")
-    print(f"scikit-image / full:                        {ratio_sk:.1f}x  (target >= 30x)")
-    print(f"full on {threads} thread(s): {fps:.0f} frames/s")
-    return {"ms": ms, "full_vs_opencv": ratio_cv, "skimage_vs_full": ratio_sk, "fps_all_cores": fps}
+        print(f"  {name:48s} {value:8.2f} ms")
+    ratios = {"full_vs_opencv": full / opencv, "summary_vs_opencv": summary / opencv, "skimage_vs_full": sk / full}
+    print(f"full / OpenCV:      {ratios['full_vs_opencv']:.2f}x  (target <= 1.0x)")
+    print(f"summary / OpenCV:   {ratios['summary_vs_opencv']:.2f}x")
+    print(f"scikit-image / full: {ratios['skimage_vs_full']:.0f}x  (target >= 30x)")
+    print(f"full: {fps_one:.0f} frames/s on 1 thread, {fps_all:.0f} frames/s on {cores} threads")
+    return {"ms": ms, **ratios, "fps_one_thread": fps_one, "fps_all_cores": fps_all, "threads": cores}
 
 
 if __name__ == "__main__":

@@ -9,7 +9,16 @@ import pytest
 import tifffile
 from skimage.measure import label, regionprops_table
 
-from nucleiscreen.kernels.measure import measure, object_schema, summarize_frame, summarize_objects
+from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.measure import (
+    measure,
+    object_schema,
+    segment_and_measure,
+    segment_and_summarize,
+    summarize_frame,
+    summarize_objects,
+)
+from nucleiscreen.kernels.targets import classes_from_instances
 
 # our column -> regionprops_table column (same units; orientation is compared in degrees below)
 TWINS = {
@@ -83,7 +92,7 @@ def test_matches_regionprops_on_real_masks(aits):
         assert table["ObjectNumber"].to_list() == list(range(1, labels.max() + 1))
 
 
-@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int32])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32, np.float64, np.int16, np.int32])
 def test_matches_regionprops_on_random_labels(dtype):
     rng = np.random.default_rng(3)
     for density in (0.2, 0.5, 0.8):
@@ -91,6 +100,39 @@ def test_matches_regionprops_on_random_labels(dtype):
         labels = label(mask, connectivity=1)  # many tiny objects: single pixels, lines, plus shapes, L shapes
         intensity = (rng.random(mask.shape) * 200).astype(dtype)
         assert_matches_regionprops(labels, intensity)
+
+
+def test_touching_objects_match_regionprops():
+    # every pixel a random label: objects touch each other along edges and corners, and are scattered (one id, one
+    # object, as in regionprops)
+    rng = np.random.default_rng(11)
+    for shape in ((40, 50), (7, 130), (1, 9), (9, 1)):
+        labels = rng.integers(0, 6, shape).astype(np.int32)
+        assert_matches_regionprops(labels, rng.integers(0, 4096, shape).astype(np.uint16))
+    blocks = np.kron(rng.integers(1, 9, (12, 12)), np.ones((5, 5), np.int32))  # touching squares, no background
+    assert_matches_regionprops(blocks, rng.random(blocks.shape))
+
+
+def test_non_contiguous_inputs():
+    rng = np.random.default_rng(4)
+    labels = label(rng.random((90, 120)) < 0.5, connectivity=2)
+    raw = rng.integers(0, 65536, labels.shape).astype(np.uint16)
+    assert_matches_regionprops(labels[::2, ::3], raw[::2, ::3])
+    assert_matches_regionprops(np.asfortranarray(labels), np.asfortranarray(raw))
+
+
+def test_solidity_matches_regionprops(aits):
+    rng = np.random.default_rng(2)
+    frames = [tifffile.imread(f) for f in sorted((aits / "train" / "masks").glob("*.tif"))[:2]]
+    frames += [label(rng.random((60, 70)) < d, connectivity=1) for d in (0.3, 0.6)]  # pixels, lines, L shapes
+    frames += [rng.integers(0, 5, (30, 40))]  # scattered objects
+    for labels in frames:
+        table = measure(labels, labels.astype(np.float32), solidity=True)
+        ref = regionprops_table(labels, properties=["label", "area_convex", "solidity"])
+        np.testing.assert_array_equal(table["AreaShape_ConvexArea"].to_numpy(), ref["area_convex"])
+        np.testing.assert_allclose(table["AreaShape_Solidity"].to_numpy(), ref["solidity"], rtol=1e-12)
+        plain = measure(labels, labels.astype(np.float32))
+        assert table.drop("AreaShape_ConvexArea", "AreaShape_Solidity").equals(plain)
 
 
 def test_ids_need_not_be_consecutive_or_connected():
@@ -120,6 +162,14 @@ def test_empty_and_degenerate_frames():
     assert row["AreaShape_Area"] == 1 and row["AreaShape_Perimeter"] == 0 and row["TouchesBorder"]
     assert row["AreaShape_Orientation"] == -45.0  # skimage's convention when the two variances are equal
     assert row["Intensity_StdIntensity_DNA"] == 0 and row["Intensity_MaxIntensity_DNA"] == 7
+
+
+def test_float16_frames_are_measured_exactly():
+    # (scikit-image averages float16 in float16; every float16 value is exact in float32)
+    rng = np.random.default_rng(6)
+    labels = label(rng.random((50, 60)) < 0.5, connectivity=2)
+    frame = (rng.random(labels.shape) * 3000).astype(np.float16)
+    assert measure(labels, frame).equals(measure(labels, frame.astype(np.float32)))
 
 
 def test_channel_name():
@@ -200,12 +250,66 @@ def test_summarize_frame_without_nuclei():
     assert summary["Count_Nuclei_NonBorder"] == 0 and summary["Mean_Nuclei_AreaShape_Area"] is None
 
 
+def noisy_class_maps(aits, count):
+    """Class maps of real masks, as made for training and with 2 % of the pixels set at random (as a network might)."""
+    rng = np.random.default_rng(8)
+    maps = []
+    for path in sorted((aits / "train" / "masks").glob("*.tif"))[:count]:
+        classes = classes_from_instances(tifffile.imread(path))
+        noisy = classes.copy()
+        flip = rng.random(classes.shape) < 0.02
+        noisy[flip] = rng.integers(0, 3, int(flip.sum()))
+        maps += [classes, noisy]
+    return maps
+
+
+def test_segment_and_measure_equals_the_separate_steps(aits):
+    rng = np.random.default_rng(9)
+    for classes in noisy_class_maps(aits, 2):
+        raw = rng.integers(0, 65536, classes.shape, dtype=np.uint16)
+        for kwargs in ({}, {"connectivity": 4}, {"min_area": 30, "max_grow": 2}):
+            labels = instances_from_classes(classes, **kwargs)
+            got_labels, table = segment_and_measure(classes, raw, **kwargs)
+            np.testing.assert_array_equal(got_labels, labels)
+            assert table.equals(measure(labels, raw))
+            none, again = segment_and_measure(classes, raw, label_image=False, **kwargs)
+            assert none is None and again.equals(table)
+            got_labels, summary = segment_and_summarize(classes, raw, micronucleus_area=150, **kwargs)
+            np.testing.assert_array_equal(got_labels, labels)
+            assert summary == summarize_frame(labels, raw, micronucleus_area=150)
+            assert summary == summarize_objects(table, micronucleus_area=150)
+    empty = np.zeros((0, 6), np.uint8)
+    labels, table = segment_and_measure(empty, empty)
+    assert labels.shape == (0, 6) and table.height == 0
+    assert segment_and_summarize(empty, empty)[1]["Count_Nuclei"] == 0
+
+
+def test_segment_rejects_bad_input():
+    classes = np.zeros((4, 4), np.uint8)
+    with pytest.raises(ValueError, match="class_map"):
+        segment_and_measure(classes.astype(np.int32), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="shape"):
+        segment_and_measure(classes, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="found 3"):
+        segment_and_summarize(np.full((4, 4), 3, np.uint8), np.zeros((4, 4)))
+
+
 def test_threads_give_the_same_result(aits):
-    files = sorted((aits / "train" / "masks").glob("*.tif"))[:4]
+    """k threads give the single-threaded results (the kernels release the GIL and keep scratch buffers per thread)."""
     rng = np.random.default_rng(1)
-    frames = [(tifffile.imread(f), rng.integers(0, 4096, (1104, 1104), dtype=np.uint16)) for f in files]
-    expected = [measure(lab, img) for lab, img in frames]
-    with ThreadPoolExecutor(4) as pool:
-        got = list(pool.map(lambda f: measure(*f), frames * 2))
-    for k, table in enumerate(got):
-        assert table.equals(expected[k % len(frames)])
+    maps = noisy_class_maps(aits, 3)
+    maps += [m[: 400 + 50 * k, 200:] for k, m in enumerate(maps[:3])]  # other shapes: buffers rebuilt between calls
+    frames = [(m, rng.integers(0, 4096, m.shape, dtype=np.uint16)) for m in maps]
+
+    def run(frame):
+        labels, table = segment_and_measure(*frame)
+        return labels, table, segment_and_summarize(*frame)[1], measure(labels, frame[1])
+
+    expected = [run(f) for f in frames]
+    for threads in (2, 4):
+        with ThreadPoolExecutor(threads) as pool:
+            got = list(pool.map(run, frames * 2))
+        for k, (labels, table, summary, remeasured) in enumerate(got):
+            want = expected[k % len(frames)]
+            np.testing.assert_array_equal(labels, want[0])
+            assert table.equals(want[1]) and summary == want[2] and remeasured.equals(want[3])

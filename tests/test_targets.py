@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 
+from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.targets import classes_from_instances
 
 
@@ -60,3 +62,58 @@ def test_bad_input():
         classes_from_instances(np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError, match="width"):
         classes_from_instances(np.zeros((4, 4), np.int32), width=0)
+
+
+SLIVER = """
+.......
+...##..
+...###.
+...###.
+...###.
+...###.
+..###..
+..###..
+..###..
+.###...
+.###...
+.###...
+.###...
+.###...
+..#....
+..#....
+.......
+"""  # a 3-px-wide sliver from the annotated frames: its deepest pixels are three separate spots
+
+
+def mask_of(text: str) -> np.ndarray:
+    return np.array([[c == "#" for c in row] for row in text.split()], bool)
+
+
+def interior_pieces(classes: np.ndarray, labels: np.ndarray, k: int) -> int:
+    return ndi.label((classes == 1) & (labels == k), np.ones((3, 3)))[1]
+
+
+def test_an_object_keeps_one_interior_piece():
+    sliver = mask_of(SLIVER).astype(np.int32)
+    dumbbell = np.zeros((15, 30), np.int32)
+    dumbbell[2:13, 1:12] = 1
+    dumbbell[2:13, 18:29] = 1
+    dumbbell[7:9, 12:18] = 1  # a 2-px-wide waist: all of it boundary at width 2
+    for labels in (sliver, dumbbell):
+        classes = classes_from_instances(labels)
+        assert interior_pieces(classes, labels, 1) == 1
+        assert ((classes > 0) == (labels > 0)).all()
+        np.testing.assert_array_equal(instances_from_classes(classes, min_area=1), labels)  # back in one piece
+
+
+def test_the_join_keeps_off_a_touching_neighbour():
+    labels = np.zeros((15, 30), np.int32)
+    labels[2:13, 1:12] = 1
+    labels[2:13, 18:29] = 1
+    labels[7:9, 12:18] = 1
+    labels[9:12, 12:18] = 2  # a neighbour under the waist
+    classes = classes_from_instances(labels)
+    assert interior_pieces(classes, labels, 1) == 1
+    waist = (classes == 1)[7:9, 12:18]
+    assert waist[0].all() and not waist[1].any()  # the path runs along the waist's row away from the neighbour
+    assert instances_from_classes(classes, min_area=1).max() == 2
