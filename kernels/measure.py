@@ -1,13 +1,15 @@
 """Per-object measurements with CellProfiler's names, and the per-frame summary of the image table.
 
-The objects are measured as runs (maximal stretches of one label in a row): ``segment_and_measure`` takes them
-straight from ``instances_from_classes``'s kernel, so the class map is read once and the label image is only written;
-``measure`` cuts a label image into runs first. From the runs, numba kernels (``nogil=True``, so frames can be
-measured on threads) accumulate per label the pixel count, the coordinate sums and second moments (closed forms per
-run), the bounding box, whether the object touches the image edge, and the intensity sums and maximum (the one
-per-pixel loop, over the object pixels only). The perimeter is computed on bit planes, 64 pixels per word operation:
-which pixels are border pixels, and each border pixel's weight class, and then counted per run. The derived values
-are computed with vectorised numpy.
+Objects are measured as runs (maximal stretches of one label in a row). ``segment_and_measure`` and
+``segment_and_summarize`` take them straight from the kernel of ``instances_from_classes``, so the class map is read
+once and the label image is only written, in the same pass that measures; ``measure`` and ``summarize_frame`` cut a
+label image into runs first. Numba kernels (``nogil=True``, so frames can be measured on threads) then:
+
+- compute the perimeter's border pixels and their weight classes on bit planes, 64 pixels per word operation;
+- in one pass over the runs, accumulate per label the pixel count, the coordinate sums and second moments (closed
+  forms per run), the bounding box, whether it touches the image edge, the intensity sums and maximum (the one loop
+  over pixels, over object pixels only) and its border pixels of each weight class (counted per run);
+- derive the columns below from those sums.
 
 Definitions (x = column, y = row, both 0-based; n = pixels of the object; sums run over its pixels). CellProfiler 4's
 MeasureObjectSizeShape takes these straight from ``skimage.measure.regionprops``, so "= skimage" below also means
@@ -46,12 +48,12 @@ MeasureObjectSizeShape takes these straight from ``skimage.measure.regionprops``
 ``TouchesBorder``
     True when the object has a pixel in the first or last row or column of the frame. (Not a CellProfiler
     measurement; CellProfiler discards such objects at identification when asked.)
-``AreaShape_ConvexArea``, ``AreaShape_Solidity`` (only with ``solidity=True``: slower, a convex hull per object)
+``AreaShape_ConvexArea``, ``AreaShape_Solidity`` (only with ``solidity=True``: a convex hull per object)
     The number of pixels whose centre lies in the convex hull (boundary included) of the object's pixels, each pixel
     taken as the diamond of its four edge midpoints (x +- 1/2, y) and (x, y +- 1/2); and n / that number
     (= skimage ``area_convex`` and ``solidity``, which use ``convex_hull_image`` with offset coordinates). Computed
-    exactly in integers (coordinates doubled): the hull of the extreme diamond corners of each row, by Andrew's
-    monotone chain, then the pixel centres between its left and right edges row by row.
+    exactly in integers (coordinates doubled): the hull's two sides by Andrew's monotone chain over the extreme
+    diamond corners of each row, then the pixel centres between them row by row.
 
 Not computed: FormFactor (= 4 pi Area / Perimeter^2, derive it from the table), Compactness, EulerNumber, Feret
 diameters, radii, Zernike moments.
@@ -550,8 +552,21 @@ def _derive(area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, touches, isum
 
 
 @numba.njit(nogil=True, cache=True)
-def _cross(ox, oy, ax, ay, bx, by):
-    return (ax - ox) * (by - oy) - (ay - oy) * (bx - ox)
+def _side(lx, ly, m, sign, chain):
+    """Andrew's monotone chain over points (lx, ly), i = 0..m-1, in increasing y: the indices of the hull's left side
+    (``sign`` 1) or right side (``sign`` -1) into ``chain``; it runs from the first point to the last."""
+    c = 0
+    for i in range(m):
+        while c >= 2:
+            a = chain[c - 2]
+            b = chain[c - 1]
+            # > 0: b is strictly left of the segment a -> i (x as a function of y)
+            cross = (lx[i] - lx[a]) * (ly[b] - ly[a]) - (lx[b] - lx[a]) * (ly[i] - ly[a])
+            if sign * cross > 0:
+                break
+            c -= 1
+        chain[c] = i
+        c += 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -559,8 +574,11 @@ def _convex_areas(fx0, fx1, fid, frs, n, h):
     """Pixels of each object's convex hull (``convex_hull_image`` with offset coordinates; module docstring).
 
     Coordinates are doubled so that every diamond corner is an integer point (X, Y) = (2x +- 1, 2y) or (2x, 2y +- 1).
+    Each level Y of the corners contributes its leftmost and rightmost corner; the hull's left side is the convex
+    chain of the leftmost ones, its right side that of the rightmost ones, and the pixel centres (2x, 2y) between the
+    two sides are counted row by row, exactly, as fractions.
     """
-    # per object: its rows' leftmost and rightmost pixels, in row order (counting sort of the runs by object)
+    # per object: its runs in row order (a counting sort of the runs by object)
     count = np.zeros(n + 2, np.int64)
     for r in range(frs[h]):
         count[fid[r] + 1] += 1
@@ -574,82 +592,60 @@ def _convex_areas(fx0, fx1, fid, frs, n, h):
             order[pos[k]] = r
             rows[pos[k]] = y
             pos[k] += 1
+    size = 3 * h + 1  # levels of one object: at most 3 per row
+    ly = np.empty(size, np.int64)
+    lx = np.empty(size, np.int64)  # leftmost corner of each level
+    rx = np.empty(size, np.int64)  # rightmost
+    left = np.empty(size, np.int64)
+    right = np.empty(size, np.int64)
     convex = np.zeros(n + 1, np.int64)
     for k in range(1, n + 1):
-        a = start[k]
-        b = start[k + 1]
-        if a == b:
-            continue
-        m = 6 * (b - a)
-        px = np.empty(m, np.int64)
-        py = np.empty(m, np.int64)
-        np_ = 0
-        t = a
-        while t < b:
+        t = start[k]
+        end = start[k + 1]
+        m = 0
+        while t < end:
             y = rows[t]
-            left = fx0[order[t]]
-            right = fx1[order[t]]
-            while t + 1 < b and rows[t + 1] == y:
+            lo = fx0[order[t]]
+            hi = fx1[order[t]]
+            while t + 1 < end and rows[t + 1] == y:
                 t += 1
-                left = min(left, fx0[order[t]])
-                right = max(right, fx1[order[t]])
+                lo = min(lo, fx0[order[t]])
+                hi = max(hi, fx1[order[t]])
             t += 1
-            for X, Y in (
-                (2 * left, 2 * y - 1),
-                (2 * right, 2 * y - 1),
-                (2 * left - 1, 2 * y),
-                (2 * right + 1, 2 * y),
-                (2 * left, 2 * y + 1),
-                (2 * right, 2 * y + 1),
-            ):
-                px[np_] = X
-                py[np_] = Y
-                np_ += 1
-        # sort by (Y, X); Andrew's monotone chain with Y as the primary axis gives the two sides of the hull
-        key = py[:np_] * (1 << 32) + px[:np_]
-        idx = np.argsort(key)
-        sx = px[idx]
-        sy = py[idx]
-        side_a = np.empty(np_, np.int64)  # indices into sx/sy
-        side_b = np.empty(np_, np.int64)
-        na = 0
-        nb = 0
-        for i in range(np_):
-            while na >= 2 and _cross(sx[side_a[na - 2]], sy[side_a[na - 2]], sx[side_a[na - 1]], sy[side_a[na - 1]],
-                                     sx[i], sy[i]) <= 0:  # fmt: skip
-                na -= 1
-            side_a[na] = i
-            na += 1
-            while nb >= 2 and _cross(sx[side_b[nb - 2]], sy[side_b[nb - 2]], sx[side_b[nb - 1]], sy[side_b[nb - 1]],
-                                     sx[i], sy[i]) >= 0:  # fmt: skip
-                nb -= 1
-            side_b[nb] = i
-            nb += 1
-        # pixel centres (2x, 2y) between the two sides, row by row (no side has a horizontal edge at an even Y)
+            # levels 2y - 1 (shared with the row above's bottom), 2y, 2y + 1
+            if m > 0 and ly[m - 1] == 2 * y - 1:
+                lx[m - 1] = min(lx[m - 1], 2 * lo)
+                rx[m - 1] = max(rx[m - 1], 2 * hi)
+            else:
+                ly[m], lx[m], rx[m] = 2 * y - 1, 2 * lo, 2 * hi
+                m += 1
+            ly[m], lx[m], rx[m] = 2 * y, 2 * lo - 1, 2 * hi + 1
+            ly[m + 1], lx[m + 1], rx[m + 1] = 2 * y + 1, 2 * lo, 2 * hi
+            m += 2
+        if m == 0:
+            continue
+        _side(lx, ly, m, 1, left)
+        _side(rx, ly, m, -1, right)
+        # pixel centres between the sides at each Y = 2y (the end levels are odd: no side is horizontal there)
         total = 0
-        ia = 0
-        ib = 0
-        for y in range((sy[0] + 1) // 2, (sy[np_ - 1] - 1) // 2 + 1):
+        il = 0
+        ir = 0
+        for y in range((ly[0] + 1) // 2, (ly[m - 1] - 1) // 2 + 1):
             Y = 2 * y
-            while sy[side_a[ia + 1]] < Y:
-                ia += 1
-            while sy[side_b[ib + 1]] < Y:
-                ib += 1
-            # X of each side at Y, as a fraction num / den (den > 0)
-            a0 = side_a[ia]
-            a1 = side_a[ia + 1]
-            lo_den = sy[a1] - sy[a0]
-            lo = sx[a0] * lo_den + (sx[a1] - sx[a0]) * (Y - sy[a0])
-            b0 = side_b[ib]
-            b1 = side_b[ib + 1]
-            hi_den = sy[b1] - sy[b0]
-            hi = sx[b0] * hi_den + (sx[b1] - sx[b0]) * (Y - sy[b0])
-            # left = min of the two, right = max (as fractions)
-            if lo * hi_den > hi * lo_den:
-                lo, hi = hi, lo
-                lo_den, hi_den = hi_den, lo_den
-            first = -((-lo) // (2 * lo_den))  # ceil(X_left / 2)
-            last = hi // (2 * hi_den)  # floor(X_right / 2)
+            while ly[left[il + 1]] < Y:
+                il += 1
+            while ly[right[ir + 1]] < Y:
+                ir += 1
+            a = left[il]
+            b = left[il + 1]
+            den_l = ly[b] - ly[a]
+            num_l = lx[a] * den_l + (lx[b] - lx[a]) * (Y - ly[a])  # X of the left side, times den_l
+            a = right[ir]
+            b = right[ir + 1]
+            den_r = ly[b] - ly[a]
+            num_r = rx[a] * den_r + (rx[b] - rx[a]) * (Y - ly[a])
+            first = -((-num_l) // (2 * den_l))  # ceil(X_left / 2)
+            last = num_r // (2 * den_r)  # floor(X_right / 2)
             if last >= first:
                 total += last - first + 1
         convex[k] = total
@@ -791,8 +787,8 @@ def measure(labels: np.ndarray, intensity: np.ndarray, channel: str = "DNA", sol
     channel : str
         Suffix of the intensity columns (``Intensity_MeanIntensity_<channel>``).
     solidity : bool
-        Also compute ``AreaShape_ConvexArea`` and ``AreaShape_Solidity`` (a convex hull per object: several times
-        slower than the rest together).
+        Also compute ``AreaShape_ConvexArea`` and ``AreaShape_Solidity`` (a convex hull per object: about 40 % more
+        time on a dense frame).
 
     Returns
     -------
@@ -920,12 +916,26 @@ def segment_and_summarize(
 ) -> tuple[np.ndarray | None, dict[str, int | float | None]]:
     """``instances_from_classes`` and ``summarize_frame`` in one pass (the per-frame path of the engine).
 
+    Parameters
+    ----------
+    class_map, min_area, connectivity, max_grow
+        As ``nucleiscreen.kernels.instances.instances_from_classes``.
+    intensity, micronucleus_area, channel
+        As ``summarize_frame``.
+    label_image : bool
+        As ``segment_and_measure``.
+
     Returns
     -------
     labels : (H, W) int32 array or None
         As ``segment_and_measure``.
     summary : dict
         ``summarize_frame(labels, intensity, micronucleus_area, channel)``.
+
+    Raises
+    ------
+    ValueError
+        As ``instances_from_classes`` and ``measure``.
     """
     runs, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
     return labels, _frame_summary(runs, intensity, micronucleus_area, channel, labels)
