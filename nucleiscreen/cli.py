@@ -33,6 +33,14 @@ def cmd_train(a: argparse.Namespace) -> None:
     from nucleiscreen.trainer import require_torch
 
     require_torch()
+    if (a.config is None) == (a.sweep is None):
+        raise UserError("give either --config FILE (one training) or --sweep FILE (several, then model selection)")
+    if a.sweep:
+        from nucleiscreen.trainer.sweep import run_sweep
+
+        out = run_sweep(a.sweep, progress=not a.quiet, train_runs=not a.score_only)
+        print(f"comparison table in {out / 'sweep.md'}, winner checkpoint {out / 'winner.pt'}")
+        return
     from nucleiscreen.trainer.train import TrainConfig, train
 
     cfg_path = Path(a.config)
@@ -54,6 +62,12 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
 
     report = evaluate_folders(a.pred, a.truth)
     print(format_report(report))
+    if a.images:
+        from nucleiscreen.trainer.evaluate import evaluate_baseline
+
+        report["baseline"] = evaluate_baseline(a.images, a.truth)
+        print("\nclassic baseline (Otsu + distance-transform watershed) on the same images:")
+        print(format_report(report["baseline"]))
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {a.json}")
@@ -218,10 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     p.set_defaults(func=cmd_simulate)
 
-    p = add("train", help="train a U-Net from a JSON config (needs the [train] extra)",
-                       description="Train a U-Net on annotated image/mask folders plus simulated frames; resumes "
-                                   "from OUT/last.pt. See trainer/configs/ for examples.")
-    p.add_argument("--config", required=True, help="JSON training config")
+    p = add("train", help="train a model from a JSON config, or a sweep of them (needs the [train] extra)",
+                       description="Train a U-Net (or the HoVer-style model) on annotated image/mask folders plus "
+                                   "simulated frames; resumes from OUT/last.pt. --sweep trains several configurations, "
+                                   "scores them and the classic baseline on validation, writes the comparison table "
+                                   "and picks the winner. See trainer/configs/ for examples.")
+    p.add_argument("--config", help="JSON training config")
+    p.add_argument("--sweep", help="JSON sweep file (trainer/configs/sweep.json)")
+    p.add_argument("--score-only", action="store_true",
+                   help="with --sweep: do not train, only score the existing checkpoints and rewrite the table")
     p.add_argument("--out", help="override the config's output folder")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--device", help="cpu, cuda or auto (default: the config's)")
@@ -234,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pixel Jaccard, splits and merges.")
     p.add_argument("--pred", required=True, help="folder of <stem>_labels.tif predictions")
     p.add_argument("--truth", required=True, help="folder of <stem>.tif ground-truth labels")
+    p.add_argument("--images", help="folder of the raw images: also score the classic baseline on them")
     p.add_argument("--json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
 

@@ -31,6 +31,21 @@ class Sample:
     image: np.ndarray  # float32 (H, W) in [0, 1], normalized
     labels: np.ndarray  # int32 (H, W) instance ids
     classes: np.ndarray  # uint8 (H, W) 3-class target
+    small: np.ndarray  # bool (H, W): interior pixels of objects under the small-object area (micronuclei)
+
+
+def small_interior(labels: np.ndarray, classes: np.ndarray, small_area: int) -> np.ndarray:
+    """Interior pixels of objects with fewer than ``small_area`` pixels: a micronucleus keeps only a few interior
+    pixels inside its boundary band, and the loss up-weights them so the network learns their seeds."""
+    areas = np.bincount(labels.ravel())
+    small = areas < small_area
+    small[0] = False
+    return small[labels] & (classes == 1)
+
+
+def make_sample(name: str, image: np.ndarray, labels: np.ndarray, boundary_width: int, small_area: int) -> Sample:
+    classes = classes_from_instances(labels, boundary_width)
+    return Sample(name, image, labels, classes, small_interior(labels, classes, small_area))
 
 
 def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
@@ -60,6 +75,7 @@ def load_folder(
     target_area: float | None = None,
     boundary_width: int = 2,
     limit: int | None = None,
+    small_area: int = 100,
 ) -> list[Sample]:
     """Load, normalize and (optionally) rescale an annotated folder; compute the 3-class targets once."""
     samples = []
@@ -76,69 +92,77 @@ def load_folder(
                 factor = float(np.clip(np.sqrt(target_area / np.median(areas)), 0.5, 4.0))
                 if abs(factor - 1.0) > 0.1:
                     image, labels = _rescale(image, labels, factor)
-        samples.append(Sample(img_path.stem, image, labels, classes_from_instances(labels, boundary_width)))
+        samples.append(make_sample(img_path.stem, image, labels, boundary_width, small_area))
     return samples
 
 
-def simulated_sample(rng: np.random.Generator, size: int, norm: Normalization, boundary_width: int = 2) -> Sample:
+def simulated_sample(rng: np.random.Generator, size: int, norm: Normalization, boundary_width: int = 2,
+                     small_area: int = 100) -> Sample:
     """One simulated crop with a random density and nucleus size, including empty and near-empty frames."""
     density = NUCLEI_PER_FRAME * float(rng.choice([0.0, 0.05, 0.3, 1.0, 1.6], p=[0.05, 0.1, 0.2, 0.45, 0.2]))
     spec = FrameSpec(nuclei_per_frame=density, area_scale=float(rng.choice([1.0, 1.0, 1.6, 2.3])),
                      brightness=float(rng.uniform(1200, 5000)), offset=float(rng.uniform(100, 600)))
     raw, labels = synth_frame(rng, (size, size), spec)
     labels = labels.astype(np.int32)
-    return Sample("sim", normalize(raw, norm), labels, classes_from_instances(labels, boundary_width))
+    return make_sample("sim", normalize(raw, norm), labels, boundary_width, small_area)
 
 
-def random_crop(sample: Sample, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A size x size crop of image and target (zero-padded when the image is smaller)."""
+def random_crop(sample: Sample, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A size x size crop of image, target, small-object mask and labels (zero-padded when the image is smaller)."""
     h, w = sample.image.shape
     ph, pw = max(0, size - h), max(0, size - w)
-    img, cls = sample.image, sample.classes
+    planes = [sample.image, sample.classes, sample.small, sample.labels]
     if ph or pw:
-        img = np.pad(img, ((0, ph), (0, pw)))
-        cls = np.pad(cls, ((0, ph), (0, pw)))
-        h, w = img.shape
+        planes = [np.pad(a, ((0, ph), (0, pw))) for a in planes]
+        h, w = planes[0].shape
     y = int(rng.integers(0, h - size + 1))
     x = int(rng.integers(0, w - size + 1))
-    return img[y:y + size, x:x + size], cls[y:y + size, x:x + size]
+    return tuple(a[y:y + size, x:x + size] for a in planes)
 
 
-def augment(img: np.ndarray, cls: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def augment(img: np.ndarray, *targets: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
     """Flips, 90-degree rotations, intensity scale and gamma, Gaussian noise (the lab used flips, rotations and
-    intensity x(1 +- 0.75)); the target only follows the geometric ones."""
+    intensity x(1 +- 0.75)); the targets (class map, masks, labels) only follow the geometric ones."""
     k = int(rng.integers(4))
-    img, cls = np.rot90(img, k), np.rot90(cls, k)
-    if rng.random() < 0.5:
-        img, cls = img[:, ::-1], cls[:, ::-1]
-    img = np.clip(img, 0.0, 1.0) ** float(rng.uniform(0.7, 1.4))
+    flip = rng.random() < 0.5
+    planes = [np.rot90(a, k) for a in (img, *targets)]
+    if flip:
+        planes = [a[:, ::-1] for a in planes]
+    img = np.clip(planes[0], 0.0, 1.0) ** float(rng.uniform(0.7, 1.4))
     img = img * float(rng.uniform(0.4, 1.6))
     if rng.random() < 0.3:
         img = img + rng.normal(0.0, rng.uniform(0.005, 0.04), img.shape)
-    return np.ascontiguousarray(np.clip(img, 0.0, 1.0), np.float32), np.ascontiguousarray(cls)
+    return (np.ascontiguousarray(np.clip(img, 0.0, 1.0), np.float32),
+            *(np.ascontiguousarray(a) for a in planes[1:]))
 
 
 class CropStream:
     """An endless, seeded stream of training batches mixing real crops and simulated frames."""
 
     def __init__(self, sources: list[tuple[list[Sample], float]], crop: int, batch: int, sim_fraction: float,
-                 norm: Normalization, seed: int = 0):
+                 norm: Normalization, seed: int = 0, boundary_width: int = 2, small_area: int = 100):
         self.sources = [s for s in sources if s[0]]
         weights = np.array([w for _, w in self.sources], float)
         self.weights = weights / weights.sum() if weights.size else weights
         self.crop, self.batch, self.sim_fraction, self.norm = crop, batch, sim_fraction, norm
+        self.boundary_width, self.small_area = boundary_width, small_area
         self.rng = np.random.default_rng(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
+        """Images B x 1 x H x W float32, class targets B x H x W int64, small-object interior mask B x H x W bool,
+        and the instance labels B x H x W int32 (numpy, for targets computed per crop such as HoVer's)."""
+        xs, ys, ss, ls = [], [], [], []
         for _ in range(self.batch):
             if not self.sources or self.rng.random() < self.sim_fraction:
-                sample = simulated_sample(self.rng, self.crop, self.norm)
+                sample = simulated_sample(self.rng, self.crop, self.norm, self.boundary_width, self.small_area)
             else:
                 group = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))][0]
                 sample = group[int(self.rng.integers(len(group)))]
-            img, cls = augment(*random_crop(sample, self.crop, self.rng), self.rng)
+            img, cls, small, labels = augment(*random_crop(sample, self.crop, self.rng), rng=self.rng)
             xs.append(img)
             ys.append(cls)
-        return torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64))
+            ss.append(small)
+            ls.append(labels)
+        return (torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64)),
+                torch.from_numpy(np.stack(ss)), np.stack(ls))
 

@@ -13,6 +13,7 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
+IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".c01")
 
 
 def _index(folder: Path, strip: str = "") -> dict[str, Path]:
@@ -46,6 +47,32 @@ def evaluate_folders(pred: str | Path, truth: str | Path) -> dict:
         total.add(c)
     return {"summary": total.summary(), "images": images, "pairs": len(stems),
             "unpaired": sorted(set(preds) ^ set(truths))}
+
+
+def evaluate_baseline(images: str | Path, truth: str | Path) -> dict:
+    """The classic baseline (trainer/baseline.py) run on ``images/<stem>.*`` and scored against ``truth/<stem>.tif``,
+    in the report format of ``evaluate_folders``."""
+    from nucleiscreen.trainer.baseline import segment_classic
+
+    raws = {p.stem: p for p in sorted(Path(images).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} \
+        if Path(images).is_dir() else None
+    if raws is None:
+        raise UserError(f"folder not found: {images}")
+    truths = _index(Path(truth))
+    stems = sorted(set(raws) & set(truths))
+    if not stems:
+        raise UserError(f"no pairs: expected images <stem>.png/.tif in {images} for the <stem>.tif of {truth}")
+    total = Counts()
+    out = {}
+    for stem in stems:
+        try:
+            t, raw = read_frame(truths[stem]), read_frame(raws[stem])
+        except FrameReadError as exc:
+            raise UserError(str(exc)) from None
+        c = match(t, segment_classic(raw))
+        out[stem] = c.summary()
+        total.add(c)
+    return {"summary": total.summary(), "images": out, "pairs": len(stems), "unpaired": sorted(set(raws) ^ set(truths))}
 
 
 def format_report(report: dict) -> str:

@@ -24,8 +24,11 @@ from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Sample, load_folder
+from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
+
+ARCHITECTURES = ("unet", "hover")
 
 
 @dataclass
@@ -42,6 +45,7 @@ class TrainConfig:
     train: list[DataSource] = field(default_factory=list)
     val: str | None = None
     sim_fraction: float = 0.3
+    arch: str = "unet"  # unet (3-class map) | hover (HoVer-Net-style NP + HV branches, trainer/hover.py)
     model: UNetConfig = field(default_factory=UNetConfig)
     norm: Normalization = field(default_factory=Normalization)
     crop: int = 256
@@ -53,6 +57,9 @@ class TrainConfig:
     class_weights: tuple[float, float, float] = (1.0, 1.0, 10.0)
     dice: float = 0.0
     boundary_width: int = 2
+    small_area: int = 100  # objects under this many pixels are micronuclei/fragments ...
+    small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
+    init: str | None = None  # start from this checkpoint's weights (fine-tuning); resume from last.pt wins
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -73,6 +80,8 @@ class TrainConfig:
             d["norm"] = Normalization.from_dict(d["norm"])
         if "class_weights" in d:
             d["class_weights"] = tuple(d["class_weights"])
+        if d.get("arch", "unet") not in ARCHITECTURES:
+            raise UserError(f"unknown arch {d['arch']!r}; use one of {', '.join(ARCHITECTURES)}")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -85,8 +94,19 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice: float) -> torch.Tensor:
-    loss = F.cross_entropy(logits.float(), target, weight=weights)
+def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice: float,
+            small: torch.Tensor | None = None, small_weight: float = 0.0) -> torch.Tensor:
+    """Class-weighted cross-entropy (the weighted mean over pixels, as ``F.cross_entropy(weight=...)``), where the
+    interior pixels of small objects (``small``) may get their own weight, plus an optional soft Dice term.
+
+    With a 10x boundary weight and an inner 2-px band, a micronucleus of 20-50 px has 1-5 interior pixels that the
+    network otherwise learns to call boundary, leaving it without a seed (it is then lost); ``small_weight`` evens that.
+    """
+    pixel_w = weights[target]
+    if small is not None and small_weight > 0:
+        pixel_w = torch.where(small, torch.full_like(pixel_w, small_weight), pixel_w)
+    ce = F.cross_entropy(logits.float(), target, reduction="none")
+    loss = (ce * pixel_w).sum() / pixel_w.sum().clamp_min(1e-6)
     if dice > 0:
         prob = torch.softmax(logits.float(), dim=1)
         onehot = F.one_hot(target, prob.shape[1]).permute(0, 3, 1, 2).float()
@@ -105,6 +125,37 @@ def predict_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device
     return net(x)[:, :, :h, :w]
 
 
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    return HoVerNet(cfg.model) if cfg.arch == "hover" else UNet(cfg.model)
+
+
+def to_instances(out: torch.Tensor, arch: str) -> np.ndarray:
+    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
+    if arch == "hover":
+        return hover_instances(out[0].cpu().numpy())
+    return instances_from_classes(out.argmax(1)[0].to(torch.uint8).cpu().numpy())
+
+
+def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels: np.ndarray,
+               weights: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    if cfg.arch == "hover":
+        hv = torch.from_numpy(np.stack([hv_maps(lab) for lab in labels])).to(out.device)
+        return hover_loss(out, cls > 0, hv)
+    return loss_fn(out, cls, weights, cfg.dice, small, cfg.small_weight)
+
+
+def load_weights(path: str, cfg: TrainConfig) -> dict:
+    """The model weights of a checkpoint, checked against the configured architecture."""
+    if not Path(path).is_file():
+        raise UserError(f"init checkpoint not found: {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = ck.get("config", {})
+    if "model" in theirs and (UNetConfig(**theirs["model"]), theirs.get("arch", "unet")) != (cfg.model, cfg.arch):
+        raise UserError(f"init checkpoint {path} is a {theirs.get('arch', 'unet')} {theirs['model']} network; the "
+                        f"configuration asks for a {cfg.arch} {cfg.model.to_dict()}")
+    return ck["model"]
+
+
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
     """Loss, F1 at IoU thresholds and the lab's Jaccard of whole validation images."""
     net.eval()
@@ -112,11 +163,11 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
     weights = torch.tensor(cfg.class_weights, device=device)
     losses = []
     for s in samples:
-        logits = predict_logits(net, s.image, device, cfg.model.multiple)
+        out = predict_logits(net, s.image, device, cfg.model.multiple)
         target = torch.from_numpy(s.classes.astype(np.int64))[None].to(device)
-        losses.append(float(loss_fn(logits, target, weights, cfg.dice)))
-        classes = logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
-        counts.add(match(s.labels, instances_from_classes(classes)))
+        small = torch.from_numpy(s.small)[None].to(device)
+        losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
+        counts.add(match(s.labels, to_instances(out, cfg.arch)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -135,11 +186,15 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
     # Rescaled sources get the median nucleus area of the CX7 frames the network is for.
     sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.boundary_width,
-                            s.limit), s.weight) for s in cfg.train]
-    val = load_folder(cfg.val, cfg.norm, None, cfg.boundary_width) if cfg.val else []
-    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed)
+                            s.limit, cfg.small_area), s.weight) for s in cfg.train]
+    val = load_folder(cfg.val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area) if cfg.val else []
+    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.boundary_width,
+                        cfg.small_area)
 
-    net = UNet(cfg.model).to(device)
+    net = build_model(cfg)
+    if cfg.init:
+        net.load_state_dict(load_weights(cfg.init, cfg))
+    net = net.to(device)
     cuda = device.type == "cuda"
     if cuda:
         net = net.to(memory_format=torch.channels_last)
@@ -180,12 +235,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     running = []
     net.train()
     while step < cfg.steps:
-        x, y = stream.next()
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y, small, labels = stream.next()
+        x, y, small = (t.to(device, non_blocking=True) for t in (x, y, small))
         if cuda:
             x = x.to(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
-            loss = loss_fn(net(x), y, weights, cfg.dice)
+            loss = batch_loss(net(x), y, small, labels, weights, cfg)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

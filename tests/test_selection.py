@@ -1,0 +1,165 @@
+"""Model selection (#4): the small-object loss weight, the HoVer-style model, the classic baseline and the sweep."""
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("skimage")
+
+from nucleiscreen.cli import main  # noqa: E402
+from nucleiscreen.engine.readers import read_frame  # noqa: E402
+from nucleiscreen.errors import UserError  # noqa: E402
+from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
+from nucleiscreen.trainer.baseline import otsu_level, segment_classic  # noqa: E402
+from nucleiscreen.trainer.data import small_interior  # noqa: E402
+from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noqa: E402
+from nucleiscreen.trainer.metrics import match  # noqa: E402
+from nucleiscreen.trainer.model import UNetConfig  # noqa: E402
+from nucleiscreen.trainer.sweep import load_sweep  # noqa: E402
+from nucleiscreen.trainer.train import TrainConfig, loss_fn, train  # noqa: E402
+
+
+def _disks(shape, centres, radius):
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for k, (cy, cx) in enumerate(centres, 1):
+        labels[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = k
+    return labels
+
+
+def test_small_interior_marks_only_seeds_of_small_objects():
+    labels = np.zeros((40, 40), np.int32)
+    labels[2:32, 2:32] = 1  # 900 px nucleus
+    labels[34:39, 34:39] = 2  # 25 px micronucleus
+    classes = classes_from_instances(labels)
+    small = small_interior(labels, classes, 100)
+    assert small.any() and not small[labels == 1].any()
+    assert np.array_equal(small, (labels == 2) & (classes == 1))
+
+
+def test_loss_small_weight_is_a_weighted_mean():
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.normal(size=(1, 3, 6, 6)).astype(np.float32))
+    target = torch.from_numpy(rng.integers(0, 3, (1, 6, 6)))
+    small = target == 1
+    small[0, :3] = False
+    w = torch.tensor([1.0, 1.0, 10.0])
+    ce = torch.nn.functional.cross_entropy(logits, target, reduction="none")
+    pw = w[target].clone()
+    pw[small] = 7.0
+    expected = (ce * pw).sum() / pw.sum()
+    assert torch.allclose(loss_fn(logits, target, w, 0.0, small, 7.0), expected)
+    # without small-object weighting it is PyTorch's class-weighted cross-entropy
+    assert torch.allclose(loss_fn(logits, target, w, 0.0), torch.nn.functional.cross_entropy(logits, target, weight=w))
+
+
+def test_hv_maps_by_hand():
+    labels = np.zeros((7, 9), np.int32)
+    labels[1:4, 2:7] = 1  # 3 x 5 box: centroid (2, 4)
+    hv = hv_maps(labels)
+    assert hv.shape == (2, 7, 9) and hv.dtype == np.float32
+    np.testing.assert_allclose(hv[0, 2, 2:7], [-1.0, -0.5, 0.0, 0.5, 1.0])
+    np.testing.assert_allclose(hv[1, 1:4, 4], [-1.0, 0.0, 1.0])
+    assert not hv[:, labels == 0].any()
+
+
+def test_hover_shapes_and_postprocessing_separates_touching_nuclei():
+    net = HoVerNet(UNetConfig(depth=2, base=4)).eval()
+    assert net(torch.zeros(1, 1, 32, 48)).shape == (1, 4, 32, 48)
+    truth = _disks((80, 120), [(40, 30), (40, 52), (40, 95)], 12)  # the first two touch
+    truth[10:14, 100:104] = 4  # a 16-px micronucleus
+    fg = truth > 0
+    out = np.concatenate([np.stack([np.where(fg, -4.0, 4.0), np.where(fg, 4.0, -4.0)]), hv_maps(truth)])
+    pred = hover_instances(out.astype(np.float32))
+    assert match(truth, pred).summary()["f1"]["0.80"] == 1.0
+
+
+def test_otsu_level_matches_scikit_image():
+    from skimage.filters import threshold_otsu
+
+    rng = np.random.default_rng(1)
+    values = np.concatenate([rng.normal(0.2, 0.05, 5000), rng.normal(0.7, 0.08, 2000)]).astype(np.float32)
+    bin_width = (values.max() - values.min()) / 256
+    assert abs(otsu_level(values) - threshold_otsu(values, nbins=256)) <= bin_width
+
+
+def test_classic_baseline_on_a_real_frame(aits):
+    image = next((aits / "val" / "images").iterdir())
+    truth = read_frame(aits / "val" / "masks" / f"{image.stem}.tif")
+    pred = segment_classic(read_frame(image))
+    s = match(truth, pred).summary()
+    assert pred.dtype == np.int32 and s["f1"]["0.50"] > 0.7, s
+    assert not segment_classic(np.full((64, 64), 300, np.uint16)).any()
+
+
+def test_init_checkpoint_must_match_the_architecture(tiny_run, tmp_path):
+    tmp, cfg = tiny_run
+    other = {**cfg, "out": str(tmp_path / "ft"), "init": str(tmp / "run" / "best.pt"), "steps": 1}
+    train(TrainConfig.from_dict(other), progress=False)  # same network: fine-tunes
+    with pytest.raises(UserError, match="init checkpoint"):
+        train(TrainConfig.from_dict({**other, "arch": "hover", "out": str(tmp_path / "h")}), progress=False)
+    with pytest.raises(UserError, match="unknown arch"):
+        TrainConfig.from_dict({"arch": "resnet"})
+
+
+def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
+    tmp, cfg = tiny_run
+    base = {k: v for k, v in cfg.items() if k != "out"}
+    spec = {"out": str(tmp_path / "sweep"), "base": base,
+            "runs": {"unet-a": {}, "unet-b": {"model": {"base": 2}}, "hover": {"arch": "hover"}},
+            "compare": {"earlier": str(tmp / "run" / "best.pt")}}
+    path = tmp_path / "sweep.json"
+    path.write_text(json.dumps(spec))
+    assert main(["train", "--sweep", str(path), "--quiet"]) in (0, None)
+    out = tmp_path / "sweep"
+    table = (out / "sweep.md").read_text()
+    for name in ("unet-a", "unet-b", "hover", "earlier", "classic baseline", "(winner)"):
+        assert name in table
+    data = json.loads((out / "sweep.json").read_text())
+    assert [r["name"] for r in data["rows"]] == ["unet-a", "unet-b", "hover", "earlier", "classic baseline"]
+    assert data["winner"] in ("unet-a", "unet-b", "hover", "earlier") and (out / "winner.pt").is_file()
+    assert torch.load(out / "unet-b" / "best.pt", weights_only=False)["config"]["model"]["base"] == 2
+    # re-running scores again without training more
+    mtime = (out / "unet-a" / "last.pt").stat().st_mtime
+    assert main(["train", "--sweep", str(path), "--score-only", "--quiet"]) in (0, None)
+    assert (out / "unet-a" / "last.pt").stat().st_mtime == mtime
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"runs": {}}, "'runs' must map"),
+    ({"runs": {"a": {}}, "base": {}}, "validation folder"),
+    ({"runs": {"a": {}}, "base": {"val": "v"}, "colour": 1}, "unknown sweep key"),
+    ({"runs": {"a": {}}, "base": {"val": "v"}, "select_by": "speed"}, "select_by"),
+])
+def test_bad_sweep_files(tmp_path, spec, message):
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(UserError, match=message):
+        load_sweep(path)
+
+
+def test_train_needs_exactly_one_of_config_and_sweep(capsys):
+    assert main(["train"]) == 2
+    assert "either --config" in capsys.readouterr().err
+
+
+def test_evaluate_reports_the_baseline(aits, tmp_path, capsys):
+    import tifffile
+
+    truth, images, pred = tmp_path / "truth", tmp_path / "images", tmp_path / "pred"
+    for d in (truth, images, pred):
+        d.mkdir()
+    for p in sorted((aits / "val" / "images").iterdir())[:2]:
+        mask = read_frame(aits / "val" / "masks" / f"{p.stem}.tif")
+        tifffile.imwrite(truth / f"{p.stem}.tif", mask)
+        tifffile.imwrite(pred / f"{p.stem}_labels.tif", mask)
+        tifffile.imwrite(images / f"{p.stem}.tif", read_frame(p))
+    js = tmp_path / "r.json"
+    assert main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--images", str(images),
+                 "--json", str(js)]) in (0, None)
+    report = json.loads(js.read_text())
+    assert report["summary"]["f1"]["0.90"] == 1.0
+    assert 0.6 < report["baseline"]["summary"]["f1"]["0.50"] < 1.0
+    assert "classic baseline" in capsys.readouterr().out
