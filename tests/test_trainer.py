@@ -23,6 +23,30 @@ def test_unet_shapes(depth, norm):
     assert net(torch.zeros(2, 1, 3 * m, 5 * m)).shape == (2, 3, 3 * m, 5 * m)
 
 
+def test_half_resolution_unet_keeps_full_size_io():
+    cfg = UNetConfig(depth=2, base=4, scale=0.5, refine=2)
+    assert cfg.multiple == 8
+    net = UNet(cfg).eval()
+    assert net(torch.zeros(2, 1, 24, 40)).shape == (2, 3, 24, 40)
+    with pytest.raises(ValueError, match="scale"):
+        UNetConfig(scale=0.25)
+
+
+def test_half_resolution_export_matches_torch(tmp_path):
+    cfg = {"model": {"depth": 2, "base": 4, "scale": 0.5, "refine": 2}, "train": [], "norm": {}}
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(**cfg["model"])).eval()
+    ck = {"model": net.state_dict(), "config": TrainConfig.from_dict({"model": cfg["model"]}).to_dict(), "step": 0}
+    torch.save(ck, tmp_path / "best.pt")
+    path = export_onnx(tmp_path / "best.pt", tmp_path / "half.onnx")
+    assert load_model_info(path).multiple == 8
+    x = np.random.default_rng(0).random((1, 1, 56, 72), dtype=np.float32)  # not the export's dummy size
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).argmax(1).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["classes"], {"image": x})[0]
+    assert (got == ref).mean() >= 0.999
+
+
 def test_train_logs_checkpoints_and_resumes(tiny_run):
     tmp, cfg = tiny_run
     run = tmp / "run"

@@ -36,6 +36,9 @@ def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if "model" not in ck or "config" not in ck:
         raise UserError(f"{path} is not a nucleiscreen checkpoint (no model/config entries)")
+    if ck["config"].get("arch", "unet") != "unet":
+        raise UserError(f"{path} is a {ck['config']['arch']} model; export writes U-Net class-map models, the "
+                        "engine has no post-processing for the HoVer-style outputs")
     net = UNet(UNetConfig(**ck["config"]["model"]))
     net.load_state_dict(ck["model"])
     return net.eval(), ck

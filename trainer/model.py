@@ -3,6 +3,12 @@
 The seed lab's network: 1-channel input, 3 down-sampling levels (64-128-256-512), batch norm, up-sampling +
 concatenation, a 1x1 convolution to 3 classes. Here depth, width and normalization are parameters, so the same code
 covers the lab's U-Net (depth 3, base 64) and the small CPU-friendly one shipped with the package.
+
+``scale = 0.5`` runs the U-Net on the 2x2-averaged input and bilinearly up-samples its last features back to full
+resolution, inside the network: input and output stay full-size (the engine sees an ordinary model), while the
+compute drops about 4x and each level sees twice the context. Down-sampling loses what micronuclei and exact borders
+need, so ``refine > 0`` adds a full-resolution branch (two 3x3 convolutions with ``refine`` channels on the input)
+whose features join the up-sampled ones in the final 1x1 classifier.
 """
 
 from __future__ import annotations
@@ -21,13 +27,19 @@ class UNetConfig:
     norm: str = "batch"  # batch | group | none
     in_channels: int = 1
     classes: int = 3
+    scale: float = 1.0  # 1.0, or 0.5: the U-Net runs at half resolution inside the network
+    refine: int = 0  # channels of the full-resolution refinement branch (0: none)
+
+    def __post_init__(self):
+        if self.scale not in (1.0, 0.5):
+            raise ValueError(f"scale must be 1.0 or 0.5, got {self.scale}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
     def multiple(self) -> int:
-        return 2**self.depth
+        return 2**self.depth * (2 if self.scale == 0.5 else 1)
 
 
 def _norm(kind: str, ch: int) -> nn.Module:
@@ -68,9 +80,13 @@ class UNet(nn.Module):
         for wdt in reversed(widths[:-1]):
             self.up.append(nn.ConvTranspose2d(wdt * 2, wdt, 2, stride=2))
             self.merge.append(ConvBlock(wdt * 2, wdt, cfg.norm))
-        self.head = nn.Conv2d(widths[0], cfg.classes, 1)
+        self.refine = ConvBlock(cfg.in_channels, cfg.refine, cfg.norm) if cfg.refine else None
+        self.head = nn.Conv2d(widths[0] + cfg.refine, cfg.classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        full = x
+        if self.cfg.scale != 1.0:
+            x = F.avg_pool2d(x, 2)
         skips = []
         for block in self.down:
             x = block(x)
@@ -79,6 +95,10 @@ class UNet(nn.Module):
         x = self.bottom(x)
         for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
             x = merge(torch.cat([up(x), skip], dim=1))
+        if self.cfg.scale != 1.0:
+            x = F.interpolate(x, size=full.shape[-2:], mode="bilinear", align_corners=False)
+        if self.refine is not None:
+            x = torch.cat([x, self.refine(full)], dim=1)
         return self.head(x)
 
 

@@ -1,9 +1,10 @@
 """The training loop: plain PyTorch, one file, configuration as a dataclass with defaults.
 
 AdamW with a warm-up and cosine learning-rate schedule, softmax cross-entropy weighted per class (the lab used
-1 : 1 : 10 for background : interior : boundary) plus an optional soft Dice term, mixed precision and channels-last on
-CUDA, seeded, a checkpoint every validation (``last.pt``, and ``best.pt`` by validation F1 at IoU 0.5), a CSV log,
-and resume from ``last.pt``.
+1 : 1 : 10 for background : interior : boundary) plus an optional soft Dice term, channels-last with mixed precision
+(float16 on CUDA, bfloat16 on CPUs that run it natively: about 2x faster on this project's AMX Xeon), seeded, a
+checkpoint every validation (``last.pt``, and ``best.pt`` by validation F1 at IoU 0.5), a CSV log, and resume from
+``last.pt``.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (AMX / AVX-512 BF16)
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
@@ -92,6 +94,26 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
+
+
+def autocast_dtype(device: torch.device, amp: bool) -> torch.dtype | None:
+    """The mixed-precision type for training on ``device``, or None for float32. On the CPU only where bfloat16 runs
+    natively (oneDNN uses AMX or AVX-512 BF16; elsewhere it would be slower than float32)."""
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and _cpu_has_bf16():
+        return torch.bfloat16
+    return None
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
 
 
 def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, dice: float,
@@ -194,10 +216,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     net = build_model(cfg)
     if cfg.init:
         net.load_state_dict(load_weights(cfg.init, cfg))
-    net = net.to(device)
-    cuda = device.type == "cuda"
-    if cuda:
-        net = net.to(memory_format=torch.channels_last)
+    net = net.to(device).to(memory_format=torch.channels_last)
+    amp_dtype = autocast_dtype(device, cfg.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def lr_at(step: int) -> float:
@@ -207,7 +227,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    scaler = torch.amp.GradScaler("cuda", enabled=cuda)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     step, best = 0, -1.0
     last = out / "last.pt"
     if resume and last.exists():
@@ -237,9 +257,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     while step < cfg.steps:
         x, y, small, labels = stream.next()
         x, y, small = (t.to(device, non_blocking=True) for t in (x, y, small))
-        if cuda:
-            x = x.to(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.float16, enabled=cuda):
+        x = x.to(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
             loss = batch_loss(net(x), y, small, labels, weights, cfg)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
