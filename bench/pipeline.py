@@ -19,7 +19,7 @@ import tifffile
 
 from nucleiscreen.engine.pipeline import Segmenter, SegmentOptions, segment
 from nucleiscreen.engine.readers import read_frame
-from nucleiscreen.kernels.measure import summarize_frame
+from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
 
 
@@ -48,7 +48,7 @@ def sequential(paths: list[Path], seg: Segmenter) -> dict[str, float]:
         t1 = time.perf_counter()
         (classes,) = seg.classes([x], raw.shape)
         t2 = time.perf_counter()
-        summarize_frame(seg.instances(classes), raw)
+        seg.measure(classes, raw, objects=False, labels=False, micronucleus_area=DEFAULT_MICRONUCLEUS_AREA)
         t3 = time.perf_counter()
         t["decode"] += t1 - t0
         t["infer"] += t2 - t1

@@ -3,7 +3,7 @@
 Stages, with decoding of the next batch and post-processing of the last overlapping the network:
 
     discover (engine/discover.py) -> read_frame + normalize (threads) -> batch -> backend.infer
-        -> instances_from_classes + summarize_frame [+ measure] (threads; numba kernels release the GIL)
+        -> segment_and_summarize, or segment_and_measure with --objects (threads; numba kernels release the GIL)
         -> writer: RUN/images/plate=<plate>/part-*.parquet, RUN/objects/..., RUN/errors/..., RUN/manifest.json
 
 A frame that cannot be read or processed becomes a row of the error table (``PathName_DNA``, ``FileName_DNA``,
@@ -39,7 +39,7 @@ from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
-from nucleiscreen.kernels.measure import measure, summarize_frame, summarize_objects
+from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
 from nucleiscreen.kernels.quality import QUALITY_COLUMNS, frame_quality
 from nucleiscreen.kernels.resize import resize
@@ -139,6 +139,18 @@ class Segmenter:
     def instances(self, classes: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map."""
         return instances_from_classes(classes, min_area=self.min_area, **self.post_args)
+
+    def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool,
+                micronucleus_area: int) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
+        """Nuclei of a class map measured on the raw frame in one pass (the fused kernels): the label image (None
+        unless ``labels``), the image-table values and, with ``objects``, the per-nucleus table."""
+        if objects:  # the frame summary comes from the object table
+            lab, table = segment_and_measure(classes, raw, min_area=self.min_area, label_image=labels,
+                                             **self.post_args)
+            return lab, summarize_objects(table, micronucleus_area=micronucleus_area), table
+        lab, summary = segment_and_summarize(classes, raw, min_area=self.min_area, micronucleus_area=micronucleus_area,
+                                             label_image=labels, **self.post_args)
+        return lab, summary, None
 
 
 class _Writer:
@@ -285,16 +297,12 @@ def segment(
 
     def postprocess(rec: dict, raw: np.ndarray, classes: np.ndarray):
         t = time.perf_counter()
-        labels = seg.instances(classes)
+        labels, summary, objects = seg.measure(classes, raw, opts.objects, opts.save_labels, opts.micronucleus_area)
         row = {k: rec[k] for k in ["ImageNumber", *FRAME_COLUMNS, *QUALITY_COLUMNS]}
-        objects = None
-        if opts.objects:  # one pass over the pixels: the frame summary comes from the object table
-            objects = measure(labels, raw)
-            row.update(summarize_objects(objects, micronucleus_area=opts.micronucleus_area))
+        row.update(summary)
+        if objects is not None:
             objects = objects.with_columns(pl.lit(rec["ImageNumber"], pl.Int64).alias("ImageNumber"),
                                            *[pl.lit(rec[k]).alias(k) for k in FRAME_COLUMNS[:6]])
-        else:
-            row.update(summarize_frame(labels, raw, micronucleus_area=opts.micronucleus_area))
         if opts.save_labels:
             folder = run / "labels" / f"plate={rec['Metadata_Plate']}"
             folder.mkdir(parents=True, exist_ok=True)

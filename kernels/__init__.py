@@ -2,7 +2,13 @@
 CellProfiler-named measurements. Each function releases the GIL, so frames can be processed on threads."""
 
 from nucleiscreen.kernels.instances import connected_components, instances_from_classes
-from nucleiscreen.kernels.measure import measure, summarize_frame
+from nucleiscreen.kernels.measure import (
+    measure,
+    segment_and_measure,
+    segment_and_summarize,
+    summarize_frame,
+    summarize_objects,
+)
 from nucleiscreen.kernels.normalize import Normalization, normalize
 from nucleiscreen.kernels.quality import frame_quality
 from nucleiscreen.kernels.targets import classes_from_instances
@@ -15,5 +21,8 @@ __all__ = [
     "instances_from_classes",
     "measure",
     "normalize",
+    "segment_and_measure",
+    "segment_and_summarize",
     "summarize_frame",
+    "summarize_objects",
 ]
