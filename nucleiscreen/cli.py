@@ -79,8 +79,24 @@ def cmd_export(a: argparse.Namespace) -> None:
     require_torch()
     from nucleiscreen.trainer.export import export_onnx
 
+    size = None
+    if a.tensorrt:  # checked before the export, so a typo costs nothing
+        try:
+            size = tuple(int(v) for v in a.tensorrt.lower().split("x"))
+        except ValueError:
+            size = ()
+        if len(size) != 2 or min(size) < 1:
+            raise UserError(f"--tensorrt takes the frame size as HxW, e.g. 1104x1104, not {a.tensorrt!r}")
     path = export_onnx(a.checkpoint, a.out, fp16=a.fp16, probabilities=a.probabilities)
     print(f"wrote {path}")
+    if size:
+        from nucleiscreen.engine.backends.tensorrt import TensorRTBackend
+        from nucleiscreen.engine.model import load_model_info
+
+        info = load_model_info(path)
+        h, w = (-(-v // info.multiple) * info.multiple for v in size)
+        plan = TensorRTBackend(info).ensure_plan(h, w)
+        print(f"TensorRT plan for {h}x{w} frames, batch 1-32: {plan}")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
@@ -264,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and input (for TensorRT); CPU uses FP32")
     p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
+    p.add_argument("--tensorrt", metavar="HxW",
+                   help="also build the TensorRT plan for frames of this size (optimization profile batch 1-32, timing "
+                        "cache; cached per GPU and TensorRT version where the tensorrt backend finds it)")
     p.set_defaults(func=cmd_export)
 
     p = add("predict", help="segment individual images into label TIFFs",

@@ -163,3 +163,18 @@ def test_evaluate_reports_the_baseline(aits, tmp_path, capsys):
     assert report["summary"]["f1"]["0.90"] == 1.0
     assert 0.6 < report["baseline"]["summary"]["f1"]["0.50"] < 1.0
     assert "classic baseline" in capsys.readouterr().out
+
+
+def test_export_tensorrt_option(tiny_run, tmp_path, capsys):
+    tmp, _ = tiny_run
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(tmp / "run" / "best.pt"), "--out", str(out), "--tensorrt", "big"]) == 2
+    assert "HxW" in capsys.readouterr().err and not out.exists()
+    from nucleiscreen.engine.backends import tensorrt
+
+    if tensorrt.available():
+        pytest.skip("TensorRT present: the plan build is exercised by tests/test_tensorrt.py")
+    assert main(["export", str(tmp / "run" / "best.pt"), "--out", str(out), "--tensorrt", "100x60"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "tensorrt" in err.lower() and "Traceback" not in err
+    assert out.is_file()  # the ONNX export is kept

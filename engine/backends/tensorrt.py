@@ -117,15 +117,13 @@ class TensorRTBackend:
         self.preferred_batch = 16
         self.description = f"TensorRT {trt.__version__} ({self.device.name()}, {np.dtype(self.in_dtype).name})"
 
-    def _engine_for(self, height: int, width: int) -> None:
-        """Load (or build and cache) the plan for this frame size; allocate the two slots."""
+    def ensure_plan(self, height: int, width: int) -> Path:
+        """The cached plan for (padded) frames of this size, built first if missing; returns its path."""
         gpu, version = self.device.name(), self.trt.__version__
         folder = cache_dir()
         key = plan_key(self.model, gpu, version, height, width, self.max_batch)
         plan_path = folder / f"{self.model.path.stem}-{key}.plan"
-        if plan_path.exists():
-            plan = plan_path.read_bytes()
-        else:
+        if not plan_path.exists():
             safe_gpu = "".join(c if c.isalnum() else "_" for c in gpu)
             plan = build_plan(self.model.path, height, width, self.max_batch,
                               timing_cache=folder / f"timing-{safe_gpu}-{version}.cache")
@@ -133,6 +131,12 @@ class TensorRTBackend:
             tmp = plan_path.with_suffix(".tmp")
             tmp.write_bytes(plan)
             tmp.replace(plan_path)
+        return plan_path
+
+    def _engine_for(self, height: int, width: int) -> None:
+        """Load (or build and cache) the plan for this frame size; allocate the two slots."""
+        plan_path = self.ensure_plan(height, width)
+        plan = plan_path.read_bytes()
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
             raise RuntimeError(f"TensorRT could not load {plan_path} (built by another TensorRT or GPU?)")
