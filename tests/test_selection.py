@@ -178,3 +178,12 @@ def test_export_tensorrt_option(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error:") and "tensorrt" in err.lower() and "Traceback" not in err
     assert out.is_file()  # the ONNX export is kept
+
+
+def test_training_calibrates_max_grow_on_training_images(tiny_run):
+    tmp, _ = tiny_run
+    ck = torch.load(tmp / "run" / "best.pt", weights_only=False)
+    post = ck["postprocessing"]
+    assert post["max_grow"] in post["f1_mean_by_max_grow"] and post["images"] >= 1
+    best = max(post["f1_mean_by_max_grow"].values())
+    assert post["f1_mean_by_max_grow"][post["max_grow"]] == best

@@ -78,12 +78,14 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     net = build_model(cfg)
     net.load_state_dict(ck["model"])
     net.eval()
+    max_grow = ck.get("postprocessing", {}).get("max_grow", cfg.max_grow)
     counts = Counts()
     for s in load_folder(val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area):
         out = predict_logits(net, s.image, torch.device("cpu"), cfg.model.multiple)
-        counts.add(match(s.labels, to_instances(out, cfg.arch)))
+        counts.add(match(s.labels, to_instances(out, cfg.arch, max_grow)))
     summary = counts.summary()
-    summary.update(arch=cfg.arch, depth=cfg.model.depth, base=cfg.model.base, step=ck.get("step"),
+    summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
+                   base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))
     return summary
 
