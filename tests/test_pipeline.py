@@ -188,3 +188,35 @@ def test_shards_fill_one_run_folder(screen, tmp_path):
             parse_shard(bad, {})
     with pytest.raises(UserError, match="SLURM_ARRAY_TASK_ID"):
         parse_shard("slurm", {})
+
+
+@pytest.mark.parametrize("fmt", ["tif", "c01"])
+def test_killed_run_resumes_to_one_row_per_frame_and_counts_match_truth(tmp_path, fmt):
+    """A two-plate screen; the segment process is killed (SIGKILL) once parts are on disk, then re-run."""
+    import subprocess
+    import sys
+    import time
+
+    from nucleiscreen.engine.readers import read_frame
+
+    sim = simulate_screen(tmp_path / "sim", plates=2, fields=1, size=96, seed=5, masks=True, fmt=fmt)
+    run = tmp_path / "run"
+    child = ("import sys; from nucleiscreen.engine.pipeline import SegmentOptions, segment; "
+             "segment([sys.argv[1]], sys.argv[2], "
+             "options=SegmentOptions(progress=False, part_frames=32, batch_size=4))")
+    proc = subprocess.Popen([sys.executable, "-c", child, str(sim.images), str(run)])
+    deadline = time.time() + 120
+    while not list((run / "images").rglob("part-*.parquet")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    first = _images(run).height if (run / "images").is_dir() else 0
+    res = segment([sim.images], run, options=SegmentOptions(progress=False))
+    df = _images(run)
+    assert df.height == 768 and df["FileName_DNA"].n_unique() == 768 and df["ImageNumber"].n_unique() == 768
+    assert res.skipped == first and 0 < first < 768, (first, res.skipped)  # the kill came mid-run
+    # Nuclei (objects of >= 100 px, the default micronucleus cut-off) against the simulator's masks, within the
+    # model's error on simulated frames (tests/test_model.py).
+    truth = sum(int((np.bincount(read_frame(p).ravel())[1:] >= 100).sum()) for p in sorted(sim.masks.rglob("*.tif")))
+    found = int(df["Count_Nuclei"].sum())
+    assert abs(found - truth) <= 0.1 * truth, (found, truth)
