@@ -103,6 +103,19 @@ class HitRule:
         return cls(name, description or text.strip(), tuple(conditions))
 
 
+def check_rules(rules: Sequence[HitRule], table: pl.DataFrame, what: str) -> None:
+    """Raise a ``UserError`` naming the first rule whose condition reads a column ``table`` does not have.
+
+    ``what`` names the table in the message (``"gene table"``, ...).
+    """
+    for rule in rules:
+        for c in rule.conditions:
+            if c.column not in table.columns:
+                numeric = [n for n, t in table.schema.items() if t.is_numeric()]
+                raise UserError(f"hit rule {rule.name}: the {what} has no column {c.column!r}; "
+                                f"use one of {', '.join(numeric)}")
+
+
 DEFAULT_RULES: tuple[HitRule, ...] = (
     HitRule("reduced_count_enlarged_nuclei", "reduced count, enlarged nuclei",
             (Condition("count_fc", "<", 0.5), Condition("area_fc", ">", 1.7))),
@@ -126,7 +139,13 @@ def call_hits(genes: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> 
     polars.DataFrame
         The passing rows of ``genes`` with ``hit_rules`` (the names of the rules passed, in rule order, joined
         by ``", "``) after ``gene_symbol``; sorted by ``count_fc`` ascending, then gene.
+
+    Raises
+    ------
+    UserError
+        A rule reads a column that ``genes`` does not have.
     """
+    check_rules(rules, genes, "gene table")
     passed = pl.concat_list(pl.when(rule.expr()).then(pl.lit(rule.name)) for rule in rules).list.drop_nulls()
     hits = genes.with_columns(hit_rules=passed.list.join(", ")).filter(pl.col("hit_rules") != "")
     first = ["gene_symbol", "hit_rules"]
@@ -156,6 +175,7 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         other, empty; within a role the reference first, then by name. The mock and untransfected rows next
         to the non-targeting reference show transfection toxicity.
     """
+    check_rules(rules, wells, "well table")
     controls = wells.filter(pl.col("role").is_not_null() & (pl.col("role") != "sample"))
     summary = controls.group_by("role", "control_name").agg(
         reference=pl.col("is_reference").any(),

@@ -17,7 +17,7 @@ A layout file is CSV, TSV or Parquet with one row per well::
   ``Gene Symbol``, ``GeneSymbol``, ``Gene``, ``Type``, ...), see ``COLUMN_SPELLINGS``.
 
 Row numbers in error messages are 1-based data rows (the header is not a row); for text files the line is
-given too.
+given too. Blank lines and rows whose every cell is empty are skipped.
 """
 
 from __future__ import annotations
@@ -168,6 +168,8 @@ def read_layout(path: str | Path) -> pl.DataFrame:
             for name in COLUMN_SPELLINGS
         ],
     ).with_columns(pl.col(name).replace("", None) for name in COLUMN_SPELLINGS)
+    # blank lines and rows of empty cells (spreadsheet exports end with them) are not wells
+    df = df.filter(~pl.all_horizontal(pl.col(name).is_null() for name in COLUMN_SPELLINGS))
     row, column = well_parts(pl.col("well"))
     df = df.with_columns(row.alias("row"), column.alias("column"))
 

@@ -81,7 +81,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
+from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, check_rules
 from nucleiscreen.engine.layout import expand_layout, is_nontargeting, name_key, negative_kind, well_parts
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
@@ -348,7 +348,8 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
         ``wells``).
     reference
         ``"negative"``: the negative wells named as non-targeting (OTP, non-targeting, NT) if the layout names
-        any, else every negative well. Or control names (one or a list, matched case-, space- and
+        any, else the negative wells that are neither mock nor untransfected (e.g. ``siNeg``), else every
+        negative well. Or control names (one or a list, matched case-, space- and
         dash-insensitively against ``control_name``, else ``gene_symbol``), e.g. ``["OTP", "mock"]``.
     source
         The layout file, named in error messages.
@@ -474,8 +475,12 @@ def _reference(layout: pl.DataFrame, reference: str | Sequence[str], source: str
     name = pl.coalesce("control_name", "gene_symbol")
     negative = pl.col("role") == "negative"
     if isinstance(reference, str) and reference == "negative":
-        otp = negative & is_nontargeting(name)
-        return otp if layout.select(otp.any()).item() else negative
+        # mock and untransfected wells lack the siRNA: they stay beside the reference unless they are the
+        # only negative controls
+        for candidates in (negative & is_nontargeting(name), negative & negative_kind(name).is_null()):
+            if layout.select(candidates.any()).item():
+                return candidates
+        return negative
     wanted = [reference] if isinstance(reference, str) else list(reference)
     keys = pl.select(name_key(pl.lit(pl.Series(wanted, dtype=pl.String)))).to_series()
     known = set(layout.select(name_key(name).alias("key"))["key"].drop_nulls())
@@ -529,7 +534,13 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         (medians over the wells that have one), then the rules' pass counts. The
         gene-level ``count_fc`` and ``area_fc`` carry the well-level names so that one hit rule reads the same
         on wells and on genes.
+
+    Raises
+    ------
+    UserError
+        A rule reads a column that ``wells`` does not have.
     """
+    check_rules(rules, wells, "well table")
     genes = wells.filter(pl.col("role") == "sample").group_by("gene_symbol").agg(
         entrez_id=pl.col("entrez_id").drop_nulls().first(),
         wells=pl.len().cast(pl.Int64),

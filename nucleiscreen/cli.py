@@ -135,10 +135,18 @@ def _print_analysis(res) -> None:
 
 
 def _analysis_options(a: argparse.Namespace) -> dict:
+    from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
     from nucleiscreen.engine.screen import FrameQC
 
+    rules = []
+    for text in a.rule or []:
+        name, sep, expr = text.partition("=")
+        if not sep or not name.strip():
+            raise UserError(f"--rule takes NAME='CONDITIONS', e.g. strong_loss='count_fc < 0.1', not {text!r}")
+        rules.append(HitRule.parse(name.strip(), expr))
+    reference = [r.strip() for r in a.reference.split(",") if r.strip()] if a.reference else "negative"
     return {"frame_qc": None if a.no_frame_qc else FrameQC(), "z_prime_min": a.z_prime_min,
-            "report": not a.no_report}
+            "report": not a.no_report, "rules": tuple(rules) or DEFAULT_RULES, "reference": reference}
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
@@ -216,6 +224,12 @@ def _analysis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-frame-qc", action="store_true",
                    help="keep every frame (default: leave out-of-focus and saturated frames out of the wells)")
     p.add_argument("--no-report", action="store_true", help="write the tables but not report.html")
+    p.add_argument("--rule", action="append", metavar="NAME='CONDITIONS'",
+                   help="a hit rule, e.g. strong_loss='count_fc < 0.1' or big='count_fc < 0.5 and area_fc > 1.7' "
+                        "(columns of the gene table; repeat for several; replaces the paper's two rules)")
+    p.add_argument("--reference", metavar="NAMES",
+                   help="control names the fold changes are relative to, comma-separated (default: the "
+                        "non-targeting negative controls, e.g. OTP)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -262,3 +262,21 @@ def test_report_shows_hit_frames_next_to_reference_frames(tmp_path):
     first = base64.b64decode(sources[0].split(",", 1)[1])
     assert imagecodecs.jpeg8_decode(first).shape == (48, 48, 3)
     assert page.count("no label image") == (examples["plate"] != PLATES[0]).sum()
+
+
+def test_cli_rules_and_reference(tmp_path, capsys):
+    from nucleiscreen.cli import main
+
+    run, layout = write_run(tmp_path)
+    assert main(["analyze", str(run), "--layout", str(layout), "--no-report",
+                 "--rule", "strong_loss=count_fc < 0.1"]) in (0, None)
+    assert set(pl.read_csv(run / "analysis" / "hits.csv")["gene_symbol"]) == {"UBB", "POLR2A"}
+    assert main(["analyze", str(run), "--layout", str(layout), "--no-report", "--reference", "OTP",
+                 "--out", str(tmp_path / "otp")]) in (0, None)
+    assert set(pl.read_csv(tmp_path / "otp" / "hits.csv")["gene_symbol"]) == set(PLANTED)
+    capsys.readouterr()
+    for bad in (["--rule", "count_fc < 0.1"], ["--rule", "x=count_fc << 2"], ["--rule", "x=colour < 2"],
+                ["--reference", "siNothing"]):
+        assert main(["analyze", str(run), "--layout", str(layout), "--no-report", *bad]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "Traceback" not in err, err

@@ -86,6 +86,14 @@ def test_blank_role_cell_inferred_and_control_name_used(tmp_path):
     assert layout["control_name"].to_list() == ["OTP", "PLK1", None, "mock"]
 
 
+def test_blank_rows_skipped_and_numbered(tmp_path):
+    # a spreadsheet export: a blank line, then trailing rows of empty cells
+    text = "plate,well,gene_symbol,role\nP1,A01,X,sample\n\nP1,A02,Y,sample\n,,,\n , ,,\n"
+    assert read_layout(write(tmp_path, text))["well"].to_list() == ["A01", "A02"]
+    with pytest.raises(UserError, match=r"row 3 \(line 4\): well 'Q01' is outside"):
+        read_layout(write(tmp_path, "plate,well,gene_symbol\nP1,A01,X\n,,\nP1,Q01,Y\n"))
+
+
 HEADER = "plate,well,gene_symbol,role\n"
 
 

@@ -371,9 +371,14 @@ def test_reference_choices():
     assert both.filter(pl.col("well") == "B02")["count_fc"].item() == 2.5
     with pytest.raises(UserError, match="no well named scrambled.*control names are: KIF11, OTP, PLK1, mock"):
         normalize_plates(wells, lay, reference="scrambled")
-    # no OTP named: every negative well is the reference
+    # no OTP named: the other negative wells are the reference, mock stays beside it (10, 20, 30, 50 -> 25)
     no_otp = lay.with_columns(pl.col("gene_symbol", "control_name").replace("OTP", "siNeg"))
-    assert normalize_plates(wells, no_otp)["is_reference"].sum() == 5
+    renamed = normalize_plates(wells, no_otp)
+    assert renamed.filter(pl.col("is_reference"))["well"].to_list() == ["A01", "A02", "A03", "A04"]
+    assert renamed.filter(pl.col("well") == "B02")["count_fc"].item() == 2.0
+    # only mock and untransfected wells: every negative well is the reference
+    only_mock = lay.filter(pl.col("gene_symbol") != "OTP")
+    assert normalize_plates(wells, only_mock)["is_reference"].sum() == 1
 
 
 def test_plate_without_usable_reference_is_named():
@@ -485,6 +490,21 @@ def test_call_hits_and_controls():
     assert controls["reference"].to_list() == [True, False, False, False]
     assert controls["count_fc"].to_list() == [1.0, 0.2, 4 / 25, 2 / 25]
     assert controls["wells_pass_strong_loss"].to_list() == [0, 0, 0, 1]
+
+
+def test_rule_on_a_missing_column_is_a_user_error():
+    wells, lay = plate_one()
+    norm = normalize_plates(wells, lay)
+    per_nucleus = HitRule.parse("mn", "micronuclei_per_nucleus > 0.2")  # a well column, not a gene column
+    genes = aggregate_genes(norm, [per_nucleus])
+    assert genes["wells_pass_mn"].to_list() == [0, 0, 0]
+    with pytest.raises(UserError, match="hit rule mn: the gene table has no column 'micronuclei_per_nucleus'; "
+                                        "use one of .*count_fc"):
+        call_hits(genes, [per_nucleus])
+    typo = HitRule.parse("typo", "count_FC < 0.5")
+    for run in (lambda: aggregate_genes(norm, [typo]), lambda: control_summary(norm, [typo])):
+        with pytest.raises(UserError, match="hit rule typo: the well table has no column 'count_FC'"):
+            run()
 
 
 def test_format_table():
