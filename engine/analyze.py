@@ -137,10 +137,16 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     wells = aggregate_wells(images, errors, exclude=exclude, objects=objects, micronucleus_area=micronucleus_area)
     wells = normalize_plates(wells, layout, reference, source=layout_path)
     genes = aggregate_genes(wells, rules)
+    plates = plate_qc(wells, z_prime_min)
+    lost = plates.filter("no_reference")["plate"].to_list()
+    if lost:
+        notes.append(f"{len(lost)} plate(s) without usable reference wells (none in the layout, failed, or 0 nuclei): "
+                     f"{', '.join(lost[:10])}{' ...' if len(lost) > 10 else ''}; their wells have no fold changes "
+                     "and cannot be hits.")
     result = AnalysisResult(
         wells=wells,
         genes=genes,
-        plates=plate_qc(wells, z_prime_min),
+        plates=plates,
         controls=control_summary(wells, rules),
         hits=call_hits(genes, rules),
         out_dir=Path(out_dir) if out_dir is not None else run_dir / "analysis",
@@ -163,7 +169,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
 HIT_COLUMNS = ["gene_symbol", "hit_rules", "wells", "count_fc", "area_fc", "count_ssmd", "nuclei_per_field"]
 PLATE_COLUMNS = ["plate", "fields_analysed", "fields_failed", "fields_excluded", "reference_nuclei_per_field",
                  "positive_count_fc", "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust",
-                 "low_z_prime"]
+                 "low_z_prime", "no_reference"]
 CONTROL_COLUMNS = ["role", "control_name", "reference", "wells", "nuclei_per_field", "count_fc", "area_fc",
                    "count_fc_min", "count_fc_max"]
 

@@ -75,7 +75,7 @@ CONTROL_COLUMNS = ("role", "control_name", "reference", "wells", "plates", "nucl
                    "area_fc", "count_ssmd", "count_fc_min", "count_fc_max")
 PLATE_COLUMNS = ("plate", "fields_analysed", "fields_failed", "fields_excluded", "reference_wells",
                  "reference_nuclei_per_field", "reference_cv", "positive_count_fc", "dynamic_range",
-                 "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust", "low_z_prime")
+                 "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust", "low_z_prime", "no_reference")
 
 
 def write_report(path: str | Path, wells: pl.DataFrame, genes: pl.DataFrame, plates: pl.DataFrame,

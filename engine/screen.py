@@ -372,8 +372,9 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
     Raises
     ------
     UserError
-        A plate of ``wells`` is missing from the layout; a reference name is not in the layout; a plate has no
-        reference well, or its reference wells have no analysed field or a median of 0 nuclei per field.
+        A plate of ``wells`` is missing from the layout; a reference name is not in the layout; no plate has a
+        usable reference (a reference well with analysed fields and a median above 0 nuclei per field). Plates
+        without one, among plates with one, get null fold changes and scores and are flagged by :func:`plate_qc`.
     """
     layout = expand_layout(layout, wells["plate"].unique(), source=source)
     df = wells.join(layout.drop("row", "column"), on=["plate", "well"], how="left")
@@ -390,6 +391,10 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
         _sample_mad=_mad(sample),
     )
     _check_references(plates, reference)
+    # A plate whose reference wells are missing, failed or have no nuclei has no fold changes (null, never inf);
+    # plate_qc flags it in no_reference.
+    plates = plates.with_columns(_ref_count=pl.when(pl.col("_ref_count") > 0).then("_ref_count"),
+                                 _ref_area=pl.when(pl.col("_ref_count") > 0).then("_ref_area"))
 
     floored = pl.max_horizontal(pl.col("nuclei").cast(pl.Float64), 0.5) / pl.col("fields_analysed")
     df = df.join(plates, on="plate").with_columns(
@@ -495,21 +500,24 @@ def _reference(layout: pl.DataFrame, reference: str | Sequence[str], source: str
 
 
 def _check_references(plates: pl.DataFrame, reference: str | Sequence[str]) -> None:
+    """Raise when no plate has a usable reference; plates without one are flagged by ``plate_qc`` instead (one
+    lost plate of a genome-wide screen must not stop the analysis of the others)."""
     if isinstance(reference, str):
         what = "OTP/negative" if reference == "negative" else reference
     else:
         what = ", ".join(reference)
+    usable = (pl.col("_ref_wells") > 0) & (pl.col("_ref_count") > 0)
+    if plates.filter(usable).height:
+        return
     none = plates.filter(pl.col("_ref_wells") == 0)["plate"].sort()
     if none.len():
         raise UserError(f"plate {', '.join(none.to_list())}: no well of the run is a reference ({what}) well: "
                         "check the layout's control wells, or choose the reference controls")
-    bad = plates.filter(pl.col("_ref_count").is_null() | (pl.col("_ref_count") == 0)).sort("plate")
-    if bad.height:
-        p = bad.row(0, named=True)
-        state = "no analysed field" if p["_ref_count"] is None else "a median of 0 nuclei per field"
-        raise UserError(f"plate {p['plate']}: its {p['_ref_wells']} reference ({what}) wells have {state}, "
-                        "so nothing can be normalized to them: check the plate's frames and errors, or "
-                        "choose other reference controls")
+    p = plates.sort("plate").row(0, named=True)
+    state = "no analysed field" if p["_ref_count"] is None else "a median of 0 nuclei per field"
+    raise UserError(f"plate {p['plate']}: its {p['_ref_wells']} reference ({what}) wells have {state}, "
+                    "so nothing can be normalized to them: check the plate's frames and errors, or "
+                    "choose other reference controls")
 
 
 def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
@@ -599,7 +607,9 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
 
           null where undefined: fewer than 2 analysed wells in either group, or equal centres. 1 > Z′ >= 0.5
           is an excellent assay, 0–0.5 marginal, < 0 unusable;
-        - ``low_z_prime``: ``z_prime_robust < z_prime_min``; null where the robust Z′ is undefined.
+        - ``low_z_prime``: ``z_prime_robust < z_prime_min``; null where the robust Z′ is undefined;
+        - ``no_reference``: the plate has no usable reference wells (none, none analysed, or a median of 0 nuclei),
+          so its wells have no fold changes.
     """
     count = pl.col("nuclei_per_field")
     ref = count.filter(pl.col("is_reference") & count.is_not_null())
@@ -634,4 +644,7 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
         z_prime=z_prime(pos.std(), ref.std(), pos.mean(), ref.mean()),
         z_prime_robust=z_prime(MAD_SCALE * _mad(pos), MAD_SCALE * _mad(ref), pos.median(), ref.median()),
     )
-    return qc.with_columns(low_z_prime=pl.col("z_prime_robust") < z_prime_min).sort("plate")
+    return qc.with_columns(
+        low_z_prime=pl.col("z_prime_robust") < z_prime_min,
+        no_reference=pl.col("reference_nuclei_per_field").fill_null(0) <= 0,
+    ).sort("plate")

@@ -381,17 +381,23 @@ def test_reference_choices():
     assert normalize_plates(wells, only_mock)["is_reference"].sum() == 1
 
 
-def test_plate_without_usable_reference_is_named():
+def test_plate_without_usable_reference_is_flagged_not_fatal():
+    """One lost plate gets null fold changes and no_reference; only a screen with no usable plate stops."""
     lay = layout([*CONTROLS, ("P1", "B01", "G1", "sample"), ("P2", "B01", "G1", "sample")])
     dead = {"A01": 0, "A02": 0, "A03": 0, "A04": 5, "B01": 30}
     fine = {"A01": 10, "A02": 10, "B01": 30}
     wells = aggregate_wells(images(wells_from_counts("P1", fine) + wells_from_counts("P2", dead)))
+    out = normalize_plates(wells, lay)
+    assert out.filter(pl.col("plate") == "P1", pl.col("well") == "B01")["count_fc"].item() == 3.0
+    p2 = out.filter(pl.col("plate") == "P2")
+    assert p2["count_fc"].null_count() == p2.height and p2["count_ssmd"].null_count() == p2.height
+    qc = plate_qc(out)
+    assert qc["no_reference"].to_list() == [False, True]
     with pytest.raises(UserError, match=r"P2: its 4 reference \(OTP/negative\) wells have a median of 0"):
-        normalize_plates(wells, lay)
+        normalize_plates(wells.filter(pl.col("plate") == "P2"), lay)
     errors = pl.DataFrame({"PathName_DNA": ["/d"], "FileName_DNA": ["f.tif"], "Metadata_Plate": ["P2"],
                            "Metadata_Well": ["A01"]})
-    rows = wells_from_counts("P1", fine) + wells_from_counts("P2", {"B01": 30})
-    failed = aggregate_wells(images(rows), errors)
+    failed = aggregate_wells(images(wells_from_counts("P2", {"B01": 30})), errors)
     with pytest.raises(UserError, match=r"plate P2: its 1 reference .* have no analysed field"):
         normalize_plates(failed, lay)
     no_controls = layout([("P1", "B01", "G1", "sample"), ("P1", "A01", "mock", "negative")])
