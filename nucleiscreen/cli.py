@@ -41,15 +41,9 @@ def cmd_train(a: argparse.Namespace) -> None:
         out = run_sweep(a.sweep, progress=not a.quiet, train_runs=not a.score_only)
         print(f"comparison table in {out / 'sweep.md'}, winner checkpoint {out / 'winner.pt'}")
         return
-    from nucleiscreen.trainer.train import TrainConfig, train
+    from nucleiscreen.trainer.train import TrainConfig, read_json, train
 
-    cfg_path = Path(a.config)
-    if not cfg_path.is_file():
-        raise UserError(f"training config not found: {cfg_path}")
-    try:
-        raw = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{cfg_path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    raw = read_json(a.config, "training config")
     for key in ("out", "steps", "device"):
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)

@@ -33,11 +33,17 @@ def evaluate_folders(pred: str | Path, truth: str | Path) -> dict:
     stems = sorted(set(preds) & set(truths))
     if not stems:
         raise UserError(f"no pairs: expected <stem>.tif in {truth} and <stem>_labels.tif in {pred}")
+    return _pool(stems, lambda stem: (read_frame(truths[stem]), read_frame(preds[stem])),
+                 sorted(set(preds) ^ set(truths)))
+
+
+def _pool(stems: list[str], load, unpaired: list[str]) -> dict:
+    """Match every stem's (truth, prediction), pooled and per image; ``load(stem)`` reads the pair."""
     total = Counts()
     images = {}
     for stem in stems:
         try:
-            t, p = read_frame(truths[stem]), read_frame(preds[stem])
+            t, p = load(stem)
         except FrameReadError as exc:
             raise UserError(str(exc)) from None
         if t.shape != p.shape:
@@ -45,8 +51,7 @@ def evaluate_folders(pred: str | Path, truth: str | Path) -> dict:
         c = match(t, p)
         images[stem] = c.summary()
         total.add(c)
-    return {"summary": total.summary(), "images": images, "pairs": len(stems),
-            "unpaired": sorted(set(preds) ^ set(truths))}
+    return {"summary": total.summary(), "images": images, "pairs": len(stems), "unpaired": unpaired}
 
 
 def evaluate_baseline(images: str | Path, truth: str | Path) -> dict:
@@ -62,17 +67,8 @@ def evaluate_baseline(images: str | Path, truth: str | Path) -> dict:
     stems = sorted(set(raws) & set(truths))
     if not stems:
         raise UserError(f"no pairs: expected images <stem>.png/.tif in {images} for the <stem>.tif of {truth}")
-    total = Counts()
-    out = {}
-    for stem in stems:
-        try:
-            t, raw = read_frame(truths[stem]), read_frame(raws[stem])
-        except FrameReadError as exc:
-            raise UserError(str(exc)) from None
-        c = match(t, segment_classic(raw))
-        out[stem] = c.summary()
-        total.add(c)
-    return {"summary": total.summary(), "images": out, "pairs": len(stems), "unpaired": sorted(set(raws) ^ set(truths))}
+    return _pool(stems, lambda stem: (read_frame(truths[stem]), segment_classic(read_frame(raws[stem]))),
+                 sorted(set(raws) ^ set(truths)))
 
 
 def format_report(report: dict) -> str:

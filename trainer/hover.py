@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.trainer.model import ConvBlock, UNetConfig
+from nucleiscreen.trainer.model import Decoder, Encoder, UNetConfig
 
 
 @numba.njit(nogil=True, cache=True)
@@ -81,37 +81,14 @@ class HoVerNet(nn.Module):
     def __init__(self, cfg: UNetConfig = UNetConfig()):
         super().__init__()
         self.cfg = cfg
-        widths = [cfg.base * 2**i for i in range(cfg.depth + 1)]
-        self.down = nn.ModuleList()
-        cin = cfg.in_channels
-        for wdt in widths[:-1]:
-            self.down.append(ConvBlock(cin, wdt, cfg.norm))
-            cin = wdt
-        self.bottom = ConvBlock(widths[-2], widths[-1], cfg.norm)
-        self.decoders = nn.ModuleList([self._decoder(widths, cfg.norm, out) for out in (2, 2)])
-
-    @staticmethod
-    def _decoder(widths: list[int], norm: str, out: int) -> nn.ModuleDict:
-        return nn.ModuleDict({
-            "up": nn.ModuleList([nn.ConvTranspose2d(w * 2, w, 2, stride=2) for w in reversed(widths[:-1])]),
-            "merge": nn.ModuleList([ConvBlock(w * 2, w, norm) for w in reversed(widths[:-1])]),
-            "head": nn.Conv2d(widths[0], out, 1),
-        })
+        self.encoder = Encoder(cfg)
+        self.decoders = nn.ModuleList([Decoder(cfg), Decoder(cfg)])
+        self.heads = nn.ModuleList([nn.Conv2d(cfg.base, 2, 1), nn.Conv2d(cfg.base, 2, 1)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottom(x)
-        outs = []
-        for dec in self.decoders:
-            y = x
-            for up, merge, skip in zip(dec["up"], dec["merge"], reversed(skips)):
-                y = merge(torch.cat([up(y), skip], dim=1))
-            outs.append(dec["head"](y))
-        return torch.cat([outs[0], torch.tanh(outs[1])], dim=1)
+        x, skips = self.encoder(x)
+        np_logits, hv = (head(dec(x, skips)) for dec, head in zip(self.decoders, self.heads))
+        return torch.cat([np_logits, torch.tanh(hv)], dim=1)
 
 
 def _sobel(hv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

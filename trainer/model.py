@@ -41,6 +41,11 @@ class UNetConfig:
     def multiple(self) -> int:
         return 2**self.depth * (2 if self.scale == 0.5 else 1)
 
+    @property
+    def widths(self) -> list[int]:
+        """Channels per level, the bottleneck last."""
+        return [self.base * 2**i for i in range(self.depth + 1)]
+
 
 def _norm(kind: str, ch: int) -> nn.Module:
     if kind == "batch":
@@ -62,44 +67,72 @@ class ConvBlock(nn.Sequential):
         )
 
 
+class Encoder(nn.Module):
+    """The contracting path shared by the U-Net and the HoVer-style model: ``depth`` levels of a ConvBlock then 2x2
+    max-pooling, then the bottleneck block. Returns the bottleneck features and the skips, finest first."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        widths = cfg.widths
+        self.down = nn.ModuleList(ConvBlock(cin, cout, cfg.norm)
+                                  for cin, cout in zip([cfg.in_channels, *widths[:-2]], widths[:-1]))
+        self.bottom = ConvBlock(widths[-2], widths[-1], cfg.norm)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        return self.bottom(x), skips
+
+
+class Decoder(nn.Module):
+    """The expanding path: up-convolution, concatenation with the skip, ConvBlock, level by level to full width."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        levels = list(reversed(cfg.widths[:-1]))
+        self.up = nn.ModuleList(nn.ConvTranspose2d(w * 2, w, 2, stride=2) for w in levels)
+        self.merge = nn.ModuleList(ConvBlock(w * 2, w, cfg.norm) for w in levels)
+
+    def forward(self, x: torch.Tensor, skips: list[torch.Tensor]) -> torch.Tensor:
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return x
+
+
 class UNet(nn.Module):
     """Encoder of ``depth`` max-pooled levels, a bottleneck, a decoder with skip concatenations; returns logits."""
 
     def __init__(self, cfg: UNetConfig = UNetConfig()):
         super().__init__()
         self.cfg = cfg
-        widths = [cfg.base * 2**i for i in range(cfg.depth + 1)]
-        self.down = nn.ModuleList()
-        cin = cfg.in_channels
-        for wdt in widths[:-1]:
-            self.down.append(ConvBlock(cin, wdt, cfg.norm))
-            cin = wdt
-        self.bottom = ConvBlock(widths[-2], widths[-1], cfg.norm)
-        self.up = nn.ModuleList()
-        self.merge = nn.ModuleList()
-        for wdt in reversed(widths[:-1]):
-            self.up.append(nn.ConvTranspose2d(wdt * 2, wdt, 2, stride=2))
-            self.merge.append(ConvBlock(wdt * 2, wdt, cfg.norm))
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
         self.refine = ConvBlock(cfg.in_channels, cfg.refine, cfg.norm) if cfg.refine else None
-        self.head = nn.Conv2d(widths[0] + cfg.refine, cfg.classes, 1)
+        self.head = nn.Conv2d(cfg.base + cfg.refine, cfg.classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         full = x
         if self.cfg.scale != 1.0:
             x = F.avg_pool2d(x, 2)
-        skips = []
-        for block in self.down:
-            x = block(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottom(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
-            x = merge(torch.cat([up(x), skip], dim=1))
+        x = self.decoder(*self.encoder(x))
         if self.cfg.scale != 1.0:
             x = F.interpolate(x, size=full.shape[-2:], mode="bilinear", align_corners=False)
         if self.refine is not None:
             x = torch.cat([x, self.refine(full)], dim=1)
         return self.head(x)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Also reads checkpoints written before the encoder and decoder were modules of their own (``down.0...``,
+        ``bottom...``, ``up.0...``, ``merge.0...`` at the top level)."""
+        renamed = {}
+        for key, value in state_dict.items():
+            first = key.split(".", 1)[0]
+            prefix = {"down": "encoder.", "bottom": "encoder.", "up": "decoder.", "merge": "decoder."}.get(first, "")
+            renamed[prefix + key] = value
+        return super().load_state_dict(renamed, strict=strict, assign=assign)
 
 
 class ExportHead(nn.Module):

@@ -33,20 +33,14 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.trainer.baseline import segment_classic
 from nucleiscreen.trainer.data import find_pairs, load_folder
 from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
-from nucleiscreen.trainer.train import TrainConfig, build_model, predict_logits, to_instances, train
+from nucleiscreen.trainer.train import TrainConfig, build_model, predict_logits, read_json, to_instances, train
 
 SELECT_BY = ("f1_mean", "f1_0.50", "jaccard_lab", "pixel_jaccard")
 SHOWN = ("0.50", "0.60", "0.70", "0.80", "0.90")
 
 
 def load_sweep(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"sweep file not found: {path}")
-    try:
-        spec = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    spec = read_json(path, "sweep file")
     unknown = sorted(set(spec) - {"out", "base", "runs", "compare", "select_by"})
     if unknown:
         raise UserError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; "

@@ -93,6 +93,20 @@ class TrainConfig:
         return asdict(self)
 
 
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON object from a file, or a one-line ``UserError`` naming the file (``what``: "training config", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object ({{...}}), not a {type(data).__name__}")
+    return data
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
