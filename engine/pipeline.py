@@ -93,6 +93,17 @@ class SegmentResult:
     backend: str = ""
 
 
+@dataclass
+class _Pending:
+    """A batch submitted to the network: the backend's token (or, for a synchronous backend, its result)."""
+
+    token: object
+    is_async: bool
+    n: int
+    size: tuple[int, int]  # the prepared frames' size (before padding)
+    shape: tuple[int, int] | None  # the raw frames' shape, when the class maps must be resized back to it
+
+
 class Segmenter:
     """One model on one backend: raw frame -> network input -> class map -> instance labels.
 
@@ -124,17 +135,31 @@ class Segmenter:
             x = resize(x, (max(1, round(x.shape[0] * self.scale)), max(1, round(x.shape[1] * self.scale))))
         return x
 
-    def classes(self, inputs: list[np.ndarray], shape: tuple[int, int] | None = None) -> list[np.ndarray]:
-        """Class maps of same-shape prepared frames, in one batch padded to the network's multiple; resized to the
-        raw frames' ``shape`` when the frames were rescaled."""
+    def submit(self, inputs: list[np.ndarray], shape: tuple[int, int] | None = None) -> _Pending:
+        """Start the network on same-shape prepared frames, in one batch padded to the network's multiple. On a
+        backend with ``submit``/``collect`` (TensorRT: copies and compute on a CUDA stream) this returns at once,
+        so the caller can prepare the next batch meanwhile; otherwise the result is computed here."""
         h, w = inputs[0].shape
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         batch = np.stack([np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x for x in inputs])
-        out = self.backend.infer(batch[:, None])
-        maps = [np.ascontiguousarray(out[k, :h, :w]) for k in range(len(inputs))]
-        if shape is not None and shape != (h, w):
-            maps = [resize(m, shape, nearest=True) for m in maps]
+        if hasattr(self.backend, "submit"):
+            return _Pending(self.backend.submit(batch[:, None]), True, len(inputs), (h, w), shape)
+        return _Pending(self.backend.infer(batch[:, None]), False, len(inputs), (h, w), shape)
+
+    def collect(self, pending: _Pending) -> list[np.ndarray]:
+        """The class maps of a submitted batch (waits for it), cropped back and resized to the raw frames' shape
+        when the frames were rescaled."""
+        out = self.backend.collect(pending.token) if pending.is_async else pending.token
+        h, w = pending.size
+        maps = [np.ascontiguousarray(out[k, :h, :w]) for k in range(pending.n)]
+        if pending.shape is not None and pending.shape != (h, w):
+            maps = [resize(m, pending.shape, nearest=True) for m in maps]
         return maps
+
+    def classes(self, inputs: list[np.ndarray], shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Class maps of same-shape prepared frames, in one batch padded to the network's multiple; resized to the
+        raw frames' ``shape`` when the frames were rescaled."""
+        return self.collect(self.submit(inputs, shape))
 
     def instances(self, classes: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map."""
@@ -343,6 +368,27 @@ def segment(
                 bar.update()
         pending_post[:] = keep
 
+    def fail(items: list, exc: Exception) -> None:
+        nonlocal failed
+        for rec, _, _ in items:
+            failed += 1
+            writer.add("errors", None, _error_row(rec, "infer", f"{type(exc).__name__}: {exc}"))
+
+    def finish(job: tuple) -> None:
+        """Collect a submitted batch and hand its frames to the post-processing threads."""
+        items, _, pending = job
+        t = time.perf_counter()
+        try:
+            classes = seg.collect(pending)
+        except Exception as exc:
+            spent("infer", t)
+            fail(items, exc)
+            return
+        spent("infer", t)
+        for k, (rec, raw, _) in enumerate(items):
+            pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
+
+    inflight = None  # (items, start time, pending batch) submitted to the network, not yet collected
     with ThreadPoolExecutor(threads) as pool:
         ahead = [pool.submit(load, r) for r in batches[0]] if batches else []
         for bi in range(len(batches)):
@@ -362,19 +408,24 @@ def segment(
             for item in good:
                 by_shape[item[1].shape].append(item)
             for shape, items in by_shape.items():
+                if inflight is not None and inflight[2].size != items[0][2].shape:
+                    finish(inflight)  # a backend keeps buffers for one frame size: drain before another
+                    inflight = None
                 t = time.perf_counter()
                 try:
-                    classes = seg.classes([x for _, _, x in items], shape)
+                    pending = seg.submit([x for _, _, x in items], shape)
                 except Exception as exc:  # e.g. out of memory on one odd-sized batch: record, go on
                     spent("infer", t)
-                    for rec, _, _ in items:
-                        failed += 1
-                        writer.add("errors", None, _error_row(rec, "infer", f"{type(exc).__name__}: {exc}"))
+                    fail(items, exc)
                     continue
                 spent("infer", t)
-                for k, (rec, raw, _) in enumerate(items):
-                    pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
+                # The previous batch is collected only now, so an asynchronous backend computes this one meanwhile.
+                if inflight is not None:
+                    finish(inflight)
+                inflight = (items, t, pending)
             collect(limit=2 * batch_size * threads)
+        if inflight is not None:
+            finish(inflight)
         collect(limit=0)
     writer.flush()
     if bar is not None:

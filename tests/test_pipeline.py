@@ -220,3 +220,55 @@ def test_killed_run_resumes_to_one_row_per_frame_and_counts_match_truth(tmp_path
     truth = sum(int((np.bincount(read_frame(p).ravel())[1:] >= 100).sum()) for p in sorted(sim.masks.rglob("*.tif")))
     found = int(df["Count_Nuclei"].sum())
     assert abs(found - truth) <= 0.1 * truth, (found, truth)
+
+
+class _AsyncBackend:
+    """Wraps a real backend with submit/collect as the TensorRT backend has them, and logs the calls."""
+
+    def __init__(self, inner, log):
+        self.inner, self.log, self.results = inner, log, {}
+        self.preferred_batch, self.description, self.name = 4, "async test backend", "async"
+
+    def submit(self, batch):
+        token = len(self.log)
+        self.log.append(("submit", token, batch.shape[-2:]))
+        self.results[token] = self.inner.infer(batch)
+        return token
+
+    def collect(self, token):
+        self.log.append(("collect", token))
+        return self.results.pop(token)
+
+    def infer(self, batch):
+        return self.collect(self.submit(batch))
+
+
+def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
+    """With submit/collect, batch k+1 is submitted before batch k is collected (the GPU path's overlap), a frame
+    size change drains the batch in flight first, and the results equal the synchronous path's."""
+    import nucleiscreen.engine.pipeline as pipeline
+
+    sim = simulate_screen(tmp_path / "sim", plates=1, fields=1, size=96, seed=6, masks=False)
+    big = sorted(sim.images.rglob("*.tif"))[:6]
+    for p in big:  # a few frames of another size: their own batches
+        tifffile.imwrite(p, np.pad(tifffile.imread(p), ((0, 32), (0, 32)), mode="reflect"))
+    ref = _images(segment([sim.images], tmp_path / "sync", options=SegmentOptions(progress=False, batch_size=4)).run)
+    log = []
+    real = pipeline.create_backend
+    monkeypatch.setattr(pipeline, "create_backend", lambda *a, **k: _AsyncBackend(real(*a, **k), log))
+    got = _images(segment([sim.images], tmp_path / "async", options=SegmentOptions(progress=False, batch_size=4)).run)
+    cols = ["FileName_DNA", "Count_Nuclei", "Count_Micronuclei", "Total_Nuclei_AreaShape_Area"]
+    assert got.sort("FileName_DNA").select(cols).equals(ref.sort("FileName_DNA").select(cols))
+    submits = [e for e in log if e[0] == "submit"]
+    assert len(submits) == len([e for e in log if e[0] == "collect"]) >= 96
+    # batch k is collected only after batch k+1 was submitted (except at a frame-size change and at the end)
+    overlapped = sum(1 for i, e in enumerate(log) if e[0] == "collect"
+                     and any(f[0] == "submit" and f[1] > e[1] for f in log[:i]))
+    assert overlapped >= len(submits) - 3, (overlapped, len(submits))
+    in_flight = None
+    for event in log:  # never two frame sizes in flight at once
+        if event[0] == "submit":
+            assert in_flight is None or in_flight[2] == event[2]
+            in_flight = event
+        else:
+            in_flight = None if in_flight and in_flight[1] == event[1] else in_flight
