@@ -48,7 +48,7 @@ def cmd_train(a: argparse.Namespace) -> None:
         if getattr(a, key) is not None:
             raw[key] = getattr(a, key)
     out = train(TrainConfig.from_dict(raw), resume=not a.restart, progress=not a.quiet)
-    print(f"checkpoints and log in {out} (best.pt by validation F1 at IoU 0.5)")
+    print(f"checkpoints and log in {out} (best.pt: the best validation score, last.pt: the last step)")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
