@@ -11,7 +11,7 @@ post-processing dominate: the question is then whether the pipeline keeps its bu
 wall time).
 
     python -m nucleiscreen.bench.scaling
-    python -m nucleiscreen.bench.scaling --tiny --frames 2000 --size 512
+    python -m nucleiscreen.bench.scaling --tiny --frames 2000 --size 512 --batch-size 4
 """
 
 from __future__ import annotations
@@ -31,7 +31,9 @@ from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well
 _CHILD = """
 import json, resource, sys
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
-res = segment([sys.argv[1]], sys.argv[2], model=sys.argv[3] or None, options=SegmentOptions(progress=False))
+batch = int(sys.argv[4]) if sys.argv[4] else None
+res = segment([sys.argv[1]], sys.argv[2], model=sys.argv[3] or None,
+              options=SegmentOptions(progress=False, batch_size=batch))
 print(json.dumps({"frames": res.frames, "seconds": res.seconds, "busy": res.busy,
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -72,23 +74,24 @@ def tiny_model(path: Path) -> Path:
     return path
 
 
-def run(frames: int, size: int, tmp: Path, model: Path | None = None) -> dict:
+def run(frames: int, size: int, tmp: Path, model: Path | None = None, batch_size: int | None = None) -> dict:
     src = tmp / f"frames{frames}"
     write_screen(src, frames, size)
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(tmp / f"run{frames}"), str(model or "")],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(tmp / f"run{frames}"), str(model or ""),
+                          str(batch_size or "")], check=True, capture_output=True, text=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     result["wall"] = time.perf_counter() - t
     return result
 
 
-def main(sizes: tuple[int, ...] = (1000, 10000), size: int = 96, tiny: bool = False) -> dict:
+def main(sizes: tuple[int, ...] = (1000, 10000), size: int = 96, tiny: bool = False,
+         batch_size: int | None = None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         model = tiny_model(Path(tmp) / "tiny.onnx") if tiny else None
         for n in sizes:
-            r = run(n, size, Path(tmp), model)
+            r = run(n, size, Path(tmp), model, batch_size)
             results[n] = r
             shares = ", ".join(f"{k} {100 * v / r['seconds']:.0f}%" for k, v in sorted(r["busy"].items()))
             busiest = max(r["busy"], key=r["busy"].get)
@@ -108,5 +111,6 @@ if __name__ == "__main__":
     ap.add_argument("--frames", type=int, nargs="+", default=[1000, 10000], help="screen sizes to run")
     ap.add_argument("--size", type=int, default=96, help="frame side in px")
     ap.add_argument("--tiny", action="store_true", help="a near-free model instead of the shipped U-Net")
+    ap.add_argument("--batch-size", type=int, help="frames per network call (default: the backend's, 1 on the CPU)")
     args = ap.parse_args()
-    main(tuple(args.frames), args.size, args.tiny)
+    main(tuple(args.frames), args.size, args.tiny, args.batch_size)
