@@ -109,7 +109,7 @@ def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
     base = {k: v for k, v in cfg.items() if k != "out"}
     spec = {"out": str(tmp_path / "sweep"), "base": base,
             "runs": {"unet-a": {}, "unet-b": {"model": {"base": 2}}, "hover": {"arch": "hover"}},
-            "compare": {"earlier": str(tmp / "run" / "best.pt")}}
+            "compare": {"earlier": str(tmp / "run" / "best.pt"), "gone": str(tmp_path / "nope.pt")}}
     path = tmp_path / "sweep.json"
     path.write_text(json.dumps(spec))
     assert main(["train", "--sweep", str(path), "--quiet"]) in (0, None)
@@ -119,6 +119,7 @@ def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
         assert name in table
     data = json.loads((out / "sweep.json").read_text())
     assert [r["name"] for r in data["rows"]] == ["unet-a", "unet-b", "hover", "earlier", "classic baseline"]
+    assert "gone: " in capsys.readouterr().out  # a missing compare checkpoint is left out with a note
     assert data["winner"] in ("unet-a", "unet-b", "hover", "earlier") and (out / "winner.pt").is_file()
     assert torch.load(out / "unet-b" / "best.pt", weights_only=False)["config"]["model"]["base"] == 2
     # re-running scores again without training more

@@ -155,7 +155,10 @@ def run_sweep(path: str | Path, progress: bool = True, train_runs: bool = True) 
             print(f"{name}: trained ({(time.time() - t0) / 60:.1f} min this session)")
         checkpoints[name] = Path(cfg.out) / "best.pt"
     for name, ckpt in spec.get("compare", {}).items():
-        checkpoints[name] = Path(ckpt)
+        if Path(ckpt).is_file():
+            checkpoints[name] = Path(ckpt)
+        else:
+            print(f"{name}: {ckpt} not found, left out of the table (train it first)")
     for name, ckpt in checkpoints.items():
         row = score_checkpoint(ckpt, val)
         row.update(name=name, checkpoint=str(ckpt), train_min=_train_minutes(ckpt.parent))
