@@ -373,10 +373,12 @@ def segment(
         for rec, _, _ in items:
             failed += 1
             writer.add("errors", None, _error_row(rec, "infer", f"{type(exc).__name__}: {exc}"))
+            if bar is not None:
+                bar.update()
 
     def finish(job: tuple) -> None:
         """Collect a submitted batch and hand its frames to the post-processing threads."""
-        items, _, pending = job
+        items, pending = job
         t = time.perf_counter()
         try:
             classes = seg.collect(pending)
@@ -388,7 +390,7 @@ def segment(
         for k, (rec, raw, _) in enumerate(items):
             pending_post.append((rec, pool.submit(postprocess, rec, raw, classes[k])))
 
-    inflight = None  # (items, start time, pending batch) submitted to the network, not yet collected
+    inflight = None  # (items, pending batch) submitted to the network, not yet collected
     with ThreadPoolExecutor(threads) as pool:
         ahead = [pool.submit(load, r) for r in batches[0]] if batches else []
         for bi in range(len(batches)):
@@ -408,7 +410,7 @@ def segment(
             for item in good:
                 by_shape[item[1].shape].append(item)
             for shape, items in by_shape.items():
-                if inflight is not None and inflight[2].size != items[0][2].shape:
+                if inflight is not None and inflight[1].size != items[0][2].shape:
                     finish(inflight)  # a backend keeps buffers for one frame size: drain before another
                     inflight = None
                 t = time.perf_counter()
@@ -422,7 +424,7 @@ def segment(
                 # The previous batch is collected only now, so an asynchronous backend computes this one meanwhile.
                 if inflight is not None:
                     finish(inflight)
-                inflight = (items, t, pending)
+                inflight = (items, pending)
             collect(limit=2 * batch_size * threads)
         if inflight is not None:
             finish(inflight)

@@ -36,11 +36,17 @@ def cmd_train(a: argparse.Namespace) -> None:
     if (a.config is None) == (a.sweep is None):
         raise UserError("give either --config FILE (one training) or --sweep FILE (several, then model selection)")
     if a.sweep:
+        given = [f"--{k}" for k in ("out", "steps", "device") if getattr(a, k) is not None] + \
+            (["--restart"] if a.restart else [])
+        if given:
+            raise UserError(f"{', '.join(given)} apply to one training (--config); set them in the sweep file")
         from nucleiscreen.trainer.sweep import run_sweep
 
         out = run_sweep(a.sweep, progress=not a.quiet, train_runs=not a.score_only)
         print(f"comparison table in {out / 'sweep.md'}, winner checkpoint {out / 'winner.pt'}")
         return
+    if a.score_only:
+        raise UserError("--score-only goes with --sweep")
     from nucleiscreen.trainer.train import TrainConfig, read_json, train
 
     raw = read_json(a.config, "training config")

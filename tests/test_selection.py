@@ -102,6 +102,11 @@ def test_init_checkpoint_must_match_the_architecture(tiny_run, tmp_path):
         train(TrainConfig.from_dict({**other, "arch": "hover", "out": str(tmp_path / "h")}), progress=False)
     with pytest.raises(UserError, match="unknown arch"):
         TrainConfig.from_dict({"arch": "resnet"})
+    for bad, message in (({"model": {"depht": 4}}, "depht"), ({"model": {"scale": 0.25}}, "scale"),
+                         ({"train": [{"path": "x", "wieght": 2}]}, "wieght"),
+                         ({"arch": "hover", "model": {"scale": 0.5}}, "full resolution")):
+        with pytest.raises(UserError, match=message):
+            TrainConfig.from_dict(bad)
 
 
 def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
@@ -122,10 +127,12 @@ def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
     assert "gone: " in capsys.readouterr().out  # a missing compare checkpoint is left out with a note
     assert data["winner"] in ("unet-a", "unet-b", "hover", "earlier") and (out / "winner.pt").is_file()
     assert torch.load(out / "unet-b" / "best.pt", weights_only=False)["config"]["model"]["base"] == 2
-    # re-running scores again without training more
+    # re-running the same command only re-scores: every run is complete, nothing trains again
     mtime = (out / "unet-a" / "last.pt").stat().st_mtime
-    assert main(["train", "--sweep", str(path), "--score-only", "--quiet"]) in (0, None)
-    assert (out / "unet-a" / "last.pt").stat().st_mtime == mtime
+    log = (out / "unet-a" / "log.csv").read_text()
+    assert main(["train", "--sweep", str(path), "--quiet"]) in (0, None)
+    assert (out / "unet-a" / "last.pt").stat().st_mtime == mtime and (out / "unet-a" / "log.csv").read_text() == log
+    assert main(["train", "--sweep", str(path), "--steps", "9"]) == 2  # options of one training are refused
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -133,6 +140,8 @@ def test_sweep_trains_scores_and_selects(tiny_run, tmp_path, capsys):
     ({"runs": {"a": {}}, "base": {}}, "validation folder"),
     ({"runs": {"a": {}}, "base": {"val": "v"}, "colour": 1}, "unknown sweep key"),
     ({"runs": {"a": {}}, "base": {"val": "v"}, "select_by": "speed"}, "select_by"),
+    ({"runs": {"a": None}, "base": {"val": "v"}}, "'runs' must map"),
+    ({"runs": {"a": {}}, "base": {"val": "v"}, "compare": ["x"]}, "'compare'"),
 ])
 def test_bad_sweep_files(tmp_path, spec, message):
     path = tmp_path / "s.json"

@@ -16,13 +16,11 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.readers import IMAGE_SUFFIXES, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.normalize import Normalization, normalize
 from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import NUCLEI_PER_FRAME, FrameSpec, synth_frame
-
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff")
 
 
 @dataclass

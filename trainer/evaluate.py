@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.engine.readers import IMAGE_SUFFIXES, FrameReadError, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
-IMAGE_SUFFIXES = (".png", ".tif", ".tiff", ".c01")
 
 
 def _index(folder: Path, strip: str = "") -> dict[str, Path]:

@@ -23,17 +23,18 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import torch
 
-from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.trainer.baseline import segment_classic
-from nucleiscreen.trainer.data import find_pairs, load_folder
-from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
-from nucleiscreen.trainer.train import TrainConfig, build_model, predict_logits, read_json, to_instances, train
+from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW
+from nucleiscreen.trainer.data import load_folder
+from nucleiscreen.trainer.evaluate import evaluate_baseline
+from nucleiscreen.trainer.metrics import THRESHOLDS
+from nucleiscreen.trainer.train import TrainConfig, build_model, read_json, train, validate
 
 SELECT_BY = ("f1_mean", "f1_0.50", "jaccard_lab", "pixel_jaccard")
 SHOWN = ("0.50", "0.60", "0.70", "0.80", "0.90")
@@ -45,8 +46,11 @@ def load_sweep(path: str | Path) -> dict:
     if unknown:
         raise UserError(f"{path}: unknown sweep key(s) {', '.join(unknown)}; "
                         "known: out, base, runs, compare, select_by")
-    if not isinstance(spec.get("runs"), dict) or not spec["runs"]:
+    runs = spec.get("runs")
+    if not isinstance(runs, dict) or not runs or not all(isinstance(v, dict) for v in runs.values()):
         raise UserError(f"{path}: 'runs' must map run names to option overrides, e.g. {{\"unet-d3\": {{}}}}")
+    if not isinstance(spec.get("base", {}), dict) or not isinstance(spec.get("compare", {}), dict):
+        raise UserError(f"{path}: 'base' must be an object of training options, 'compare' an object name -> path")
     if not spec.get("base", {}).get("val"):
         raise UserError(f"{path}: 'base' must name the validation folder ('val') every model is scored on")
     if spec.get("select_by", "f1_mean") not in SELECT_BY:
@@ -71,13 +75,9 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     cfg = TrainConfig.from_dict(ck["config"])
     net = build_model(cfg)
     net.load_state_dict(ck["model"])
-    net.eval()
-    max_grow = ck.get("postprocessing", {}).get("max_grow", cfg.max_grow)
-    counts = Counts()
-    for s in load_folder(val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area):
-        out = predict_logits(net, s.image, torch.device("cpu"), cfg.model.multiple)
-        counts.add(match(s.labels, to_instances(out, cfg.arch, max_grow)))
-    summary = counts.summary()
+    max_grow = ck.get("postprocessing", {}).get("max_grow", ck["config"].get("max_grow", DEFAULT_MAX_GROW))
+    samples = load_folder(val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area)
+    summary = validate(net, samples, torch.device("cpu"), replace(cfg, max_grow=max_grow))
     summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))
@@ -85,10 +85,7 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
 
 
 def score_baseline(val: str) -> dict:
-    counts = Counts()
-    for image, mask in find_pairs(val):
-        counts.add(match(read_frame(mask), segment_classic(read_frame(image))))
-    summary = counts.summary()
+    summary = evaluate_baseline(Path(val) / "images", Path(val) / "masks")["summary"]
     summary.update(arch="classic (Otsu + watershed)")
     return summary
 

@@ -155,16 +155,19 @@ class TensorRTBackend:
         if self.shape != (h, w):
             self._engine_for(h, w)
         i = self.next_slot
-        self.next_slot = 1 - i
         slot, ctx = self.slots[i], self.contexts[i]
         slot.stream.synchronize()  # the slot's previous batch must be collected before its buffers are reused
         slot.h_in[:n] = batch
-        slot.n = n
-        ctx.set_input_shape(INPUT, (n, 1, h, w))
+        if not ctx.set_input_shape(INPUT, (n, 1, h, w)):
+            raise RuntimeError(f"TensorRT rejected the input shape {(n, 1, h, w)}")
         self.cuda.memcpy_htod_async(slot.d_in, slot.h_in[:n], slot.stream)
         if not ctx.execute_async_v3(slot.stream.handle):
             raise RuntimeError("TensorRT execute_async_v3 failed")
         self.cuda.memcpy_dtoh_async(slot.h_out[:n], slot.d_out, slot.stream)
+        # Only a queued batch takes the slot: after a failed submit the next one reuses it, so a batch still in
+        # flight in the other slot is never overwritten before it is collected (the pipeline keeps at most two).
+        slot.n = n
+        self.next_slot = 1 - i
         return i
 
     def collect(self, i: int) -> np.ndarray:
