@@ -52,6 +52,8 @@ def test_train_logs_checkpoints_and_resumes(tiny_run):
     run = tmp / "run"
     assert (run / "best.pt").exists() and (run / "last.pt").exists()
     assert json.loads((run / "config.json").read_text())["steps"] == 2
+    with open(run / "log.csv", "a") as f:  # a row logged just before a kill, after the last checkpoint
+        f.write("3,0.5,0.5,0.1,0.1,0.1,1e-3,9\n")
     train(TrainConfig.from_dict({**cfg, "steps": 4}), progress=False)
     lines = (run / "log.csv").read_text().splitlines()
     assert lines[0].startswith("step,train_loss") and [ln.split(",")[0] for ln in lines[1:]] == ["2", "4"]

@@ -299,6 +299,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
     log_path = out / "log.csv"
     new_log = not log_path.exists() or step == 0
+    if not new_log:  # rows logged after the checkpoint we resume from (a kill between the two) are dropped
+        lines = log_path.read_text().splitlines(keepends=True)
+        kept = [ln for ln in lines[1:] if ln.split(",", 1)[0].isdigit() and int(ln.split(",", 1)[0]) <= step]
+        log_path.write_text("".join(lines[:1] + kept))
     # The seconds column counts training time over all sessions: a resumed run goes on from the last logged value.
     earlier = 0.0 if new_log else _last_seconds(log_path)
     log = open(log_path, "w" if new_log else "a", newline="")
