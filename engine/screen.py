@@ -218,11 +218,7 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
         frame failed is present, with ``fields_analysed = 0`` and null measures.
     """
     frames = images.lazy()
-    schema = frames.collect_schema()
-    missing = [c for c in IMAGE_REQUIRED if c not in schema]
-    if missing:
-        raise UserError(f"the image table has no column {', '.join(missing)}: "
-                        "was it written by `nucleiscreen segment`?")
+    schema = _require(frames, IMAGE_REQUIRED, "image", "`nucleiscreen segment`")
     frames = frames.with_columns(
         pl.lit(None, dtype).alias(name) for name, dtype in IMAGE_OPTIONAL.items() if name not in schema
     ).with_columns(
@@ -289,15 +285,20 @@ WELL_COLUMNS = (
 """The columns of :func:`aggregate_wells`, in order."""
 
 
+def _require(table: pl.LazyFrame, columns, what: str, writer: str) -> pl.Schema:
+    """The table's schema, or a one-line ``UserError`` naming the columns it lacks."""
+    schema = table.collect_schema()
+    missing = [c for c in columns if c not in schema]
+    if missing:
+        raise UserError(f"the {what} table has no column {', '.join(missing)}: was it written by {writer}?")
+    return schema
+
+
 def _object_medians(objects: Frame, frames: pl.LazyFrame, micronucleus_area: float) -> pl.LazyFrame:
     """Exact median area of the non-border nuclei per plate and well, over the object table, less the objects
     of excluded frames."""
     objects = objects.lazy()
-    schema = objects.collect_schema()
-    missing = [c for c in OBJECT_REQUIRED if c not in schema]
-    if missing:
-        raise UserError(f"the object table has no column {', '.join(missing)}: "
-                        "was it written by `nucleiscreen segment --objects`?")
+    schema = _require(objects, OBJECT_REQUIRED, "object", "`nucleiscreen segment --objects`")
     nuclei = objects.filter(
         (pl.col("AreaShape_Area") >= micronucleus_area) & ~pl.col("TouchesBorder").fill_null(False)
     )

@@ -58,10 +58,9 @@ def evaluate_baseline(images: str | Path, truth: str | Path) -> dict:
     in the report format of ``evaluate_folders``."""
     from nucleiscreen.trainer.baseline import segment_classic
 
-    raws = {p.stem: p for p in sorted(Path(images).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES} \
-        if Path(images).is_dir() else None
-    if raws is None:
+    if not Path(images).is_dir():
         raise UserError(f"folder not found: {images}")
+    raws = {p.stem: p for p in sorted(Path(images).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
     truths = _index(Path(truth))
     stems = sorted(set(raws) & set(truths))
     if not stems:
