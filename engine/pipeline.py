@@ -53,7 +53,7 @@ class SegmentOptions:
     objects: bool = False
     save_labels: bool = False
     micronucleus_area: int = 100
-    min_area: int = 8
+    min_area: int | None = None  # px; smaller objects are dropped. None: the model card's (what it validated with)
     pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
     progress: bool = True
@@ -112,12 +112,11 @@ class Segmenter:
     """
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
-                 threads: int | None = None, min_area: int = 8, pixel_size: float | None = None):
+                 threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None):
         self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         self.backend = create_backend(backend, self.info, threads=threads)
         self.norm = self.info.normalization
         self.multiple = self.info.multiple
-        self.min_area = min_area
         # Frames at another pixel size (a 10x or 40x screen) are resized to the model's before inference and the
         # class map back after it, so nuclei have the size the network was trained on.
         model_px = self.info.card.get("pixel_size_um")
@@ -126,7 +125,9 @@ class Segmenter:
         self.scale = pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02 \
             else 1.0
         post = self.info.postprocessing
-        self.post_args = {k: post[k] for k in ("max_grow",) if k in post}
+        self.post_args = {k: post[k] for k in ("max_grow", "min_area") if k in post}
+        if min_area is not None:
+            self.post_args["min_area"] = min_area
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
@@ -163,18 +164,17 @@ class Segmenter:
 
     def instances(self, classes: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map."""
-        return instances_from_classes(classes, min_area=self.min_area, **self.post_args)
+        return instances_from_classes(classes, **self.post_args)
 
     def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool,
                 micronucleus_area: int) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
         """Nuclei of a class map measured on the raw frame in one pass (the fused kernels): the label image (None
         unless ``labels``), the image-table values and, with ``objects``, the per-nucleus table."""
         if objects:  # the frame summary comes from the object table
-            lab, table = segment_and_measure(classes, raw, min_area=self.min_area, label_image=labels,
-                                             **self.post_args)
+            lab, table = segment_and_measure(classes, raw, label_image=labels, **self.post_args)
             return lab, summarize_objects(table, micronucleus_area=micronucleus_area), table
-        lab, summary = segment_and_summarize(classes, raw, min_area=self.min_area, micronucleus_area=micronucleus_area,
-                                             label_image=labels, **self.post_args)
+        lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, label_image=labels,
+                                             **self.post_args)
         return lab, summary, None
 
 

@@ -227,7 +227,7 @@ def _flood_interior(labels, classes, k, y0, x0, bh, bw, start, joined, queue):
                     tail += 1
 
 
-def classes_from_instances(labels: np.ndarray, width: int = 2) -> np.ndarray:
+def classes_from_instances(labels: np.ndarray, width: int = 2, solid_area: int = 0) -> np.ndarray:
     """Turn an instance label image into the 3-class target.
 
     Parameters
@@ -236,6 +236,11 @@ def classes_from_instances(labels: np.ndarray, width: int = 2) -> np.ndarray:
         0 = background, one positive id per object (ids need not be consecutive).
     width : int
         Width of the inner boundary band in pixels (chessboard distance), >= 1.
+    solid_area : int
+        Objects with fewer pixels are all interior, without a band (0: none). A micronucleus of 10-50 px has no room
+        for a 2-px band around a seed; as a solid spot it is its own seed, and ``instances_from_classes`` returns it
+        as it is (it grows only into boundary pixels next to it, which a network trained on solid spots does not put
+        there).
 
     Returns
     -------
@@ -248,6 +253,8 @@ def classes_from_instances(labels: np.ndarray, width: int = 2) -> np.ndarray:
         raise ValueError(f"classes_from_instances expects integer labels, got dtype {labels.dtype}")
     if width < 1:
         raise ValueError(f"width must be >= 1, got {width}")
+    if solid_area < 0:
+        raise ValueError(f"solid_area must be >= 0, got {solid_area}")
     if labels.size and labels.min() < 0:
         raise ValueError("labels must be >= 0")
     lab = np.ascontiguousarray(labels, dtype=np.int64 if labels.dtype == np.uint64 else None)
@@ -256,4 +263,8 @@ def classes_from_instances(labels: np.ndarray, width: int = 2) -> np.ndarray:
     classes = _classes(lab, depth, int(width), nlabels)
     for k in _split_objects(lab, classes, nlabels):
         _join_pieces(lab, classes, depth, k)
+    if solid_area > 0:
+        solid = np.bincount(lab.ravel(), minlength=nlabels + 1) < solid_area
+        solid[0] = False
+        classes[solid[lab]] = 1
     return classes

@@ -295,8 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true", help="FP16 weights and input (for TensorRT); CPU uses FP32")
     p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
     p.add_argument("--tensorrt", metavar="HxW",
-                   help="also build the TensorRT plan for frames of this size (optimization profile batch 1-32, timing "
-                        "cache; cached per GPU and TensorRT version where the tensorrt backend finds it)")
+                   help="also build the TensorRT plan for frames of this size as the network sees them (after any "
+                        "--pixel-size rescaling of segment; optimization profile batch 1-32, timing cache; cached per "
+                        "GPU and TensorRT version where the tensorrt backend finds it)")
     p.set_defaults(func=cmd_export)
 
     p = add("predict", help="segment individual images into label TIFFs",

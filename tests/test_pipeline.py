@@ -90,6 +90,16 @@ def test_background_only_frame_gives_no_nuclei():
         assert seg.instances(classes).max() == 0
 
 
+def test_post_processing_follows_the_model_card_unless_overridden():
+    seg = Segmenter()
+    post = seg.info.postprocessing  # what the trainer validated the model with
+    assert seg.post_args == {"max_grow": post["max_grow"], "min_area": post["min_area"]}
+    classes = np.zeros((32, 32), np.uint8)
+    classes[10:13, 10:12] = 1  # a 6-px micronucleus seed, above the card's min_area (4)
+    assert seg.instances(classes).max() == 1
+    assert Segmenter(min_area=8).instances(classes).max() == 0
+
+
 def test_model_or_settings_from_another_run_are_refused_unless_overwrite(screen, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -50,12 +50,27 @@ def test_touching_squares_are_separated_by_boundary():
     assert (classes[labels == 0] == 0).all()
 
 
+def test_objects_under_solid_area_are_all_interior(aits):
+    labels = tifffile.imread(sorted((aits / "train" / "masks").glob("*.tif"))[0])
+    areas = np.bincount(labels.ravel())
+    small = (areas < 50)[labels] & (labels > 0)
+    assert small.any()
+    plain, solid = classes_from_instances(labels), classes_from_instances(labels, solid_area=50)
+    assert (solid[small] == 1).all() and (plain[small] == 2).any()
+    np.testing.assert_array_equal(solid[~small], plain[~small])  # larger objects keep their band
+    back = instances_from_classes(solid, min_area=1)
+    assert back.max() == len(np.unique(labels[labels > 0]))
+    np.testing.assert_array_equal(back > 0, labels > 0)
+
+
 def test_frame_edge_is_not_a_boundary():
     labels = np.ones((10, 10), np.int32)
     assert (classes_from_instances(labels) == 1).all()
 
 
 def test_bad_input():
+    with pytest.raises(ValueError, match="solid_area"):
+        classes_from_instances(np.zeros((2, 2), np.int32), solid_area=-1)
     with pytest.raises(ValueError, match="2-D"):
         classes_from_instances(np.zeros((2, 2, 2), np.int32))
     with pytest.raises(ValueError, match="integer"):

@@ -11,6 +11,8 @@ from nucleiscreen.engine.model import load_model_info  # noqa: E402
 from nucleiscreen.engine.readers import read_frame  # noqa: E402
 from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.normalize import normalize  # noqa: E402
+from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
+from nucleiscreen.trainer.data import load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.model import UNet, UNetConfig  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, train  # noqa: E402
@@ -63,6 +65,17 @@ def test_train_logs_checkpoints_and_resumes(tiny_run):
 def test_unknown_option_is_a_user_error():
     with pytest.raises(UserError, match="unknown training option"):
         TrainConfig.from_dict({"stepz": 3})
+
+
+def test_target_options_reach_the_training_samples(aits):
+    cfg = TrainConfig.from_dict({"solid_area": 50, "small_area": 80, "boundary_width": 3})
+    (sample,) = load_folder(aits / "train", cfg.norm, None, cfg.target, limit=1)
+    areas = np.bincount(sample.labels.ravel())
+    solid = (areas < 50)[sample.labels] & (sample.labels > 0)
+    assert solid.any() and (sample.classes[solid] == 1).all()
+    assert (sample.small == ((areas < 80)[sample.labels] & (sample.labels > 0) & (sample.classes == 1))).all()
+    big = (areas >= 50)[sample.labels] & (sample.labels > 0)
+    assert (sample.classes[big] == classes_from_instances(sample.labels, 3)[big]).all()
 
 
 def test_export_matches_torch_on_real_images(tiny_run, aits):

@@ -32,6 +32,15 @@ class Sample:
     small: np.ndarray  # bool (H, W): interior pixels of objects under the small-object area (micronuclei)
 
 
+@dataclass(frozen=True)
+class Target:
+    """How instance masks become training targets."""
+
+    width: int = 2  # the boundary band of ``classes_from_instances``
+    solid_area: int = 0  # objects under this many px are all interior (``classes_from_instances``)
+    small_area: int = 100  # the interior pixels of objects under this many px are marked ``small`` (for the loss)
+
+
 def small_interior(labels: np.ndarray, classes: np.ndarray, small_area: int) -> np.ndarray:
     """Interior pixels of objects with fewer than ``small_area`` pixels: a micronucleus keeps only a few interior
     pixels inside its boundary band, and the loss up-weights them so the network learns their seeds."""
@@ -41,9 +50,9 @@ def small_interior(labels: np.ndarray, classes: np.ndarray, small_area: int) -> 
     return small[labels] & (classes == 1)
 
 
-def make_sample(name: str, image: np.ndarray, labels: np.ndarray, boundary_width: int, small_area: int) -> Sample:
-    classes = classes_from_instances(labels, boundary_width)
-    return Sample(name, image, labels, classes, small_interior(labels, classes, small_area))
+def make_sample(name: str, image: np.ndarray, labels: np.ndarray, target: Target) -> Sample:
+    classes = classes_from_instances(labels, target.width, target.solid_area)
+    return Sample(name, image, labels, classes, small_interior(labels, classes, target.small_area))
 
 
 def find_pairs(folder: str | Path) -> list[tuple[Path, Path]]:
@@ -71,9 +80,8 @@ def load_folder(
     folder: str | Path,
     norm: Normalization = Normalization(),
     target_area: float | None = None,
-    boundary_width: int = 2,
+    target: Target = Target(),
     limit: int | None = None,
-    small_area: int = 100,
 ) -> list[Sample]:
     """Load, normalize and (optionally) rescale an annotated folder; compute the 3-class targets once."""
     samples = []
@@ -90,19 +98,18 @@ def load_folder(
                 factor = float(np.clip(np.sqrt(target_area / np.median(areas)), 0.5, 4.0))
                 if abs(factor - 1.0) > 0.1:
                     image, labels = _rescale(image, labels, factor)
-        samples.append(make_sample(img_path.stem, image, labels, boundary_width, small_area))
+        samples.append(make_sample(img_path.stem, image, labels, target))
     return samples
 
 
-def simulated_sample(rng: np.random.Generator, size: int, norm: Normalization, boundary_width: int = 2,
-                     small_area: int = 100) -> Sample:
+def simulated_sample(rng: np.random.Generator, size: int, norm: Normalization, target: Target = Target()) -> Sample:
     """One simulated crop with a random density and nucleus size, including empty and near-empty frames."""
     density = NUCLEI_PER_FRAME * float(rng.choice([0.0, 0.05, 0.3, 1.0, 1.6], p=[0.05, 0.1, 0.2, 0.45, 0.2]))
     spec = FrameSpec(nuclei_per_frame=density, area_scale=float(rng.choice([1.0, 1.0, 1.6, 2.3])),
                      brightness=float(rng.uniform(1200, 5000)), offset=float(rng.uniform(100, 600)))
     raw, labels = synth_frame(rng, (size, size), spec)
     labels = labels.astype(np.int32)
-    return make_sample("sim", normalize(raw, norm), labels, boundary_width, small_area)
+    return make_sample("sim", normalize(raw, norm), labels, target)
 
 
 def random_crop(sample: Sample, size: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -138,12 +145,12 @@ class CropStream:
     """An endless, seeded stream of training batches mixing real crops and simulated frames."""
 
     def __init__(self, sources: list[tuple[list[Sample], float]], crop: int, batch: int, sim_fraction: float,
-                 norm: Normalization, seed: int = 0, boundary_width: int = 2, small_area: int = 100):
+                 norm: Normalization, seed: int = 0, target: Target = Target()):
         self.sources = [s for s in sources if s[0]]
         weights = np.array([w for _, w in self.sources], float)
         self.weights = weights / weights.sum() if weights.size else weights
         self.crop, self.batch, self.sim_fraction, self.norm = crop, batch, sim_fraction, norm
-        self.boundary_width, self.small_area = boundary_width, small_area
+        self.target = target
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
@@ -152,7 +159,7 @@ class CropStream:
         xs, ys, ss, ls = [], [], [], []
         for _ in range(self.batch):
             if not self.sources or self.rng.random() < self.sim_fraction:
-                sample = simulated_sample(self.rng, self.crop, self.norm, self.boundary_width, self.small_area)
+                sample = simulated_sample(self.rng, self.crop, self.norm, self.target)
             else:
                 group = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))][0]
                 sample = group[int(self.rng.integers(len(group)))]

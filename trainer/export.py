@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
 from nucleiscreen.simulate import PIXEL_SIZE_UM
 from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig
 
@@ -58,7 +59,9 @@ def model_card(ck: dict, dtype: str) -> dict:
         "pixel_size_um": PIXEL_SIZE_UM,
         "normalization": cfg["norm"],
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
-                           "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8))},
+                           "solid_area": cfg.get("solid_area", 0),
+                           "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
+                           "min_area": DEFAULT_MIN_AREA},  # what validate() and the calibration used
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
                           "validation": cfg.get("val")},
         "validation_metrics": ck.get("val", {}),

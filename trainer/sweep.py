@@ -76,7 +76,7 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     net = build_model(cfg)
     net.load_state_dict(ck["model"])
     max_grow = ck.get("postprocessing", {}).get("max_grow", ck["config"].get("max_grow", DEFAULT_MAX_GROW))
-    samples = load_folder(val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area)
+    samples = load_folder(val, cfg.norm, None, cfg.target)
     summary = validate(net, samples, torch.device("cpu"), replace(cfg, max_grow=max_grow))
     summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),

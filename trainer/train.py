@@ -25,7 +25,7 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
-from nucleiscreen.trainer.data import CropStream, Sample, load_folder
+from nucleiscreen.trainer.data import CropStream, Sample, Target, load_folder
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
@@ -60,6 +60,7 @@ class TrainConfig:
     class_weights: tuple[float, float, float] = (1.0, 1.0, 10.0)
     dice: float = 0.0
     boundary_width: int = 2
+    solid_area: int = 0  # objects under this many pixels are all interior in the target (no band; 0: none)
     small_area: int = 100  # objects under this many pixels are micronuclei/fragments ...
     small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
     init: str | None = None  # start from this checkpoint's weights (fine-tuning); resume from last.pt wins
@@ -101,6 +102,10 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def target(self) -> Target:
+        return Target(self.boundary_width, self.solid_area, self.small_area)
 
 
 def read_json(path: str | Path, what: str) -> dict:
@@ -265,11 +270,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
     # Rescaled sources get the median nucleus area of the CX7 frames the network is for.
-    sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.boundary_width,
-                            s.limit, cfg.small_area), s.weight) for s in cfg.train]
-    val = load_folder(cfg.val, cfg.norm, None, cfg.boundary_width, None, cfg.small_area) if cfg.val else []
-    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.boundary_width,
-                        cfg.small_area)
+    sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.target, s.limit),
+                s.weight) for s in cfg.train]
+    val = load_folder(cfg.val, cfg.norm, None, cfg.target) if cfg.val else []
+    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.target)
 
     net = build_model(cfg)
     if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights

@@ -7,7 +7,9 @@ Precision comes from the ONNX file: TensorRT 10.12+ builds strongly typed networ
 builder flag, so the FP16 variant of the model (``nucleiscreen export --fp16``) gives an FP16 engine. The plan is
 built for one padded frame size with an optimization profile over batch 1..``max_batch`` and cached on disk under a
 key of model hash, GPU name, TensorRT version and frame size (a plan only runs on the GPU model and TensorRT version
-that built it); a timing cache beside it makes rebuilds fast. Two execution slots, each with its own CUDA stream,
+that built it); a timing cache beside it makes rebuilds fast. The GPU's primary CUDA context is made current only for
+the duration of each call (pushed and popped), so the backend may be used from any one thread at a time and leaves no
+context current behind it. Two execution slots, each with its own CUDA stream,
 pinned host buffers and device buffers, let the copy of one batch overlap the compute of the other: ``submit``
 enqueues a batch and returns at once, ``collect`` waits for it; ``infer`` is the two in a row.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +110,6 @@ class TensorRTBackend:
         self.cuda, self.trt = cuda, trt
         self.device = cuda.Device(0)
         self.context = self.device.retain_primary_context()
-        self.context.push()
         self.model, self.max_batch = model, max_batch
         self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.in_dtype = np.float16 if model.input_dtype == "float16" else np.float32
@@ -117,8 +119,21 @@ class TensorRTBackend:
         self.preferred_batch = 16
         self.description = f"TensorRT {trt.__version__} ({self.device.name()}, {np.dtype(self.in_dtype).name})"
 
+    @contextmanager
+    def _current(self):
+        """The primary context, current on this thread for the block (CUDA contexts are per thread)."""
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.cuda.Context.pop()
+
     def ensure_plan(self, height: int, width: int) -> Path:
         """The cached plan for (padded) frames of this size, built first if missing; returns its path."""
+        with self._current():
+            return self._ensure_plan(height, width)
+
+    def _ensure_plan(self, height: int, width: int) -> Path:
         gpu, version = self.device.name(), self.trt.__version__
         folder = cache_dir()
         key = plan_key(self.model, gpu, version, height, width, self.max_batch)
@@ -135,7 +150,7 @@ class TensorRTBackend:
 
     def _engine_for(self, height: int, width: int) -> None:
         """Load (or build and cache) the plan for this frame size; allocate the two slots."""
-        plan_path = self.ensure_plan(height, width)
+        plan_path = self._ensure_plan(height, width)
         plan = plan_path.read_bytes()
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -149,6 +164,10 @@ class TensorRTBackend:
 
     def submit(self, batch: np.ndarray) -> int:
         """Copy a batch to the device and enqueue it on the next slot's stream; returns the slot to collect."""
+        with self._current():
+            return self._submit(batch)
+
+    def _submit(self, batch: np.ndarray) -> int:
         n, _, h, w = batch.shape
         if n > self.max_batch:
             raise ValueError(f"batch of {n} exceeds the engine's maximum {self.max_batch}")
@@ -171,9 +190,10 @@ class TensorRTBackend:
         return i
 
     def collect(self, i: int) -> np.ndarray:
-        slot = self.slots[i]
-        slot.stream.synchronize()
-        return slot.h_out[:slot.n].copy()
+        with self._current():
+            slot = self.slots[i]
+            slot.stream.synchronize()
+            return slot.h_out[:slot.n].copy()
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.collect(self.submit(batch))
