@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -60,6 +61,21 @@ def test_train_logs_checkpoints_and_resumes(tiny_run):
     lines = (run / "log.csv").read_text().splitlines()
     assert lines[0].startswith("step,train_loss") and [ln.split(",")[0] for ln in lines[1:]] == ["2", "4"]
     assert torch.load(run / "last.pt", weights_only=False)["step"] == 4
+
+
+@pytest.mark.parametrize("select_by", ["f1_mean", "f1_0.50"])
+def test_resume_with_another_select_by_picks_the_best_anew(tiny_run, tmp_path, select_by):
+    tmp, cfg = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(tmp / "run", run)
+    state = torch.load(run / "last.pt", weights_only=False)
+    state["best"] = 2.0  # unbeatable by the metric it was picked with (f1_mean)
+    torch.save(state, run / "last.pt")
+    before = torch.load(run / "best.pt", weights_only=False)["step"]
+    steps = state["step"] + 2
+    train(TrainConfig.from_dict({**cfg, "out": str(run), "steps": steps, "select_by": select_by}), progress=False)
+    expected = before if select_by == "f1_mean" else steps
+    assert torch.load(run / "best.pt", weights_only=False)["step"] == expected
 
 
 def test_unknown_option_is_a_user_error():

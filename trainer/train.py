@@ -298,6 +298,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         step, best = ck["step"], ck["best"]
+        if ck.get("config", {}).get("select_by", "f1_mean") != cfg.select_by:
+            best = -1.0  # best.pt was picked by another metric: the next validation replaces it
         stream.rng = np.random.default_rng([cfg.seed, step])
     weights = torch.tensor(cfg.class_weights, device=device)
 
