@@ -9,9 +9,9 @@ built for one padded frame size with an optimization profile over batch 1..``max
 key of model hash, GPU name, TensorRT version and frame size (a plan only runs on the GPU model and TensorRT version
 that built it); a timing cache beside it makes rebuilds fast. The GPU's primary CUDA context is made current only for
 the duration of each call (pushed and popped), so the backend may be used from any one thread at a time and leaves no
-context current behind it. Two execution slots, each with its own CUDA stream,
-pinned host buffers and device buffers, let the copy of one batch overlap the compute of the other: ``submit``
-enqueues a batch and returns at once, ``collect`` waits for it; ``infer`` is the two in a row.
+context current behind it. Two execution slots, each with its own CUDA stream, pinned host buffers and device
+buffers, let the copy of one batch overlap the compute of the other: ``submit`` enqueues a batch and returns at once,
+``collect`` waits for it; ``infer`` is the two in a row.
 """
 
 from __future__ import annotations
