@@ -29,6 +29,12 @@ def test_hand_computed_matching():
     assert s["mean_matched_iou"] == pytest.approx((1 + 2 / 3) / 2, abs=1e-4)
     assert s["jaccard_lab"] == pytest.approx((1 + 2 / 3 + 0) / 3, abs=1e-4)
     assert s["pixel_jaccard"] == pytest.approx((100 + 80) / (100 + 120 + 25 + 25), abs=1e-4)
+    # by size: the two 100 px truths are matched, the 25 px one is not; the 25 px prediction is spurious
+    assert s["by_size"]["100-300"] == {"true": 2, "recall_0.5": 1.0, "pred": 2, "precision_0.5": 1.0}
+    assert s["by_size"]["25-50"] == {"true": 1, "recall_0.5": 0.0, "pred": 1, "precision_0.5": 0.0}
+    assert s["by_size"]["<25"] == {"true": 0, "recall_0.5": None, "pred": 0, "precision_0.5": None}
+    pooled = match(truth, pred).add(c).summary()["by_size"]["25-50"]
+    assert pooled["true"] == 2 and pooled["recall_0.5"] == 0.0
 
 
 def test_splits_and_merges():
@@ -62,7 +68,9 @@ def test_evaluate_folders(tmp_path):
     report = evaluate_folders(tmp_path / "pred", tmp_path / "truth")
     assert report["pairs"] == 1 and report["summary"]["f1"]["0.95"] == 1.0
     assert report["unpaired"] == ["orphan"]
-    assert "F1" in format_report(report)
+    text = format_report(report)
+    rows = {line.split()[0]: line.split()[1:] for line in text.splitlines()}
+    assert "F1" in rows and rows["recall"] == ["-", "-", "-", "1.00/2", "-", "-"]
     with pytest.raises(UserError, match="no pairs"):
         evaluate_folders(tmp_path / "truth", tmp_path / "truth")
     with pytest.raises(UserError, match="not found"):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from nucleiscreen.engine.readers import IMAGE_SUFFIXES, FrameReadError, read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
+from nucleiscreen.trainer.metrics import SIZE_BINS, THRESHOLDS, Counts, match
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".png")
 
@@ -78,6 +78,11 @@ def format_report(report: dict) -> str:
                  f"{s['recall_0.5']:.3f} | mean matched IoU {s['mean_matched_iou']:.3f}")
     lines.append(f"Jaccard (lab: mean best IoU per prediction) {s['jaccard_lab']:.3f} | pixel Jaccard "
                  f"{s['pixel_jaccard']:.3f} | splits {s['splits']} | merges {s['merges']}")
+    by = s["by_size"]
+    lines.append("area px      " + " ".join(f"{b:>8}" for b in SIZE_BINS))
+    for key, n in (("recall_0.5", "true"), ("precision_0.5", "pred")):
+        cells = (f"{by[b][key]:.2f}/{by[b][n]}" if by[b][n] else "-" for b in SIZE_BINS)
+        lines.append(f"{key.split('_')[0]:<12} " + " ".join(f"{c:>8}" for c in cells))
     if report["unpaired"]:
         lines.append(f"unpaired (ignored): {', '.join(report['unpaired'][:10])}"
                      + (" ..." if len(report["unpaired"]) > 10 else ""))

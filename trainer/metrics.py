@@ -13,6 +13,8 @@ Definitions, for a truth label image T (objects t) and a prediction P (objects p
 - pixel Jaccard: |fg(T) ∩ fg(P)| / |fg(T) ∪ fg(P)| of the foreground masks.
 - splits: truth objects overlapped by two or more predictions with IoU >= 0.1; merges: predictions overlapping two
   or more truth objects with IoU >= 0.1 (the lab's split/merge criterion).
+- by size: recall at 0.5 per truth-object area bin and precision at 0.5 per predicted-object area bin (``SIZE_BINS``,
+  pixels), so losses among micronuclei and fragments show apart from those among nuclei.
 Metrics over a set of images pool TP, FP and FN over all images before computing F1 (micro average).
 """
 
@@ -23,6 +25,14 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
+SIZE_EDGES = (25, 50, 100, 300, 1000)  # object area bins (pixels): <25, 25-50, ..., >=1000
+SIZE_BINS = ("<25", "25-50", "50-100", "100-300", "300-1000", ">=1000")
+
+
+def _by_size(areas: np.ndarray, matched: np.ndarray) -> list[list[int]]:
+    """[objects, matched] per SIZE_BINS bin."""
+    b = np.digitize(areas, SIZE_EDGES)
+    return [[int((b == i).sum()), int(matched[b == i].sum())] for i in range(len(SIZE_BINS))]
 
 
 @dataclass
@@ -38,6 +48,8 @@ class Counts:
     fg_union: int = 0
     splits: int = 0
     merges: int = 0
+    size_true: list = field(default_factory=lambda: [[0, 0] for _ in SIZE_BINS])  # [truths, matched@0.5] per bin
+    size_pred: list = field(default_factory=lambda: [[0, 0] for _ in SIZE_BINS])  # [predictions, matched@0.5]
 
     def add(self, other: Counts) -> Counts:
         self.n_true += other.n_true
@@ -50,6 +62,10 @@ class Counts:
         self.fg_union += other.fg_union
         self.splits += other.splits
         self.merges += other.merges
+        for mine, theirs in ((self.size_true, other.size_true), (self.size_pred, other.size_pred)):
+            for a, b in zip(mine, theirs):
+                a[0] += b[0]
+                a[1] += b[1]
         return self
 
     def f1(self, t: float = 0.5) -> float:
@@ -71,6 +87,9 @@ class Counts:
             "pixel_jaccard": round(self.fg_inter / self.fg_union, 4) if self.fg_union else 1.0,
             "splits": self.splits,
             "merges": self.merges,
+            "by_size": {name: {"true": t[0], "recall_0.5": round(t[1] / t[0], 4) if t[0] else None,
+                               "pred": p[0], "precision_0.5": round(p[1] / p[0], 4) if p[0] else None}
+                        for name, t, p in zip(SIZE_BINS, self.size_true, self.size_pred)},
         }
 
     def to_dict(self) -> dict:
@@ -99,6 +118,8 @@ def match(truth: np.ndarray, pred: np.ndarray) -> Counts:
     both = (t > 0) & (p > 0)
     c.fg_inter = int(both.sum())
     c.fg_union = int(((t > 0) | (p > 0)).sum())
+    c.size_true = _by_size(area_t[1:], np.zeros(nt, bool))
+    c.size_pred = _by_size(area_p[1:], np.zeros(npd, bool))
     if nt == 0 or npd == 0:
         return c
     pairs, inter = np.unique(t[both] * (npd + 1) + p[both], return_counts=True)
@@ -107,6 +128,11 @@ def match(truth: np.ndarray, pred: np.ndarray) -> Counts:
     for thr in THRESHOLDS:
         c.tp[thr] = int((iou > thr).sum())
     c.matched_iou_sum = float(iou[iou > 0.5].sum())
+    hit_t, hit_p = np.zeros(nt + 1, bool), np.zeros(npd + 1, bool)
+    hit_t[ti[iou > 0.5]] = True
+    hit_p[pj[iou > 0.5]] = True
+    c.size_true = _by_size(area_t[1:], hit_t[1:])
+    c.size_pred = _by_size(area_p[1:], hit_p[1:])
     best = np.zeros(npd + 1)
     np.maximum.at(best, pj, iou)
     c.best_iou_sum = float(best[1:].sum())
