@@ -16,7 +16,7 @@ from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.trainer.data import load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.model import UNet, UNetConfig  # noqa: E402
-from nucleiscreen.trainer.train import TrainConfig, train  # noqa: E402
+from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
 
 
 @pytest.mark.parametrize("depth,norm", [(2, "batch"), (3, "group"), (1, "none")])
@@ -48,6 +48,25 @@ def test_half_resolution_export_matches_torch(tmp_path):
         ref = net(torch.from_numpy(x)).argmax(1).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["classes"], {"image": x})[0]
     assert (got == ref).mean() >= 0.999
+
+
+def test_init_adds_a_refinement_branch_without_changing_predictions(tmp_path):
+    plain = {"depth": 2, "base": 4, "scale": 0.5}
+    torch.manual_seed(0)
+    net = UNet(UNetConfig(**plain)).eval()
+    torch.save({"model": net.state_dict(), "config": TrainConfig.from_dict({"model": plain}).to_dict()},
+               tmp_path / "plain.pt")
+    cfg = TrainConfig.from_dict({"model": {**plain, "refine": 3, "refine_convs": 4}})
+    grown = UNet(cfg.model)
+    grown.load_state_dict(load_weights(str(tmp_path / "plain.pt"), cfg, grown))
+    grown.eval()
+    assert len(grown.refine) == 12  # 4 x (convolution, norm, ReLU)
+    x = torch.rand(1, 1, 24, 40)
+    with torch.no_grad():
+        assert torch.allclose(grown(x), net(x), atol=1e-6)
+    other = TrainConfig.from_dict({"model": {**plain, "base": 8, "refine": 3}})
+    with pytest.raises(UserError, match="network"):
+        load_weights(str(tmp_path / "plain.pt"), other, UNet(other.model))
 
 
 def test_train_logs_checkpoints_and_resumes(tiny_run):

@@ -7,8 +7,8 @@ covers the lab's U-Net (depth 3, base 64) and the small CPU-friendly one shipped
 ``scale = 0.5`` runs the U-Net on the 2x2-averaged input and bilinearly up-samples its last features back to full
 resolution, inside the network: input and output stay full-size (the engine sees an ordinary model), while the
 compute drops about 4x and each level sees twice the context. Down-sampling loses what micronuclei and exact borders
-need, so ``refine > 0`` adds a full-resolution branch (two 3x3 convolutions with ``refine`` channels on the input)
-whose features join the up-sampled ones in the final 1x1 classifier.
+need, so ``refine > 0`` adds a full-resolution branch (``refine_convs`` 3x3 convolutions, default 2,
+with ``refine`` channels on the input) whose features join the up-sampled ones in the final 1x1 classifier.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class UNetConfig:
     classes: int = 3
     scale: float = 1.0  # 1.0, or 0.5: the U-Net runs at half resolution inside the network
     refine: int = 0  # channels of the full-resolution refinement branch (0: none)
+    refine_convs: int = 2  # its 3x3 convolutions (its receptive field is 2 * refine_convs + 1 px)
 
     def __post_init__(self):
         if self.scale not in (1.0, 0.5):
@@ -58,13 +59,14 @@ def _norm(kind: str, ch: int) -> nn.Module:
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3x3 convolutions, each followed by normalization and ReLU."""
+    """``convs`` (default two) 3x3 convolutions, each followed by normalization and ReLU."""
 
-    def __init__(self, cin: int, cout: int, norm: str):
-        super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
-            nn.Conv2d(cout, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout), nn.ReLU(inplace=True),
-        )
+    def __init__(self, cin: int, cout: int, norm: str, convs: int = 2):
+        layers = []
+        for i in range(convs):
+            layers += [nn.Conv2d(cout if i else cin, cout, 3, padding=1, bias=norm == "none"), _norm(norm, cout),
+                       nn.ReLU(inplace=True)]
+        super().__init__(*layers)
 
 
 class Encoder(nn.Module):
@@ -110,7 +112,7 @@ class UNet(nn.Module):
         self.cfg = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
-        self.refine = ConvBlock(cfg.in_channels, cfg.refine, cfg.norm) if cfg.refine else None
+        self.refine = ConvBlock(cfg.in_channels, cfg.refine, cfg.norm, cfg.refine_convs) if cfg.refine else None
         self.head = nn.Conv2d(cfg.base + cfg.refine, cfg.classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

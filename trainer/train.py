@@ -220,16 +220,32 @@ def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels
     return loss_fn(out, cls, weights, cfg.dice, small, cfg.small_weight)
 
 
-def load_weights(path: str, cfg: TrainConfig) -> dict:
-    """The model weights of a checkpoint, checked against the configured architecture."""
+def load_weights(path: str, cfg: TrainConfig, net: torch.nn.Module) -> dict:
+    """The model weights of a checkpoint, checked against the configured architecture.
+
+    A checkpoint of the same U-Net without the refinement branch (``refine`` 0) also starts a network that has one:
+    its weights are taken over, the branch keeps ``net``'s initial weights and the classifier gets zero weights for
+    the branch's features, so training starts from exactly the checkpoint's predictions."""
     if not Path(path).is_file():
         raise UserError(f"init checkpoint not found: {path}")
     ck = torch.load(path, map_location="cpu", weights_only=False)
     theirs = ck.get("config", {})
-    if "model" in theirs and (UNetConfig(**theirs["model"]), theirs.get("arch", "unet")) != (cfg.model, cfg.arch):
+    if "model" not in theirs:
+        return ck["model"]
+    mine = (UNetConfig(**theirs["model"]), theirs.get("arch", "unet"))
+    if mine == (cfg.model, cfg.arch):
+        return ck["model"]
+    grows = cfg.arch == "unet" and mine[1] == "unet" and mine[0].refine == 0 and \
+        replace(mine[0], refine=cfg.model.refine, refine_convs=cfg.model.refine_convs) == cfg.model
+    if not grows:
         raise UserError(f"init checkpoint {path} is a {theirs.get('arch', 'unet')} {theirs['model']} network; the "
                         f"configuration asks for a {cfg.arch} {cfg.model.to_dict()}")
-    return ck["model"]
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state.update({k: v for k, v in ck["model"].items() if k != "head.weight"})
+    head = torch.zeros_like(state["head.weight"])
+    head[:, :cfg.model.base] = ck["model"]["head.weight"]
+    state["head.weight"] = head
+    return state
 
 
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
@@ -277,7 +293,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
     net = build_model(cfg)
     if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights
-        net.load_state_dict(load_weights(cfg.init, cfg))
+        net.load_state_dict(load_weights(cfg.init, cfg, net))
     net = net.to(device).to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, cfg.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
