@@ -171,7 +171,7 @@ PLATE_COLUMNS = ["plate", "fields_analysed", "fields_failed", "fields_excluded",
                  "positive_count_fc", "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust",
                  "low_z_prime", "no_reference"]
 CONTROL_COLUMNS = ["role", "control_name", "reference", "wells", "nuclei_per_field", "count_fc", "area_fc",
-                   "count_fc_min", "count_fc_max"]
+                   "count_fc_min", "count_fc_max", "z_prime_robust"]
 
 
 def format_summary(result: AnalysisResult) -> str:

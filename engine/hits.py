@@ -171,7 +171,9 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         One row per (role, control_name) of the non-sample wells: ``role``, ``control_name``, ``reference``
         (these wells are the normalization reference), ``wells``, ``plates``, ``wells_analysed``,
         ``nuclei_per_field``, ``count_fc``, ``area_fc``, ``count_ssmd`` (medians over the wells that have
-        one), ``count_fc_min``, ``count_fc_max``, then the rules' pass counts. Sorted negative, positive,
+        one), ``count_fc_min``, ``count_fc_max``, ``z_prime_robust`` (positive controls: the median over plates of
+        the control's robust Z′ against the plate's reference, :func:`~nucleiscreen.engine.screen.positive_z_primes`;
+        null for other roles), then the rules' pass counts. Sorted negative, positive,
         other, empty; within a role the reference first, then by name. The mock and untransfected rows next
         to the non-targeting reference show transfection toxicity.
     """
@@ -190,6 +192,13 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         count_fc_max=pl.col("count_fc").max(),
         **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
     )
+    from nucleiscreen.engine.screen import positive_z_primes  # screen imports this module
+
+    z = positive_z_primes(wells).group_by("control_name").agg(pl.col("z_prime_robust").median())
+    columns = summary.columns
+    summary = summary.join(z.with_columns(role=pl.lit("positive")), on=["role", "control_name"], how="left",
+                           nulls_equal=True).select(*columns[:columns.index("count_fc_max") + 1], "z_prime_robust",
+                                                    *columns[columns.index("count_fc_max") + 1:])
     order = pl.col("role").replace_strict(ROLE_ORDER, default=len(ROLE_ORDER), return_dtype=pl.Int64)
     return summary.sort(order, "reference", "control_name", descending=[False, True, False], nulls_last=True)
 

@@ -72,7 +72,7 @@ FRAMES_PER_HIT = 2
 HIT_COLUMNS = ("gene_symbol", "hit_rules", "wells", "plates", "count_fc", "area_fc", "count_ssmd", "area_ssmd",
                "count_b_score", "nuclei_per_field")
 CONTROL_COLUMNS = ("role", "control_name", "reference", "wells", "plates", "nuclei_per_field", "count_fc",
-                   "area_fc", "count_ssmd", "count_fc_min", "count_fc_max")
+                   "area_fc", "count_ssmd", "count_fc_min", "count_fc_max", "z_prime_robust")
 PLATE_COLUMNS = ("plate", "fields_analysed", "fields_failed", "fields_excluded", "reference_wells",
                  "reference_nuclei_per_field", "reference_cv", "positive_count_fc", "dynamic_range",
                  "mock_count_fc", "untransfected_count_fc", "z_prime", "z_prime_robust", "low_z_prime", "no_reference")

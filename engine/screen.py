@@ -575,6 +575,32 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     ).sort("gene_symbol")
 
 
+def _z_prime(pos: pl.Expr, ref: pl.Expr, robust: bool) -> pl.Expr:
+    """Z′ between the values ``pos`` and ``ref`` of one group (see ``plate_qc``); null for fewer than 2 of either
+    or equal centres."""
+    if robust:
+        spread, centre_p, centre_n = MAD_SCALE * (_mad(pos) + _mad(ref)), pos.median(), ref.median()
+    else:
+        spread, centre_p, centre_n = pos.std() + ref.std(), pos.mean(), ref.mean()
+    defined = (pos.len() >= 2) & (ref.len() >= 2) & (centre_p != centre_n)
+    return pl.when(defined).then(1 - 3 * spread / (centre_p - centre_n).abs())
+
+
+def positive_z_primes(wells: pl.DataFrame) -> pl.DataFrame:
+    """Robust Z′ of each positive control on each plate against that plate's reference wells (nuclei per field):
+    columns ``plate``, ``control_name``, ``z_prime_robust``. ``plate_qc`` pools all positive controls of a plate;
+    this tells a weak control (one that kills fewer cells) from a weak plate."""
+    count = pl.col("nuclei_per_field")
+    pos = wells.filter((pl.col("role") == "positive") & count.is_not_null()).select(
+        "plate", "control_name", value=count, positive=pl.lit(True))
+    ref = wells.filter(pl.col("is_reference") & count.is_not_null()).select("plate", value=count)
+    ref = pos.select("plate", "control_name").unique().join(ref, on="plate").with_columns(positive=pl.lit(False))
+    value, positive = pl.col("value"), pl.col("positive")
+    return pl.concat([pos, ref], how="diagonal").group_by("plate", "control_name").agg(
+        z_prime_robust=_z_prime(value.filter(positive), value.filter(~positive), robust=True),
+    ).sort("plate", "control_name")
+
+
 def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFrame:
     """Per-plate quality: fields, reference level and spread, Z′-factor of the count, transfection toxicity.
 
@@ -601,7 +627,8 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
         - ``mock_count_fc``, ``untransfected_count_fc``: median count FC of the plate's mock and untransfected
           wells (:func:`~nucleiscreen.engine.layout.negative_kind`), the transfection-toxicity check beside the
           non-targeting reference (about 1 when the transfection does not kill cells); null without such wells;
-        - the Z′-factors of nuclei per field between positive (``p``) and reference (``n``) wells::
+        - the Z′-factors of nuclei per field between the plate's positive wells, all positive controls pooled (``p``),
+          and its reference wells (``n``; per control: :func:`positive_z_primes`)::
 
             z_prime        = 1 - 3 (sd_p + sd_n) / |mean_p - mean_n|           (Zhang 1999; sd with ddof=1)
             z_prime_robust = 1 - 3 * 1.4826 (MAD_p + MAD_n) / |median_p - median_n|
@@ -616,10 +643,6 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
     ref = count.filter(pl.col("is_reference") & count.is_not_null())
     pos = count.filter((pl.col("role") == "positive") & count.is_not_null())
     kind = negative_kind(pl.coalesce("control_name", "gene_symbol"))
-
-    def z_prime(spread_p: pl.Expr, spread_n: pl.Expr, centre_p: pl.Expr, centre_n: pl.Expr) -> pl.Expr:
-        defined = (pos.len() >= 2) & (ref.len() >= 2) & (centre_p != centre_n)
-        return pl.when(defined).then(1 - 3 * (spread_p + spread_n) / (centre_p - centre_n).abs())
 
     def cv(x: pl.Expr) -> pl.Expr:
         return pl.when((x.len() >= 2) & (x.mean() > 0)).then(x.std() / x.mean())
@@ -642,8 +665,8 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
         dynamic_range=_scaled(ref.median(), pos.median()),
         mock_count_fc=negative_fc("mock"),
         untransfected_count_fc=negative_fc("untransfected"),
-        z_prime=z_prime(pos.std(), ref.std(), pos.mean(), ref.mean()),
-        z_prime_robust=z_prime(MAD_SCALE * _mad(pos), MAD_SCALE * _mad(ref), pos.median(), ref.median()),
+        z_prime=_z_prime(pos, ref, robust=False),
+        z_prime_robust=_z_prime(pos, ref, robust=True),
     )
     return qc.with_columns(
         low_z_prime=pl.col("z_prime_robust") < z_prime_min,

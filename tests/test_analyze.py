@@ -133,6 +133,8 @@ def test_planted_genes_called_neutral_and_controls_not(tmp_path):
     assert c["PLK1"]["count_fc"] < 0.1 and c["PLK1"]["wells_pass_strong_loss"] == 4
     assert c["KIF11"]["role"] == "positive" and c["LIPA"]["role"] == "other"
     assert 0.8 < c["mock"]["count_fc"] < 1.0
+    assert c["PLK1"]["z_prime_robust"] > 0.5 and c["KIF11"]["z_prime_robust"] > 0.5
+    assert c["OTP"]["z_prime_robust"] is None
 
     qc = plate_qc(wells)
     assert qc["plate"].to_list() == list(PLATES)

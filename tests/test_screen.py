@@ -26,6 +26,7 @@ from nucleiscreen.engine.screen import (
     median_polish,
     normalize_plates,
     plate_qc,
+    positive_z_primes,
 )
 from nucleiscreen.errors import UserError
 
@@ -496,6 +497,22 @@ def test_call_hits_and_controls():
     assert controls["reference"].to_list() == [True, False, False, False]
     assert controls["count_fc"].to_list() == [1.0, 0.2, 4 / 25, 2 / 25]
     assert controls["wells_pass_strong_loss"].to_list() == [0, 0, 0, 1]
+
+
+def test_positive_z_primes_per_control_and_plate():
+    rows = [("P1", "negative", "OTP", True, v) for v in (98.0, 100.0, 102.0)]
+    rows += [("P1", "positive", "PLK1", False, v) for v in (0.0, 2.0, 4.0)]
+    rows += [("P1", "positive", "KIF11", False, v) for v in (40.0, 50.0, 60.0)]
+    rows += [("P2", "negative", "OTP", True, 90.0), ("P2", "negative", "OTP", True, None),
+             ("P2", "positive", "PLK1", False, 1.0), ("P2", "positive", "PLK1", False, 3.0)]
+    wells = pl.DataFrame(rows, schema=["plate", "role", "control_name", "is_reference", "nuclei_per_field"],
+                         orient="row")
+    z = positive_z_primes(wells)
+    assert z.select("plate", "control_name").rows() == [("P1", "KIF11"), ("P1", "PLK1"), ("P2", "PLK1")]
+    s = MAD_SCALE
+    expected = [1 - 3 * (10 * s + 2 * s) / 50, 1 - 3 * (2 * s + 2 * s) / 98, None]  # P2: one analysed reference well
+    got = z["z_prime_robust"].to_list()
+    assert got[:2] == pytest.approx(expected[:2]) and got[2] is None
 
 
 def test_rule_on_a_missing_column_is_a_user_error():
