@@ -38,6 +38,7 @@ from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, erase_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
@@ -128,6 +129,8 @@ class Segmenter:
         self.post_args = {k: post[k] for k in ("max_grow", "min_area") if k in post}
         if min_area is not None:
             self.post_args["min_area"] = min_area
+        self.min_contrast = float(post.get("min_contrast", 0.0))  # the faint-object filter (kernels/contrast.py)
+        self.contrast_area = int(post.get("contrast_area", DEFAULT_CONTRAST_AREA))
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
@@ -162,14 +165,23 @@ class Segmenter:
         raw frames' ``shape`` when the frames were rescaled."""
         return self.collect(self.submit(inputs, shape))
 
-    def instances(self, classes: np.ndarray) -> np.ndarray:
-        """Instance labels (int32) of a class map."""
-        return instances_from_classes(classes, **self.post_args)
+    def erase_faint(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """The class map without the objects the model card's faint-object filter rejects (``classes`` itself when
+        the card has none or none is rejected)."""
+        if self.min_contrast <= 0:
+            return classes
+        labels = instances_from_classes(classes, **self.post_args)
+        return erase_faint(classes, labels, normalize(raw, self.norm), self.min_contrast, self.contrast_area)
+
+    def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Instance labels (int32) of a class map of the raw frame ``raw``."""
+        return instances_from_classes(self.erase_faint(classes, raw), **self.post_args)
 
     def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool,
                 micronucleus_area: int) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
         """Nuclei of a class map measured on the raw frame in one pass (the fused kernels): the label image (None
         unless ``labels``), the image-table values and, with ``objects``, the per-nucleus table."""
+        classes = self.erase_faint(classes, raw)
         if objects:  # the frame summary comes from the object table
             lab, table = segment_and_measure(classes, raw, label_image=labels, **self.post_args)
             return lab, summarize_objects(table, micronucleus_area=micronucleus_area), table

@@ -49,7 +49,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
         for shape, items in group.items():
             classes = seg.classes([seg.prepare(raw) for _, raw in items], shape)
             for (p, raw), cls in zip(items, classes):
-                labels = seg.instances(cls)
+                labels = seg.instances(cls, raw)
                 dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
                 target = out / f"{p.stem}_labels.tif"
                 tifffile.imwrite(target, labels.astype(dtype), compression="zlib")

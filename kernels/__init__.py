@@ -1,6 +1,7 @@
 """numba kernels: intensity normalization, 3-class targets, connected components, class map -> nuclei,
 CellProfiler-named measurements. Each function releases the GIL, so frames can be processed on threads."""
 
+from nucleiscreen.kernels.contrast import erase_faint, object_contrast
 from nucleiscreen.kernels.instances import connected_components, instances_from_classes
 from nucleiscreen.kernels.measure import (
     measure,
@@ -17,10 +18,12 @@ __all__ = [
     "Normalization",
     "classes_from_instances",
     "connected_components",
+    "erase_faint",
     "frame_quality",
     "instances_from_classes",
     "measure",
     "normalize",
+    "object_contrast",
     "segment_and_measure",
     "segment_and_summarize",
     "summarize_frame",

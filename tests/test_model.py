@@ -30,8 +30,9 @@ def test_f1_on_the_labs_validation_frames(seg, aits):
     counts = Counts()
     for path in sorted((aits / "val" / "images").glob("*.png")):
         truth = read_frame(aits / "val" / "masks" / (path.stem + ".tif"))
-        (classes,) = seg.classes([seg.prepare(read_frame(path))])
-        counts.add(match(truth, seg.instances(classes)))
+        raw = read_frame(path)
+        (classes,) = seg.classes([seg.prepare(raw)])
+        counts.add(match(truth, seg.instances(classes, raw)))
     s = counts.summary()
     # The card's figure was measured by the trainer on the same 10 frames with torch; onnxruntime must agree.
     assert s["f1"]["0.50"] == pytest.approx(load_model_info().card["validation_metrics"]["f1"]["0.50"], abs=0.01)
@@ -43,7 +44,7 @@ def test_counts_on_simulated_frames(seg):
     for i in range(4):
         img, lab = synth_frame(np.random.default_rng(100 + i), (512, 512))
         (classes,) = seg.classes([seg.prepare(img)])
-        pred = seg.instances(classes)
+        pred = seg.instances(classes, img)
         found += int((np.bincount(pred.ravel())[1:] >= 100).sum())
         true += int((np.bincount(lab.ravel())[1:] >= 100).sum())
     assert abs(found - true) <= 0.1 * true

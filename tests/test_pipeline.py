@@ -87,7 +87,7 @@ def test_background_only_frame_gives_no_nuclei():
         empty, _ = synth_frame(np.random.default_rng(seed), (512, 512),
                                FrameSpec(nuclei_per_frame=0.0, micronuclei_fraction=0.0))
         (classes,) = seg.classes([seg.prepare(empty)])
-        assert seg.instances(classes).max() == 0
+        assert seg.instances(classes, empty).max() == 0
 
 
 def test_post_processing_follows_the_model_card_unless_overridden():
@@ -96,8 +96,10 @@ def test_post_processing_follows_the_model_card_unless_overridden():
     assert seg.post_args == {"max_grow": post["max_grow"], "min_area": post["min_area"]}
     classes = np.zeros((32, 32), np.uint8)
     classes[10:13, 10:12] = 1  # a 6-px micronucleus seed, above the card's min_area (4)
-    assert seg.instances(classes).max() == 1
-    assert Segmenter(min_area=8).instances(classes).max() == 0
+    raw = np.full((32, 32), 100, np.uint16)
+    raw[10:13, 10:12] = 1000
+    assert seg.instances(classes, raw).max() == 1
+    assert Segmenter(min_area=8).instances(classes, raw).max() == 0
 
 
 def test_model_or_settings_from_another_run_are_refused_unless_overwrite(screen, tmp_path):
@@ -160,10 +162,10 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     fine = Segmenter(pixel_size=base.info.card["pixel_size_um"] / 2)
     (c1,) = base.classes([base.prepare(img)], img.shape)
     (c2,) = fine.classes([fine.prepare(big)], big.shape)
-    n1 = int(base.instances(c1).max())
-    n2 = int(fine.instances(c2).max())
+    n1 = int(base.instances(c1, img).max())
+    n2 = int(fine.instances(c2, big).max())
     assert c2.shape == (768, 768) and abs(n1 - n2) <= max(1, 0.1 * n1)
-    naive = int(base.instances(base.classes([base.prepare(big)], big.shape)[0]).max())
+    naive = int(base.instances(base.classes([base.prepare(big)], big.shape)[0], big).max())
     assert naive != n2 or n1 == 0  # without --pixel-size the model sees nuclei 4x too large
     with pytest.raises(UserError, match="positive"):
         Segmenter(pixel_size=-1.0)

@@ -9,16 +9,18 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("skimage")
 
 from nucleiscreen.cli import main  # noqa: E402
+from nucleiscreen.engine.model import load_model_info  # noqa: E402
 from nucleiscreen.engine.readers import read_frame  # noqa: E402
 from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.trainer.baseline import otsu_level, segment_classic  # noqa: E402
 from nucleiscreen.trainer.data import small_interior  # noqa: E402
+from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noqa: E402
 from nucleiscreen.trainer.metrics import match  # noqa: E402
 from nucleiscreen.trainer.model import UNetConfig  # noqa: E402
 from nucleiscreen.trainer.sweep import load_sweep  # noqa: E402
-from nucleiscreen.trainer.train import TrainConfig, loss_fn, train  # noqa: E402
+from nucleiscreen.trainer.train import CONTRAST_CHOICES, TrainConfig, loss_fn, train  # noqa: E402
 
 
 def _disks(shape, centres, radius):
@@ -190,10 +192,15 @@ def test_export_tensorrt_option(tiny_run, tmp_path, capsys):
     assert out.is_file()  # the ONNX export is kept
 
 
-def test_training_calibrates_max_grow_on_training_images(tiny_run):
+def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp_path):
     tmp, _ = tiny_run
     ck = torch.load(tmp / "run" / "best.pt", weights_only=False)
     post = ck["postprocessing"]
     assert post["max_grow"] in post["f1_mean_by_max_grow"] and post["images"] >= 1
-    best = max(post["f1_mean_by_max_grow"].values())
-    assert post["f1_mean_by_max_grow"][post["max_grow"]] == best
+    for key, scores in (("max_grow", post["f1_mean_by_max_grow"]), ("min_contrast", post["f1_mean_by_min_contrast"])):
+        assert scores[post[key]] == max(scores.values())
+    assert set(post["f1_mean_by_min_contrast"]) == set(CONTRAST_CHOICES)
+    ck["postprocessing"]["min_contrast"] = 0.15  # the card carries what the engine must apply
+    torch.save(ck, tmp_path / "best.pt")
+    card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
+    assert card["min_contrast"] == 0.15 and card["contrast_area"] == 300

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA
 from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
 from nucleiscreen.simulate import PIXEL_SIZE_UM
 from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig
@@ -61,7 +62,9 @@ def model_card(ck: dict, dtype: str) -> dict:
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
                            "solid_area": cfg.get("solid_area", 0),
                            "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
-                           "min_area": DEFAULT_MIN_AREA},  # what validate() and the calibration used
+                           "min_area": DEFAULT_MIN_AREA,  # what validate() and the calibration used
+                           "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
+                           "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
                           "validation": cfg.get("val")},
         "validation_metrics": ck.get("val", {}),

@@ -22,6 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import erase_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
@@ -66,7 +67,9 @@ class TrainConfig:
     init: str | None = None  # start from this checkpoint's weights (fine-tuning); resume from last.pt wins
     select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
     max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
-    # value is calibrated on training images after training (see calibrate_max_grow) and goes into the model card
+    # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
+    min_contrast: float = 0.0  # U-Net post-processing: small objects fainter than this are erased during validation
+    # (kernels/contrast.py; 0: none); calibrated like max_grow
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -183,33 +186,62 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return HoVerNet(cfg.model) if cfg.arch == "hover" else UNet(cfg.model)
 
 
-def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3) -> np.ndarray:
-    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
+def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
+                 min_contrast: float = 0.0) -> np.ndarray:
+    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing; a
+    U-Net's faint small objects are erased when ``min_contrast`` > 0 (``image``: the normalized input)."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    return instances_from_classes(out.argmax(1)[0].to(torch.uint8).cpu().numpy(), max_grow=max_grow)
+    classes = out.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    if min_contrast > 0:
+        classes = erase_faint(classes, instances_from_classes(classes, max_grow=max_grow), image, min_contrast)
+    return instances_from_classes(classes, max_grow=max_grow)
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
+CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
 
 
 @torch.no_grad()
-def calibrate_max_grow(net: torch.nn.Module, samples: list[Sample], device: torch.device, multiple: int) -> dict:
-    """The ``max_grow`` of ``instances_from_classes`` that gives the best mean F1 (IoU 0.5-0.95) on ``samples``.
+def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device: torch.device,
+                             multiple: int) -> dict:
+    """The ``max_grow`` of ``instances_from_classes``, then the ``min_contrast`` of the faint-object filter, that give
+    the best mean F1 (IoU 0.5-0.95) on ``samples``.
 
     A network trained with a 10x boundary weight predicts the boundary band somewhat wider than the 2-px target, and
     how far seeds should grow through it decides whether objects come out a pixel ring too small or too large (at IoU
-    0.9 that is the difference between a match and a miss). It is a property of the trained network, so it is measured
-    on training images, never on the validation split, and stored with the model."""
+    0.9 that is the difference between a match and a miss). A network that finds micronuclei also finds faint specks
+    the annotators left out, and how faint an object may be is the annotation's convention. Both are properties of the
+    trained network, so they are measured on training images, never on the validation split, and stored with the
+    model."""
     net.eval()
-    counts = {g: Counts() for g in GROW_CHOICES}
-    for s in samples:
-        classes = predict_logits(net, s.image, device, multiple).argmax(1)[0].to(torch.uint8).cpu().numpy()
-        for g in GROW_CHOICES:
-            counts[g].add(match(s.labels, instances_from_classes(classes, max_grow=g)))
-    scores = {g: round(float(np.mean([c.f1(t) for t in THRESHOLDS])), 4) for g, c in counts.items()}
-    best = max(scores, key=lambda g: (scores[g], -g))
-    return {"max_grow": best, "f1_mean_by_max_grow": scores, "images": len(samples)}
+    maps = [predict_logits(net, s.image, device, multiple).argmax(1)[0].to(torch.uint8).cpu().numpy()
+            for s in samples]
+
+    def best(scores: dict) -> float:
+        return max(scores, key=lambda k: (scores[k], -k))
+
+    def f1_mean(counts: Counts) -> float:
+        return round(float(np.mean([counts.f1(t) for t in THRESHOLDS])), 4)
+
+    grow = {}
+    for g in GROW_CHOICES:
+        counts = Counts()
+        for s, classes in zip(samples, maps):
+            counts.add(match(s.labels, instances_from_classes(classes, max_grow=g)))
+        grow[g] = f1_mean(counts)
+    g = best(grow)
+    contrast = {}
+    for c in CONTRAST_CHOICES:
+        counts = Counts()
+        for s, classes in zip(samples, maps):
+            labels = instances_from_classes(classes, max_grow=g)
+            if c > 0:
+                labels = instances_from_classes(erase_faint(classes, labels, s.image, c), max_grow=g)
+            counts.add(match(s.labels, labels))
+        contrast[c] = f1_mean(counts)
+    return {"max_grow": g, "f1_mean_by_max_grow": grow, "min_contrast": best(contrast),
+            "f1_mean_by_min_contrast": contrast, "images": len(samples)}
 
 
 def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels: np.ndarray,
@@ -259,7 +291,7 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
         target = torch.from_numpy(s.classes.astype(np.int64))[None].to(device)
         small = torch.from_numpy(s.small)[None].to(device)
         losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
-        counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow)))
+        counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -386,10 +418,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         ck = torch.load(best_path, map_location=device, weights_only=False)
         if "postprocessing" not in ck:  # calibrated once, on the first (the screen's own) training source
             net.load_state_dict(ck["model"])
-            ck["postprocessing"] = calibrate_max_grow(net, sources[0][0][:CALIBRATION_IMAGES], device,
-                                                      cfg.model.multiple)
+            ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
+                                                            cfg.model.multiple)
             if val:  # the card's validation figures are those of the post-processing the engine will apply
-                ck["val"] = validate(net, val, device, replace(cfg, max_grow=ck["postprocessing"]["max_grow"]))
+                post = ck["postprocessing"]
+                ck["val"] = validate(net, val, device, replace(cfg, max_grow=post["max_grow"],
+                                                               min_contrast=post["min_contrast"]))
             torch.save(ck, best_path)
             if bar is not None:
                 print(f"post-processing calibrated on training images: {ck['postprocessing']}")

@@ -1,0 +1,70 @@
+import numpy as np
+import pytest
+
+from nucleiscreen.engine.pipeline import Segmenter
+from nucleiscreen.kernels.contrast import INNER, OUTER, erase_faint, object_contrast
+from nucleiscreen.kernels.instances import instances_from_classes
+
+
+def _scene():
+    """Background 0.1; a bright spot (mean 0.6), a faint spot (0.15), a large dim nucleus (0.2) next to the faint
+    spot's ring, and a spot in the frame's corner."""
+    image = np.full((80, 80), 0.1, np.float32)
+    labels = np.zeros((80, 80), np.int32)
+    labels[10:14, 10:14], image[10:14, 10:14] = 1, 0.6
+    labels[40:43, 40:43], image[40:43, 40:43] = 2, 0.15
+    labels[44:64, 50:70], image[44:64, 50:70] = 3, 0.2  # 400 px: above max_area, never tested
+    labels[0:3, 77:80], image[0:3, 77:80] = 4, 0.5
+    return labels, image
+
+
+def test_contrast_is_mean_minus_the_median_of_the_background_ring():
+    labels, image = _scene()
+    image[10:14, 10:14] = [[0.4], [0.6], [0.6], [0.8]]  # mean 0.6
+    image[10 - OUTER, 10 - OUTER:14 + OUTER] = 0.9  # one brighter ring row: the median ignores it
+    c = object_contrast(labels, image, max_area=300)
+    assert c[1] == pytest.approx(0.5)
+    assert c[2] == pytest.approx(0.05)  # object 3's pixels inside its ring are not background
+    assert c[3] == np.inf and c[0] == np.inf
+    assert c[4] == pytest.approx(0.4)  # the ring is clipped to the frame
+    image[:] = 0.1
+    image[10 - INNER:14 + INNER, 10 - INNER:14 + INNER] = 0.5  # within INNER px of the box: not ring
+    image[10:14, 10:14] = 0.6
+    assert object_contrast(labels, image)[1] == pytest.approx(0.5)
+
+
+def test_object_without_background_around_it_is_kept():
+    labels = np.ones((10, 10), np.int32)
+    labels[4:6, 4:6] = 2
+    c = object_contrast(labels, np.zeros((10, 10), np.float32))
+    assert c[2] == np.inf
+
+
+def test_erase_faint_removes_only_faint_small_objects():
+    labels, image = _scene()
+    classes = (labels > 0).astype(np.uint8)
+    out = erase_faint(classes, labels, image, min_contrast=0.1)
+    assert out is not classes and classes[41, 41] == 1  # the input is not modified
+    kept = np.unique(labels[out > 0])
+    assert kept.tolist() == [1, 3, 4]
+    assert erase_faint(classes, labels, image, min_contrast=0.04) is classes  # nothing under 0.04
+    assert erase_faint(classes, labels, image, min_contrast=0.0) is classes
+    with pytest.raises(ValueError, match="shape"):
+        object_contrast(labels, image[:10])
+
+
+def test_segmenter_applies_the_cards_filter():
+    seg = Segmenter()
+    classes = np.zeros((64, 64), np.uint8)
+    classes[10:14, 10:14] = 1
+    classes[40:44, 40:44] = 1
+    raw = np.full((64, 64), 1000, np.uint16)
+    raw[10:14, 10:14] = 9000  # stands out
+    raw[40:44, 40:44] = 1400  # faint: 0.05 of the frame's range
+    assert seg.instances(classes, raw).max() == 2
+    seg.min_contrast = 0.1
+    labels = seg.instances(classes, raw)
+    assert labels.max() == 1 and labels[12, 12] == 1
+    lab, summary = seg.measure(classes, raw, objects=False, labels=True, micronucleus_area=100)[:2]
+    assert (lab == labels).all() and summary["Count_Micronuclei"] == 1  # 16 px: a micronucleus
+    assert (instances_from_classes(classes, **seg.post_args) > 0).sum() == 32  # the filter, not the post args
