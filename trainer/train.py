@@ -199,7 +199,7 @@ def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndar
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
-CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25)
+CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 
 
 @torch.no_grad()
@@ -416,7 +416,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     best_path = out / "best.pt"
     if cfg.arch == "unet" and sources and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
-        if "postprocessing" not in ck:  # calibrated once, on the first (the screen's own) training source
+        # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
+        # whose checkpoint predates the faint-object filter.
+        if "min_contrast" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
             ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
