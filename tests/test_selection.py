@@ -197,9 +197,9 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
     ck = torch.load(tmp / "run" / "best.pt", weights_only=False)
     post = ck["postprocessing"]
     assert post["max_grow"] in post["f1_mean_by_max_grow"] and post["images"] >= 1
-    for key, scores in (("max_grow", post["f1_mean_by_max_grow"]), ("min_contrast", post["f1_mean_by_min_contrast"])):
+    for key, scores in (("max_grow", post["f1_mean_by_max_grow"]), ("min_contrast", post["f1_0.50_by_min_contrast"])):
         assert scores[post[key]] == max(scores.values())
-    assert set(post["f1_mean_by_min_contrast"]) == set(CONTRAST_CHOICES)
+    assert set(post["f1_0.50_by_min_contrast"]) == set(CONTRAST_CHOICES)
     ck["postprocessing"]["min_contrast"] = 0.15  # the card carries what the engine must apply
     torch.save(ck, tmp_path / "best.pt")
     card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
