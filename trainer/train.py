@@ -32,7 +32,7 @@ from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
 
 ARCHITECTURES = ("unet", "hover")
-CALIBRATION_IMAGES = 10
+CALIBRATION_IMAGES = 50  # post-processing is calibrated on (up to) this many frames of the first training source
 
 
 @dataclass
