@@ -55,6 +55,8 @@ def test_erase_faint_removes_only_faint_small_objects():
 
 def test_segmenter_applies_the_cards_filter():
     seg = Segmenter()
+    assert seg.min_contrast == seg.info.postprocessing.get("min_contrast", 0.0)
+    seg.min_contrast = 0.0
     classes = np.zeros((64, 64), np.uint8)
     classes[10:14, 10:14] = 1
     classes[40:44, 40:44] = 1
