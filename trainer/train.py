@@ -188,11 +188,16 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
 
 def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
                  min_contrast: float = 0.0) -> np.ndarray:
-    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing; a
-    U-Net's faint small objects are erased when ``min_contrast`` > 0 (``image``: the normalized input)."""
+    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    classes = out.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return unet_instances(out.argmax(1)[0].to(torch.uint8).cpu().numpy(), max_grow, image, min_contrast)
+
+
+def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None = None,
+                   min_contrast: float = 0.0) -> np.ndarray:
+    """The engine's post-processing of a U-Net class map: faint small objects erased when ``min_contrast`` > 0
+    (``image``: the normalized input), then ``instances_from_classes``."""
     if min_contrast > 0:
         classes = erase_faint(classes, instances_from_classes(classes, max_grow=max_grow), image, min_contrast)
     return instances_from_classes(classes, max_grow=max_grow)
@@ -212,32 +217,27 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
     how far seeds should grow through it decides whether objects come out a pixel ring too small or too large (at IoU
     0.9 that is the difference between a match and a miss), hence the mean F1 over IoU thresholds. The filter decides
     only whether an object is there (a network that finds micronuclei also finds faint specks the annotators left
-    out), hence the detection F1: scored by the mean F1 it would drop every small object, micronuclei included, since
-    a 20-px spot rarely matches at IoU 0.9. Both are properties of the trained network, so they are measured on
+    out), hence the detection F1 (scored by the mean F1 it would drop every small object, micronuclei included, since
+    a 20-px spot rarely matches at IoU 0.9). Both are properties of the trained network, so they are measured on
     training images, never on the validation split, and stored with the model."""
     net.eval()
     maps = [predict_logits(net, s.image, device, multiple).argmax(1)[0].to(torch.uint8).cpu().numpy()
             for s in samples]
 
+    def score(threshold: float | None, max_grow: int, min_contrast: float = 0.0) -> float:
+        """F1 at ``threshold`` (None: the mean over thresholds) of ``samples`` with this post-processing."""
+        counts = Counts()
+        for s, classes in zip(samples, maps):
+            counts.add(match(s.labels, unet_instances(classes, max_grow, s.image, min_contrast)))
+        f1 = counts.f1(threshold) if threshold else np.mean([counts.f1(t) for t in THRESHOLDS])
+        return round(float(f1), 4)
+
     def best(scores: dict) -> float:
         return max(scores, key=lambda k: (scores[k], -k))
 
-    grow = {}
-    for g in GROW_CHOICES:
-        counts = Counts()
-        for s, classes in zip(samples, maps):
-            counts.add(match(s.labels, instances_from_classes(classes, max_grow=g)))
-        grow[g] = round(float(np.mean([counts.f1(t) for t in THRESHOLDS])), 4)
+    grow = {g: score(None, g) for g in GROW_CHOICES}
     g = best(grow)
-    contrast = {}
-    for c in CONTRAST_CHOICES:
-        counts = Counts()
-        for s, classes in zip(samples, maps):
-            labels = instances_from_classes(classes, max_grow=g)
-            if c > 0:
-                labels = instances_from_classes(erase_faint(classes, labels, s.image, c), max_grow=g)
-            counts.add(match(s.labels, labels))
-        contrast[c] = round(counts.f1(0.5), 4)
+    contrast = {c: score(0.5, g, c) for c in CONTRAST_CHOICES}
     return {"max_grow": g, "f1_mean_by_max_grow": grow, "min_contrast": best(contrast),
             "f1_0.50_by_min_contrast": contrast, "images": len(samples)}
 
