@@ -55,6 +55,7 @@ class SegmentOptions:
     save_labels: bool = False
     micronucleus_area: int = 100
     min_area: int | None = None  # px; smaller objects are dropped. None: the model card's (what it validated with)
+    min_contrast: float | None = None  # the faint-object filter's threshold; None: the model card's, 0: no filter
     pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
     progress: bool = True
@@ -113,7 +114,8 @@ class Segmenter:
     """
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
-                 threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None):
+                 threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
+                 min_contrast: float | None = None):
         self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         self.backend = create_backend(backend, self.info, threads=threads)
         self.norm = self.info.normalization
@@ -129,7 +131,10 @@ class Segmenter:
         self.post_args = {k: post[k] for k in ("max_grow", "min_area") if k in post}
         if min_area is not None:
             self.post_args["min_area"] = min_area
-        self.min_contrast = float(post.get("min_contrast", 0.0))  # the faint-object filter (kernels/contrast.py)
+        if min_contrast is not None and not 0 <= min_contrast < 1:
+            raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
+        # the faint-object filter (kernels/contrast.py)
+        self.min_contrast = float(post.get("min_contrast", 0.0) if min_contrast is None else min_contrast)
         self.contrast_area = int(post.get("contrast_area", DEFAULT_CONTRAST_AREA))
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
@@ -228,7 +233,7 @@ class _Writer:
 
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "min_area", "objects", "pixel_size")
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "objects", "pixel_size")
 
 
 def _done_frames(run: Path, tables: Sequence[str]) -> set[tuple[str, str]]:
@@ -285,7 +290,7 @@ def segment(
     opts = options or SegmentOptions()
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size)  # bad model/backend fail first
+    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast)  # fail first
     batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:

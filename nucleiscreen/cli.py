@@ -103,7 +103,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.predict import predict
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
-                      pixel_size=a.pixel_size)
+                      pixel_size=a.pixel_size, min_contrast=a.min_contrast)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -113,7 +113,7 @@ def _segment(a: argparse.Namespace):
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
-                          shard=parse_shard(a.shard) if a.shard else None)
+                          min_contrast=a.min_contrast, shard=parse_shard(a.shard) if a.shard else None)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
                      on_discovered=lambda found: print(found.summary()))
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
@@ -191,6 +191,11 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
         p.add_argument("--pixel-size", type=float,
                        help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen); "
                             "frames are resized to the model's pixel size for inference")
+        p.add_argument("--min-contrast", type=float,
+                       help="faint-object filter: objects under 300 px whose mean exceeds the background around them "
+                            "by less than this (fraction of the frame's intensity range) are dropped (default: the "
+                            "model card's, calibrated on its training frames; 0 keeps every micronucleus the "
+                            "network draws)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")

@@ -1,7 +1,10 @@
 import numpy as np
 import pytest
+import tifffile
 
+from nucleiscreen.cli import main
 from nucleiscreen.engine.pipeline import Segmenter
+from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import INNER, OUTER, erase_faint, object_contrast
 from nucleiscreen.kernels.instances import instances_from_classes
 
@@ -70,3 +73,14 @@ def test_segmenter_applies_the_cards_filter():
     lab, summary = seg.measure(classes, raw, objects=False, labels=True, micronucleus_area=100)[:2]
     assert (lab == labels).all() and summary["Count_Micronuclei"] == 1  # 16 px: a micronucleus
     assert (instances_from_classes(classes, **seg.post_args) > 0).sum() == 32  # the filter, not the post args
+
+
+def test_min_contrast_overrides_the_card(tmp_path, capsys):
+    assert Segmenter(min_contrast=0.0).min_contrast == 0.0
+    assert Segmenter(min_contrast=0.3).min_contrast == 0.3
+    with pytest.raises(UserError, match="min-contrast"):
+        Segmenter(min_contrast=1.5)
+    tifffile.imwrite(tmp_path / "a.tif", np.full((64, 64), 100, np.uint16))
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-contrast", "-0.1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-contrast") and "Traceback" not in err
