@@ -1,8 +1,8 @@
 """The faint-object filter: small objects that barely stand out from their surroundings are erased.
 
 A network that finds micronuclei at full resolution also finds the faint specks beside them, which the seed lab's
-annotators did not outline (in the lab's validation frames, 60 of the 130 unmatched predictions under 300 px lie on
-no annotated object, and they are fainter than the annotated spots). How far an object stands out is measured on the
+annotators did not outline (on the lab's validation frames, 60 of the 90 unmatched predictions under 300 px of such a
+network lie on no annotated object, and they are fainter than the annotated spots). How far an object stands out is measured on the
 normalized frame (the network's input, ``nucleiscreen.kernels.normalize``, so the unit is the frame's 0.1-99.9
 percentile range):
 
