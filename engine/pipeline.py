@@ -38,7 +38,7 @@ from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, erase_faint
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, filter_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
@@ -175,8 +175,8 @@ class Segmenter:
         the card has none or none is rejected)."""
         if self.min_contrast <= 0:
             return classes
-        labels = instances_from_classes(classes, **self.post_args)
-        return erase_faint(classes, labels, normalize(raw, self.norm), self.min_contrast, self.contrast_area)
+        return filter_faint(classes, normalize(raw, self.norm), self.min_contrast, self.contrast_area,
+                            **self.post_args)
 
     def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map of the raw frame ``raw``."""

@@ -22,7 +22,7 @@ import torch
 from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import erase_faint
+from nucleiscreen.kernels.contrast import filter_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
@@ -198,9 +198,7 @@ def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None 
                    min_contrast: float = 0.0) -> np.ndarray:
     """The engine's post-processing of a U-Net class map: faint small objects erased when ``min_contrast`` > 0
     (``image``: the normalized input), then ``instances_from_classes``."""
-    if min_contrast > 0:
-        classes = erase_faint(classes, instances_from_classes(classes, max_grow=max_grow), image, min_contrast)
-    return instances_from_classes(classes, max_grow=max_grow)
+    return instances_from_classes(filter_faint(classes, image, min_contrast, max_grow=max_grow), max_grow=max_grow)
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
