@@ -87,7 +87,7 @@ def cmd_export(a: argparse.Namespace) -> None:
             size = ()
         if len(size) != 2 or min(size) < 1:
             raise UserError(f"--tensorrt takes the frame size as HxW, e.g. 1104x1104, not {a.tensorrt!r}")
-    path = export_onnx(a.checkpoint, a.out, fp16=a.fp16, probabilities=a.probabilities)
+    path = export_onnx(a.checkpoint, a.out, fp16=a.fp16, probabilities=a.probabilities, tta=a.tta)
     print(f"wrote {path}")
     if size:
         from nucleiscreen.engine.backends.tensorrt import TensorRTBackend
@@ -299,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="ONNX file to write")
     p.add_argument("--fp16", action="store_true", help="FP16 weights and input (for TensorRT); CPU uses FP32")
     p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
+    p.add_argument("--tta", type=int, default=1, metavar="N",
+                   help="test-time augmentation in the graph: average the softmax over N of the 8 flips and quarter "
+                        "turns (1, 2, 4 or 8; costs N forward passes per frame) (default: 1, none)")
     p.add_argument("--tensorrt", metavar="HxW",
                    help="also build the TensorRT plan for frames of this size as the network sees them (after any "
                         "--pixel-size rescaling of segment; optimization profile batch 1-32, timing cache; cached per "

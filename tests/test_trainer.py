@@ -15,7 +15,7 @@ from nucleiscreen.kernels.normalize import normalize  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.trainer.data import load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
-from nucleiscreen.trainer.model import UNet, UNetConfig  # noqa: E402
+from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig, dihedral  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
 
 
@@ -48,6 +48,45 @@ def test_half_resolution_export_matches_torch(tmp_path):
         ref = net(torch.from_numpy(x)).argmax(1).numpy()
     got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["classes"], {"image": x})[0]
     assert (got == ref).mean() >= 0.999
+
+
+def test_dihedral_transforms_are_the_rotations_and_flips_and_invert():
+    x = torch.arange(2 * 24.0).reshape(2, 1, 4, 6)
+    seen = []
+    for k in range(8):
+        y = dihedral(x, k)
+        want = torch.rot90(torch.flip(x, dims=(-1,)) if k >= 4 else x, k % 4, dims=(-2, -1))
+        assert torch.equal(y, want)
+        assert torch.equal(dihedral(y, k, inverse=True), x)
+        seen.append(y.flatten().tolist())
+    assert len({tuple(v) for v in seen}) == 8
+
+
+def test_test_time_augmentation_is_equivariant_and_exports(tmp_path):
+    torch.manual_seed(0)
+    cfg = {"depth": 2, "base": 4, "scale": 0.5, "refine": 2}
+    net = UNet(UNetConfig(**cfg)).eval()
+    x = torch.rand(1, 1, 48, 48)
+    with torch.no_grad():
+        _, probs = ExportHead(net, probabilities=True, tta=8)(x)
+        _, turned = ExportHead(net, probabilities=True, tta=8)(torch.rot90(x, 1, dims=(-2, -1)))
+        plain = ExportHead(net, probabilities=True)(x)[1]
+    # averaged over the whole group, the output turns with the input, which a single pass does not
+    assert torch.allclose(torch.rot90(probs, 1, dims=(-2, -1)), turned, atol=1e-5)
+    assert not torch.allclose(probs, plain, atol=1e-3)
+    with pytest.raises(ValueError, match="tta"):
+        ExportHead(net, tta=3)
+    ck = {"model": net.state_dict(), "config": TrainConfig.from_dict({"model": cfg}).to_dict(), "step": 0}
+    torch.save(ck, tmp_path / "best.pt")
+    path = export_onnx(tmp_path / "best.pt", tmp_path / "tta.onnx", tta=4)
+    assert load_model_info(path).card["test_time_augmentation"] == 4
+    image = np.random.default_rng(1).random((2, 1, 40, 64), dtype=np.float32)  # not square: turns swap H and W
+    with torch.no_grad():
+        ref = ExportHead(net, tta=4)(torch.from_numpy(image)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["classes"], {"image": image})[0]
+    assert got.shape == (2, 40, 64) and (got == ref).mean() >= 0.999
+    with pytest.raises(UserError, match="1, 2, 4, 8"):
+        export_onnx(tmp_path / "best.pt", tmp_path / "bad.onnx", tta=3)
 
 
 def test_init_adds_a_refinement_branch_without_changing_predictions(tmp_path):

@@ -24,7 +24,7 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA
 from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
 from nucleiscreen.simulate import PIXEL_SIZE_UM
-from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig
+from nucleiscreen.trainer.model import TTA_CHOICES, ExportHead, UNet, UNetConfig
 
 CARD_KEY = "nucleiscreen"
 CLASSES = ["background", "interior", "boundary"]
@@ -46,7 +46,7 @@ def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
     return net.eval(), ck
 
 
-def model_card(ck: dict, dtype: str) -> dict:
+def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
     cfg = ck["config"]
     model = UNetConfig(**cfg["model"])
     return {
@@ -57,6 +57,7 @@ def model_card(ck: dict, dtype: str) -> dict:
         "outputs": {"classes": "uint8 NxHxW argmax class map"},
         "classes": CLASSES,
         "spatial_multiple": model.multiple,
+        "test_time_augmentation": tta,  # dihedral transforms averaged inside the graph (1: none)
         "pixel_size_um": PIXEL_SIZE_UM,
         "normalization": cfg["norm"],
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
@@ -74,12 +75,15 @@ def model_card(ck: dict, dtype: str) -> dict:
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, probabilities: bool = False,
-                opset: int = 17) -> Path:
-    """Write the ONNX file (FP32, or FP16 with ``fp16=True``) with its model card; returns its path."""
+                tta: int = 1, opset: int = 17) -> Path:
+    """Write the ONNX file (FP32, or FP16 with ``fp16=True``; ``tta`` > 1: test-time augmentation in the graph, see
+    ``ExportHead``) with its model card; returns its path."""
     import onnx
 
+    if tta not in TTA_CHOICES:
+        raise UserError(f"test-time augmentation takes one of {', '.join(map(str, TTA_CHOICES))} transforms, not {tta}")
     net, ck = load_checkpoint(checkpoint)
-    head = ExportHead(net, probabilities)
+    head = ExportHead(net, probabilities, tta)
     dtype = torch.float16 if fp16 else torch.float32
     head = head.to(dtype)
     m = net.cfg.multiple
@@ -98,7 +102,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, pro
         torch.onnx.export(head, (dummy,), str(tmp), input_names=["image"], output_names=outputs, dynamic_axes=axes,
                           opset_version=opset, dynamo=False, do_constant_folding=True)
     proto = onnx.load(str(tmp))
-    card = model_card(ck, "float16" if fp16 else "float32")
+    card = model_card(ck, "float16" if fp16 else "float32", tta)
     entry = proto.metadata_props.add()
     entry.key, entry.value = CARD_KEY, json.dumps(card)
     proto.producer_name = "nucleiscreen"

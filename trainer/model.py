@@ -137,18 +137,53 @@ class UNet(nn.Module):
         return super().load_state_dict(renamed, strict=strict, assign=assign)
 
 
+TTA_CHOICES = (1, 2, 4, 8)
+
+
+def _quarter_turns(x: torch.Tensor, k: int) -> torch.Tensor:
+    """``torch.rot90(x, k, dims=(-2, -1))`` from transposes and flips, which ONNX has (it has no rot90)."""
+    k %= 4
+    if k == 1:
+        return torch.flip(x.transpose(-2, -1), dims=(-2,))
+    if k == 2:
+        return torch.flip(x, dims=(-2, -1))
+    if k == 3:
+        return torch.flip(x.transpose(-2, -1), dims=(-1,))
+    return x
+
+
+def dihedral(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
+    """Transform ``k`` (0-7) of the dihedral group on the last two axes: ``k % 4`` quarter turns, after a left-right
+    flip when ``k >= 4``; ``inverse=True`` undoes it."""
+    if inverse:
+        x = _quarter_turns(x, -k)
+        return torch.flip(x, dims=(-1,)) if k >= 4 else x
+    x = torch.flip(x, dims=(-1,)) if k >= 4 else x
+    return _quarter_turns(x, k)
+
+
 class ExportHead(nn.Module):
     """What the ONNX file computes: ``classes`` = argmax over the logits as uint8 (so a GPU ships back 1 byte per
-    pixel, not 3 floats), optionally also the softmax ``probabilities``."""
+    pixel, not 3 floats), optionally also the softmax ``probabilities``.
 
-    def __init__(self, net: nn.Module, probabilities: bool = False):
+    ``tta`` > 1 is test-time augmentation inside the graph: the softmax is averaged over the first ``tta`` transforms
+    of ``dihedral`` (2: identity and left-right flip; 4: the quarter turns; 8: all), each computed on the transformed
+    input and transformed back; it costs ``tta`` forward passes."""
+
+    def __init__(self, net: nn.Module, probabilities: bool = False, tta: int = 1):
         super().__init__()
+        if tta not in TTA_CHOICES:
+            raise ValueError(f"tta must be one of {TTA_CHOICES}, got {tta}")
         self.net = net
         self.probabilities = probabilities
+        self.transforms = {1: [0], 2: [0, 4], 4: [0, 1, 2, 3], 8: list(range(8))}[tta]
 
     def forward(self, image: torch.Tensor):
-        logits = self.net(image)
-        classes = torch.argmax(logits, dim=1).to(torch.uint8)
-        if self.probabilities:
-            return classes, torch.softmax(logits, dim=1)
-        return classes
+        if len(self.transforms) == 1:
+            logits = self.net(image)
+            classes = torch.argmax(logits, dim=1).to(torch.uint8)
+            return (classes, torch.softmax(logits, dim=1)) if self.probabilities else classes
+        probs = sum(dihedral(torch.softmax(self.net(dihedral(image, k)), dim=1), k, inverse=True)
+                    for k in self.transforms) / len(self.transforms)
+        classes = torch.argmax(probs, dim=1).to(torch.uint8)
+        return (classes, probs) if self.probabilities else classes
