@@ -64,16 +64,17 @@ def _contrasts(labels, image, n, max_area, inner, outer):
                 m += 1
         if m:
             out[k] = total[k] / area[k] - np.median(ring[:m])
-    return out
+    return out, np.stack((y0, y1, x0, x1), axis=1)
 
 
 @numba.njit(nogil=True, cache=True)
-def _erase(out, labels, faint):
-    h, w = labels.shape
-    for y in range(h):
-        for x in range(w):
-            if faint[labels[y, x]]:
-                out[y, x] = 0
+def _erase(out, labels, faint, boxes):
+    for k in np.nonzero(faint)[0]:  # only inside the faint objects' bounding boxes
+        y0, y1, x0, x1 = boxes[k]
+        for y in range(y0, y1 + 1):
+            for x in range(x0, x1 + 1):
+                if labels[y, x] == k:
+                    out[y, x] = 0
 
 
 def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAULT_CONTRAST_AREA) -> np.ndarray:
@@ -89,6 +90,11 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAU
     max_area : int
         Only objects with fewer pixels are measured.
     """
+    return _contrasts_and_boxes(labels, image, max_area)[0]
+
+
+def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int) -> tuple[np.ndarray, np.ndarray]:
+    """``object_contrast`` and every label's bounding box (rows y0, y1, x0, x1, inclusive)."""
     if labels.shape != image.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and image {image.shape} must be 2-D arrays of one shape")
     if max_area < 1:
@@ -106,11 +112,12 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     """
     if min_contrast <= 0:
         return class_map
-    faint = object_contrast(labels, image, max_area) < min_contrast
+    contrast, boxes = _contrasts_and_boxes(labels, image, max_area)
+    faint = contrast < min_contrast
     if not faint.any():
         return class_map
     out = class_map.copy()
-    _erase(out, np.ascontiguousarray(labels), faint)
+    _erase(out, np.ascontiguousarray(labels), faint, boxes)
     return out
 
 
