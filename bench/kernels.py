@@ -15,8 +15,9 @@ comes from memory, as when a pipeline decodes and infers between two frames):
   it is compute-bound, and its memory churn would leave the calls after it cold).
 
 Then the parts on their own (``instances_from_classes``, ``measure`` of a label image, ``connected_components``,
-Solidity), and frames/s of "full" on one thread and on all cores (the kernels release the GIL, so plain threads
-scale).
+Solidity, the network input's ``normalize`` and the faint-object filter ``filter_faint``, which the engine runs before
+"summary" when the model card has one), and frames/s of "full" on one thread and on all cores (the kernels release
+the GIL, so plain threads scale).
 
     nucleiscreen bench kernels          # needs the [bench] extra for OpenCV and scikit-image
 """
@@ -31,8 +32,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import filter_faint
 from nucleiscreen.kernels.instances import connected_components, instances_from_classes
 from nucleiscreen.kernels.measure import measure, segment_and_measure, segment_and_summarize
+from nucleiscreen.kernels.normalize import normalize
 from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import FrameSpec, synth_frame
 
@@ -90,6 +93,7 @@ def main(repeats: int = 40, threads: int | None = None) -> dict:
     raw, classes = dense_frame()
     labels = instances_from_classes(classes)
     fg = (classes > 0).astype(np.uint8)
+    image = normalize(raw)
     cv2.setNumThreads(1)
     algorithms = {"BBDT": cv2.CCL_BBDT, "SAUF": cv2.CCL_SAUF, "Spaghetti": cv2.CCL_SPAGHETTI}
     fastest = interleaved_ms(
@@ -113,6 +117,8 @@ def main(repeats: int = 40, threads: int | None = None) -> dict:
         "nucleiscreen measure (label image)": lambda: measure(labels, raw),
         "nucleiscreen connected_components": lambda: connected_components(fg),
         "nucleiscreen measure(..., solidity=True)": lambda: measure(labels, raw, solidity=True),
+        "nucleiscreen normalize": lambda: normalize(raw),
+        "nucleiscreen filter_faint (min_contrast 0.15)": lambda: filter_faint(classes, image, 0.15),
     }, max(10, repeats // 2))
 
     cores = threads or os.cpu_count() or 1

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -38,7 +39,7 @@ from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, filter_faint
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, INNER, OUTER, filter_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
@@ -127,15 +128,22 @@ class Segmenter:
             raise UserError(f"--pixel-size must be positive, got {pixel_size}")
         self.scale = pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02 \
             else 1.0
-        post = self.info.postprocessing
-        self.post_args = {k: post[k] for k in ("max_grow", "min_area") if k in post}
+        # Post-processing runs on the class map at the frame's own size, so the card's lengths and areas (in model
+        # pixels) are converted to frame pixels; a --min-area given here is in frame pixels already.
+        post, s = self.info.postprocessing, self.scale
+        self.post_args = {}
+        if "max_grow" in post:
+            self.post_args["max_grow"] = math.ceil(post["max_grow"] / s)
+        if "min_area" in post:
+            self.post_args["min_area"] = max(1, round(post["min_area"] / s**2))
         if min_area is not None:
             self.post_args["min_area"] = min_area
         if min_contrast is not None and not 0 <= min_contrast < 1:
             raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
         # the faint-object filter (kernels/contrast.py)
         self.min_contrast = float(post.get("min_contrast", 0.0) if min_contrast is None else min_contrast)
-        self.contrast_area = int(post.get("contrast_area", DEFAULT_CONTRAST_AREA))
+        self.contrast_area = max(1, round(int(post.get("contrast_area", DEFAULT_CONTRAST_AREA)) / s**2))
+        self.contrast_ring = (round(INNER / s), max(round(OUTER / s), round(INNER / s) + 1))
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
@@ -176,7 +184,7 @@ class Segmenter:
         if self.min_contrast <= 0:
             return classes
         return filter_faint(classes, normalize(raw, self.norm), self.min_contrast, self.contrast_area,
-                            **self.post_args)
+                            self.contrast_ring, **self.post_args)
 
     def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map of the raw frame ``raw``."""

@@ -49,7 +49,11 @@ def _contrasts(labels, image, n, max_area, inner, outer):
                 x0[k] = min(x0[k], x)
                 x1[k] = max(x1[k], x)
     out = np.full(n + 1, np.inf)
-    ring = np.empty((2 * outer + max_area) ** 2, np.float32)  # a box around < max_area px is at most this big
+    size = 0  # the largest grown box among the measured objects (an id may label pixels far apart)
+    for k in range(1, n + 1):
+        if 0 < area[k] < max_area:
+            size = max(size, (y1[k] - y0[k] + 1 + 2 * outer) * (x1[k] - x0[k] + 1 + 2 * outer))
+    ring = np.empty(size, np.float32)
     for k in range(1, n + 1):
         if area[k] == 0 or area[k] >= max_area:
             continue
@@ -77,7 +81,8 @@ def _erase(out, labels, faint, boxes):
                     out[y, x] = 0
 
 
-def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAULT_CONTRAST_AREA) -> np.ndarray:
+def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAULT_CONTRAST_AREA,
+                    ring: tuple[int, int] = (INNER, OUTER)) -> np.ndarray:
     """Contrast (module docstring) of every object under ``max_area`` px, indexed by label (inf for the others and for
     label 0 and unused ids).
 
@@ -89,30 +94,38 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAU
         The normalized frame (``nucleiscreen.kernels.normalize``).
     max_area : int
         Only objects with fewer pixels are measured.
+    ring : (int, int)
+        The background ring's inner and outer margins (px) around the object's bounding box (``INNER``, ``OUTER``
+        at the model's pixel size; the engine scales them, and ``max_area``, for frames at another one).
     """
-    return _contrasts_and_boxes(labels, image, max_area)[0]
+    return _contrasts_and_boxes(labels, image, max_area, ring)[0]
 
 
-def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int) -> tuple[np.ndarray, np.ndarray]:
+def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int,
+                         ring: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``object_contrast`` and every label's bounding box (rows y0, y1, x0, x1, inclusive)."""
     if labels.shape != image.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and image {image.shape} must be 2-D arrays of one shape")
     if max_area < 1:
         raise ValueError(f"max_area must be positive, got {max_area}")
+    if not 0 <= ring[0] < ring[1]:
+        raise ValueError(f"ring must be (inner, outer) margins with 0 <= inner < outer, got {ring}")
     n = int(labels.max(initial=0))
     return _contrasts(np.ascontiguousarray(labels), np.ascontiguousarray(image, np.float32), n, int(max_area),
-                      INNER, OUTER)
+                      int(ring[0]), int(ring[1]))
 
 
 def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, min_contrast: float,
-                max_area: int = DEFAULT_CONTRAST_AREA) -> np.ndarray:
+                max_area: int = DEFAULT_CONTRAST_AREA, ring: tuple[int, int] = (INNER, OUTER)) -> np.ndarray:
     """The class map with the pixels of the faint small objects of ``labels`` (made from it) set to background.
 
     Returns ``class_map`` itself when nothing is erased (or ``min_contrast`` <= 0), else a copy.
     """
     if min_contrast <= 0:
         return class_map
-    contrast, boxes = _contrasts_and_boxes(labels, image, max_area)
+    if class_map.shape != labels.shape:
+        raise ValueError(f"class map {class_map.shape} and labels {labels.shape} differ in shape")
+    contrast, boxes = _contrasts_and_boxes(labels, image, max_area, ring)
     faint = contrast < min_contrast
     if not faint.any():
         return class_map
@@ -122,9 +135,10 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
 
 
 def filter_faint(class_map: np.ndarray, image: np.ndarray, min_contrast: float, max_area: int = DEFAULT_CONTRAST_AREA,
-                 **instance_args) -> np.ndarray:
+                 ring: tuple[int, int] = (INNER, OUTER), **instance_args) -> np.ndarray:
     """``erase_faint`` on the instances ``instances_from_classes(class_map, **instance_args)``: the post-processing's
     filter step, which the engine and the trainer's validation share."""
     if min_contrast <= 0:
         return class_map
-    return erase_faint(class_map, instances_from_classes(class_map, **instance_args), image, min_contrast, max_area)
+    return erase_faint(class_map, instances_from_classes(class_map, **instance_args), image, min_contrast, max_area,
+                       ring)

@@ -192,7 +192,8 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                        help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen); "
                             "frames are resized to the model's pixel size for inference")
         p.add_argument("--min-contrast", type=float,
-                       help="faint-object filter: objects under 300 px whose mean exceeds the background around them "
+                       help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
+                            "pixel size) whose mean exceeds the background around them "
                             "by less than this (fraction of the frame's intensity range) are dropped (default: the "
                             "model card's, calibrated on its training frames; 0 keeps every micronucleus the "
                             "network draws)")

@@ -54,6 +54,27 @@ def test_erase_faint_removes_only_faint_small_objects():
     assert erase_faint(classes, labels, image, min_contrast=0.0) is classes
     with pytest.raises(ValueError, match="shape"):
         object_contrast(labels, image[:10])
+    with pytest.raises(ValueError, match="shape"):
+        erase_faint(classes[:40], labels, image, min_contrast=0.1)
+
+
+def test_an_id_on_distant_pixels_is_measured_over_its_whole_box():
+    """Labels need not be connected (a cropped or relabelled image): the ring buffer holds the whole grown box."""
+    image = np.full((300, 300), 0.1, np.float32)
+    labels = np.zeros((300, 300), np.int32)
+    labels[5, 5] = labels[290, 290] = 1
+    image[5, 5] = image[290, 290] = 0.7
+    assert object_contrast(labels, image)[1] == pytest.approx(0.6)
+
+
+def test_a_wider_ring_reaches_past_a_bright_halo():
+    labels, image = _scene()
+    image[10 - OUTER:14 + OUTER, 10 - OUTER:14 + OUTER] = 0.5  # a halo filling the default ring
+    image[10:14, 10:14] = 0.6
+    assert object_contrast(labels, image)[1] == pytest.approx(0.1)
+    assert object_contrast(labels, image, ring=(OUTER, OUTER + 4))[1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="ring"):
+        object_contrast(labels, image, ring=(3, 3))
 
 
 def test_segmenter_applies_the_cards_filter():

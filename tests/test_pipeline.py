@@ -154,6 +154,7 @@ def test_c01_screen_segments_like_tif(tmp_path):
 
 def test_pixel_size_rescales_to_the_model(tmp_path):
     """A frame imaged at twice the magnification (half the pixel size) gives the same nuclei count."""
+    from nucleiscreen.kernels.contrast import INNER, OUTER
     from nucleiscreen.kernels.resize import resize
 
     img, _ = synth_frame(np.random.default_rng(7), (384, 384))
@@ -165,6 +166,12 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     n1 = int(base.instances(c1, img).max())
     n2 = int(fine.instances(c2, big).max())
     assert c2.shape == (768, 768) and abs(n1 - n2) <= max(1, 0.1 * n1)
+    # the card's lengths and areas are in model pixels: twice as many frame pixels per nucleus here
+    assert fine.post_args["max_grow"] == 2 * base.post_args["max_grow"]
+    assert fine.contrast_area == 4 * base.contrast_area and fine.contrast_ring == (2 * INNER, 2 * OUTER)
+    a1 = (base.instances(c1, img) > 0).sum()
+    a2 = (fine.instances(c2, big) > 0).sum()
+    assert abs(a2 / (4 * a1) - 1) < 0.1
     naive = int(base.instances(base.classes([base.prepare(big)], big.shape)[0], big).max())
     assert naive != n2 or n1 == 0  # without --pixel-size the model sees nuclei 4x too large
     with pytest.raises(UserError, match="positive"):

@@ -166,9 +166,9 @@ class ExportHead(nn.Module):
     """What the ONNX file computes: ``classes`` = argmax over the logits as uint8 (so a GPU ships back 1 byte per
     pixel, not 3 floats), optionally also the softmax ``probabilities``.
 
-    ``tta`` > 1 is test-time augmentation inside the graph: the softmax is averaged over the first ``tta`` transforms
-    of ``dihedral`` (2: identity and left-right flip; 4: the quarter turns; 8: all), each computed on the transformed
-    input and transformed back; it costs ``tta`` forward passes."""
+    ``tta`` > 1 is test-time augmentation inside the graph: the softmax is averaged over ``tta`` transforms of
+    ``dihedral`` (2: the identity and the left-right flip, 0 and 4; 4: the quarter turns, 0-3; 8: all), each computed
+    on the transformed input and transformed back; it costs ``tta`` forward passes."""
 
     def __init__(self, net: nn.Module, probabilities: bool = False, tta: int = 1):
         super().__init__()

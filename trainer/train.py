@@ -413,8 +413,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if cfg.arch == "unet" and sources and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
         # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
-        # whose checkpoint predates the faint-object filter.
-        if "min_contrast" not in ck.get("postprocessing", {}):
+        # whose checkpoint predates the faint-object filter or its calibration by F1 at IoU 0.5.
+        if "f1_0.50_by_min_contrast" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
             ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
