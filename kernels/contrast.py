@@ -38,16 +38,24 @@ def _contrasts(labels, image, n, max_area, inner, outer):
     y1 = np.full(n + 1, -1, np.int64)
     x0 = np.full(n + 1, w, np.int64)
     x1 = np.full(n + 1, -1, np.int64)
-    for y in range(h):
-        for x in range(w):
+    for y in range(h):  # by runs of one label along the row: one update of the per-object sums per run
+        x = 0
+        while x < w:
             k = labels[y, x]
-            if k > 0:
-                area[k] += 1
-                total[k] += image[y, x]
-                y0[k] = min(y0[k], y)
-                y1[k] = max(y1[k], y)
-                x0[k] = min(x0[k], x)
-                x1[k] = max(x1[k], x)
+            if k == 0:
+                x += 1
+                continue
+            start = x
+            s = 0.0
+            while x < w and labels[y, x] == k:
+                s += image[y, x]
+                x += 1
+            area[k] += x - start
+            total[k] += s
+            y0[k] = min(y0[k], y)
+            y1[k] = y
+            x0[k] = min(x0[k], start)
+            x1[k] = max(x1[k], x - 1)
     out = np.full(n + 1, np.inf)
     size = 0  # the largest grown box among the measured objects (an id may label pixels far apart)
     for k in range(1, n + 1):
