@@ -73,13 +73,17 @@ class Counts:
         denom = self.n_true + self.n_pred  # = 2TP + FP + FN
         return 1.0 if denom == 0 else 2.0 * tp / denom
 
+    def f1_mean(self) -> float:
+        """F1 averaged over ``THRESHOLDS`` (IoU 0.50-0.95)."""
+        return float(np.mean([self.f1(t) for t in THRESHOLDS]))
+
     def summary(self) -> dict:
         tp = self.tp[0.5]
         return {
             "objects_true": self.n_true,
             "objects_pred": self.n_pred,
             "f1": {f"{t:.2f}": round(self.f1(t), 4) for t in THRESHOLDS},
-            "f1_mean": round(float(np.mean([self.f1(t) for t in THRESHOLDS])), 4),
+            "f1_mean": round(self.f1_mean(), 4),
             "precision_0.5": round(tp / self.n_pred, 4) if self.n_pred else 1.0,
             "recall_0.5": round(tp / self.n_true, 4) if self.n_true else 1.0,
             "mean_matched_iou": round(self.matched_iou_sum / tp, 4) if tp else 0.0,

@@ -28,7 +28,7 @@ from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Sample, Target, load_folder
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
-from nucleiscreen.trainer.metrics import THRESHOLDS, Counts, match
+from nucleiscreen.trainer.metrics import Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig
 
 ARCHITECTURES = ("unet", "hover")
@@ -227,8 +227,7 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
         counts = Counts()
         for s, classes in zip(samples, maps):
             counts.add(match(s.labels, unet_instances(classes, max_grow, s.image, min_contrast)))
-        f1 = counts.f1(threshold) if threshold else np.mean([counts.f1(t) for t in THRESHOLDS])
-        return round(float(f1), 4)
+        return round(counts.f1(threshold) if threshold is not None else counts.f1_mean(), 4)
 
     def best(scores: dict) -> float:
         return max(scores, key=lambda k: (scores[k], -k))
