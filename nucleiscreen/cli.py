@@ -181,7 +181,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
         bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-                       threads=a.threads)
+                       threads=a.threads, min_contrast=a.min_contrast)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -191,12 +191,11 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
         p.add_argument("--pixel-size", type=float,
                        help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen); "
                             "frames are resized to the model's pixel size for inference")
-        p.add_argument("--min-contrast", type=float,
-                       help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
-                            "pixel size) whose mean exceeds the background around them "
-                            "by less than this (fraction of the frame's intensity range) are dropped (default: the "
-                            "model card's, calibrated on its training frames; 0 keeps every micronucleus the "
-                            "network draws)")
+    p.add_argument("--min-contrast", type=float,
+                   help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
+                        "pixel size) whose mean exceeds the background around them by less than this (fraction of "
+                        "the frame's intensity range) are dropped (default: the model card's, calibrated on its "
+                        "training frames; 0 keeps every micronucleus the network draws)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")

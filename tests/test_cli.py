@@ -83,6 +83,9 @@ def test_bench_smoke(capsys):
     assert main(["bench", "--frames", "4", "--size", "96", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out
     assert "sequential reference" in out and "engine / sequential" in out
+    assert main(["bench", "--frames", "2", "--size", "96", "--min-contrast", "0"]) == 0  # the filter's cost apart
+    assert main(["bench", "--frames", "2", "--size", "96", "--min-contrast", "1.5"]) == 2
+    assert "--min-contrast must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_run_segments_and_analyzes(capsys, tmp_path):
