@@ -15,7 +15,7 @@ from nucleiscreen.kernels.normalize import normalize  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.trainer.data import load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
-from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig, dihedral  # noqa: E402
+from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
 
 
@@ -87,6 +87,42 @@ def test_test_time_augmentation_is_equivariant_and_exports(tmp_path):
     assert got.shape == (2, 40, 64) and (got == ref).mean() >= 0.999
     with pytest.raises(UserError, match="1, 2, 4, 8"):
         export_onnx(tmp_path / "best.pt", tmp_path / "bad.onnx", tta=3)
+
+
+def test_boundary_bias_shifts_the_argmax_only():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 2.0, 2.5], [4.0, 0.0, 1.0]]).T.reshape(1, 3, 1, 3)
+    assert class_argmax(logits).tolist() == [[[2, 2, 0]]]
+    # a boundary call 1 above interior survives a bias of -0.75, one 0.5 above does not
+    assert class_argmax(logits, -0.75).tolist() == [[[2, 1, 0]]]
+    net = torch.nn.Identity()
+    classes, probs = ExportHead(net, probabilities=True, boundary_bias=-0.75)(logits)
+    assert classes.tolist() == [[[2, 1, 0]]] and torch.allclose(probs, torch.softmax(logits, 1))  # probs unbiased
+    classes, probs = ExportHead(net, probabilities=True, tta=8, boundary_bias=-0.75)(logits.expand(1, 3, 3, 3))
+    assert (classes == class_argmax(torch.log(probs), -0.75)).all()
+
+
+@pytest.mark.parametrize("tta", [1, 4])
+def test_calibrated_boundary_bias_is_exported_in_the_graph(tmp_path, tta):
+    from nucleiscreen.engine.backends.torch import TorchBackend
+
+    torch.manual_seed(0)
+    cfg = {"depth": 2, "base": 4, "scale": 0.5, "refine": 2}
+    net = UNet(UNetConfig(**cfg)).eval()
+    ck = {"model": net.state_dict(), "config": TrainConfig.from_dict({"model": cfg}).to_dict(), "step": 0,
+          "postprocessing": {"boundary_bias": -1.0, "max_grow": 3}}
+    torch.save(ck, tmp_path / "best.pt")
+    path = export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx", tta=tta)
+    card = load_model_info(path).card
+    assert card["postprocessing"]["boundary_bias"] == -1.0 and "-1" in card["outputs"]["classes"]
+    image = np.random.default_rng(2).random((2, 1, 32, 48), dtype=np.float32)
+    with torch.no_grad():
+        ref = ExportHead(net, tta=tta, boundary_bias=-1.0)(torch.from_numpy(image)).numpy()
+        unbiased = ExportHead(net, tta=tta)(torch.from_numpy(image)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(["classes"], {"image": image})[0]
+    assert (got == ref).mean() >= 0.999 and (ref != unbiased).any()
+    if tta == 1:  # the torch backend runs the checkpoint with the same bias
+        backend = TorchBackend(load_model_info(tmp_path / "best.pt"), device="cpu")
+        assert (backend.infer(image) == ref).mean() >= 0.999
 
 
 def test_init_adds_a_refinement_branch_without_changing_predictions(tmp_path):

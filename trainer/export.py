@@ -46,15 +46,22 @@ def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
     return net.eval(), ck
 
 
+def boundary_bias(ck: dict) -> float:
+    """The calibrated bias on the boundary logit of a checkpoint (0 for checkpoints calibrated before it existed)."""
+    return float(ck.get("postprocessing", {}).get("boundary_bias", 0.0))
+
+
 def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
     cfg = ck["config"]
     model = UNetConfig(**cfg["model"])
+    bias = boundary_bias(ck)
     return {
         "format": 1,
         "architecture": "unet",
         "model": model.to_dict(),
         "input": {"name": "image", "dtype": dtype, "layout": "NCHW", "channels": 1},
-        "outputs": {"classes": "uint8 NxHxW argmax class map"},
+        "outputs": {"classes": "uint8 NxHxW argmax class map" +
+                    (f" (boundary logit {bias:+g} inside the graph)" if bias else "")},
         "classes": CLASSES,
         "spatial_multiple": model.multiple,
         "test_time_augmentation": tta,  # dihedral transforms averaged inside the graph (1: none)
@@ -65,6 +72,7 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
                            "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
                            "min_area": DEFAULT_MIN_AREA,  # what validate() and the calibration used
                            "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
+                           "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
                            "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
                           "validation": cfg.get("val")},
@@ -83,7 +91,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, pro
     if tta not in TTA_CHOICES:
         raise UserError(f"test-time augmentation takes one of {', '.join(map(str, TTA_CHOICES))} transforms, not {tta}")
     net, ck = load_checkpoint(checkpoint)
-    head = ExportHead(net, probabilities, tta)
+    head = ExportHead(net, probabilities, tta, boundary_bias(ck))
     dtype = torch.float16 if fp16 else torch.float32
     head = head.to(dtype)
     m = net.cfg.multiple

@@ -79,7 +79,8 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     max_grow = post.get("max_grow", ck["config"].get("max_grow", DEFAULT_MAX_GROW))
     samples = load_folder(val, cfg.norm, None, cfg.target)
     summary = validate(net, samples, torch.device("cpu"),
-                       replace(cfg, max_grow=max_grow, min_contrast=post.get("min_contrast", 0.0)))
+                       replace(cfg, max_grow=max_grow, min_contrast=post.get("min_contrast", 0.0),
+                               boundary_bias=post.get("boundary_bias", 0.0)))
     summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))

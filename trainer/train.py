@@ -29,7 +29,7 @@ from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Sample, Target, load_folder
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
-from nucleiscreen.trainer.model import UNet, UNetConfig
+from nucleiscreen.trainer.model import UNet, UNetConfig, class_argmax
 
 ARCHITECTURES = ("unet", "hover")
 CALIBRATION_IMAGES = 50  # post-processing is calibrated on (up to) this many frames of the first training source
@@ -70,6 +70,8 @@ class TrainConfig:
     # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
     min_contrast: float = 0.0  # U-Net post-processing: small objects fainter than this are erased during validation
     # (kernels/contrast.py; 0: none); calibrated like max_grow
+    boundary_bias: float = 0.0  # added to the boundary logit before the argmax during validation (ExportHead);
+    # calibrated like max_grow
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -186,12 +188,17 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return HoVerNet(cfg.model) if cfg.arch == "hover" else UNet(cfg.model)
 
 
+def class_map(out: torch.Tensor, boundary_bias: float = 0.0) -> np.ndarray:
+    """The uint8 class map of one image's logits (1 x 3 x H x W), as the exported graph computes it."""
+    return class_argmax(out, boundary_bias)[0].cpu().numpy()
+
+
 def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
-                 min_contrast: float = 0.0) -> np.ndarray:
+                 min_contrast: float = 0.0, boundary_bias: float = 0.0) -> np.ndarray:
     """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    return unet_instances(out.argmax(1)[0].to(torch.uint8).cpu().numpy(), max_grow, image, min_contrast)
+    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast)
 
 
 def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None = None,
@@ -203,40 +210,47 @@ def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
 CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+BIAS_CHOICES = (0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0)
 
 
 @torch.no_grad()
 def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device: torch.device,
                              multiple: int) -> dict:
-    """The ``max_grow`` of ``instances_from_classes`` that gives the best mean F1 (IoU 0.5-0.95) on ``samples``, then
-    the ``min_contrast`` of the faint-object filter that gives the best F1 at IoU 0.5 with it.
+    """The ``boundary_bias`` of the argmax and the ``max_grow`` of ``instances_from_classes`` that together give the
+    best mean F1 (IoU 0.5-0.95) on ``samples``, then the ``min_contrast`` of the faint-object filter that gives the
+    best F1 at IoU 0.5 with them.
 
-    A network trained with a 10x boundary weight predicts the boundary band somewhat wider than the 2-px target, and
-    how far seeds should grow through it decides whether objects come out a pixel ring too small or too large (at IoU
-    0.9 that is the difference between a match and a miss), hence the mean F1 over IoU thresholds. The filter decides
-    only whether an object is there (a network that finds micronuclei also finds faint specks the annotators left
-    out), hence the detection F1 (scored by the mean F1 it would drop every small object, micronuclei included, since
-    a 20-px spot rarely matches at IoU 0.9). Both are properties of the trained network, so they are measured on
-    training images, never on the validation split, and stored with the model."""
+    The 10x boundary weight of the loss makes the network over-call boundary: its argmax draws the band wider than
+    the 2-px target and cuts bright textured nuclei with boundary streaks (two seeds, two objects). A negative bias
+    on the boundary logit (about -log 10 undoes the weight) thins both; too much of it opens the band between
+    touching nuclei, which then merge. How far seeds grow back through the band decides whether objects come out a
+    pixel ring too small or too large (at IoU 0.9 that is the difference between a match and a miss), hence the mean
+    F1 over IoU thresholds for these two. The filter decides only whether an object is there (a network that finds
+    micronuclei also finds faint specks the annotators left out), hence the detection F1 (scored by the mean F1 it
+    would drop every small object, micronuclei included, since a 20-px spot rarely matches at IoU 0.9). All three
+    are properties of the trained network, so they are measured on training images, never on the validation split,
+    and stored with the model."""
     net.eval()
-    maps = [predict_logits(net, s.image, device, multiple).argmax(1)[0].to(torch.uint8).cpu().numpy()
-            for s in samples]
+    logits = [predict_logits(net, s.image, device, multiple).float().cpu() for s in samples]
 
-    def score(threshold: float | None, max_grow: int, min_contrast: float = 0.0) -> float:
+    def score(threshold: float | None, bias: float, max_grow: int, min_contrast: float = 0.0) -> float:
         """F1 at ``threshold`` (None: the mean over thresholds) of ``samples`` with this post-processing."""
         counts = Counts()
-        for s, classes in zip(samples, maps):
-            counts.add(match(s.labels, unet_instances(classes, max_grow, s.image, min_contrast)))
+        for s, out in zip(samples, logits):
+            counts.add(match(s.labels, unet_instances(class_map(out, bias), max_grow, s.image, min_contrast)))
         return round(counts.f1(threshold) if threshold is not None else counts.f1_mean(), 4)
 
-    def best(scores: dict) -> float:
-        return max(scores, key=lambda k: (scores[k], -k))
+    def best(scores: dict) -> float:  # ties go to the value nearest zero (the least change)
+        return max(scores, key=lambda k: (scores[k], -abs(k)))
 
-    grow = {g: score(None, g) for g in GROW_CHOICES}
+    grid = {(b, g): score(None, b, g) for b in BIAS_CHOICES for g in GROW_CHOICES}
+    by_bias = {b: max(grid[b, g] for g in GROW_CHOICES) for b in BIAS_CHOICES}
+    b = best(by_bias)
+    grow = {g: grid[b, g] for g in GROW_CHOICES}
     g = best(grow)
-    contrast = {c: score(0.5, g, c) for c in CONTRAST_CHOICES}
-    return {"max_grow": g, "f1_mean_by_max_grow": grow, "min_contrast": best(contrast),
-            "f1_0.50_by_min_contrast": contrast, "images": len(samples)}
+    contrast = {c: score(0.5, b, g, c) for c in CONTRAST_CHOICES}
+    return {"boundary_bias": b, "f1_mean_by_boundary_bias": by_bias, "max_grow": g, "f1_mean_by_max_grow": grow,
+            "min_contrast": best(contrast), "f1_0.50_by_min_contrast": contrast, "images": len(samples)}
 
 
 def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels: np.ndarray,
@@ -286,7 +300,8 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
         target = torch.from_numpy(s.classes.astype(np.int64))[None].to(device)
         small = torch.from_numpy(s.small)[None].to(device)
         losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
-        counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast)))
+        counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast,
+                                                 cfg.boundary_bias)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -412,15 +427,16 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if cfg.arch == "unet" and sources and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
         # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
-        # whose checkpoint predates the faint-object filter or its calibration by F1 at IoU 0.5.
-        if "f1_0.50_by_min_contrast" not in ck.get("postprocessing", {}):
+        # whose checkpoint predates the boundary bias's calibration.
+        if "f1_mean_by_boundary_bias" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
             ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
             if val:  # the card's validation figures are those of the post-processing the engine will apply
                 post = ck["postprocessing"]
                 ck["val"] = validate(net, val, device, replace(cfg, max_grow=post["max_grow"],
-                                                               min_contrast=post["min_contrast"]))
+                                                               min_contrast=post["min_contrast"],
+                                                               boundary_bias=post["boundary_bias"]))
             torch.save(ck, best_path)
             if bar is not None:
                 print(f"post-processing calibrated on training images: {ck['postprocessing']}")

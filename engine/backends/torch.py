@@ -1,7 +1,8 @@
 """torch backend: the U-Net of a training checkpoint (``.pt``) run by PyTorch.
 
-For GPUs without TensorRT and for debugging: FP16 and channels-last on CUDA, FP32 on the CPU; the argmax runs on the
-device, so only the uint8 class map comes back. Needs the [train] extra (torch), which the runtime otherwise does not.
+For GPUs without TensorRT and for debugging: FP16 and channels-last on CUDA, FP32 on the CPU; the argmax (with the
+calibrated boundary bias) runs on the device, so only the uint8 class map comes back. Needs the [train] extra
+(torch), which the runtime otherwise does not.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ class TorchBackend:
                             "use --backend onnxruntime for ONNX files")
         import torch
 
-        from nucleiscreen.trainer.export import load_checkpoint
+        from nucleiscreen.trainer.export import boundary_bias, load_checkpoint
+        from nucleiscreen.trainer.model import ExportHead
 
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        net, _ = load_checkpoint(model.path)
+        net, ck = load_checkpoint(model.path)
+        net = ExportHead(net, boundary_bias=boundary_bias(ck))  # the argmax exactly as the ONNX export computes it
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if self.cuda else torch.float32
         net = net.to(self.device, self.dtype).eval()
@@ -44,4 +47,4 @@ class TorchBackend:
             x = x.to(self.device, self.dtype, non_blocking=True)
             if self.cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.net(x).argmax(1).to(torch.uint8).cpu().numpy()
+            return self.net(x).cpu().numpy()
