@@ -13,7 +13,7 @@ from nucleiscreen.engine.readers import read_frame  # noqa: E402
 from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.normalize import normalize  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
-from nucleiscreen.trainer.data import load_folder  # noqa: E402
+from nucleiscreen.trainer.data import CropStream, Deformation, deform, load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
@@ -186,6 +186,37 @@ def test_target_options_reach_the_training_samples(aits):
     assert (sample.small == ((areas < 80)[sample.labels] & (sample.labels > 0) & (sample.classes == 1))).all()
     big = (areas >= 50)[sample.labels] & (sample.labels > 0)
     assert (sample.classes[big] == classes_from_instances(sample.labels, 3)[big]).all()
+
+
+def test_deformation_warps_image_and_labels_together():
+    rng = np.random.default_rng(0)
+    labels = np.zeros((96, 96), np.int32)
+    labels[20:40, 30:60] = 1
+    labels[60:80, 10:30] = 2
+    image = (labels > 0).astype(np.float32)
+    spec = Deformation(p=1.0, zoom=0.2, elastic=4.0)
+    for _ in range(5):
+        img, lab = deform(image, labels, rng, spec)
+        assert img.shape == lab.shape == labels.shape and lab.dtype == np.int32
+        assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 1).any() and (lab == 2).any()
+        assert ((img > 0.5) == (lab > 0)).mean() > 0.99  # the labels follow the image
+        assert not (lab == labels).all()  # it did move
+    _, same = deform(image, labels, rng, Deformation(p=1.0, zoom=0.0, elastic=0.0))
+    assert 0.98 < (same > 0).sum() / (labels > 0).sum() < 1.02  # a rotation alone keeps the areas
+
+
+def test_deformed_crops_get_targets_made_from_the_warped_labels(aits):
+    cfg = TrainConfig.from_dict({"solid_area": 50, "deformation": {"p": 1.0}})
+    samples = load_folder(aits / "train", cfg.norm, None, cfg.target, limit=2)
+    stream = CropStream([(samples, 1.0)], 128, 4, 0.0, cfg.norm, 0, cfg.target, cfg.deformation)
+    x, y, small, labels = stream.next()
+    assert x.shape == (4, 1, 128, 128) and y.shape == small.shape == labels.shape == (4, 128, 128)
+    for cls, lab in zip(y.numpy(), labels):
+        assert ((cls > 0) == (lab > 0)).all()  # every labelled pixel is interior or boundary, nothing else
+    with pytest.raises(UserError, match="deformation"):
+        TrainConfig.from_dict({"deformation": {"p": 2.0}})
+    with pytest.raises(UserError, match="unexpected keyword"):
+        TrainConfig.from_dict({"deformation": {"zoomm": 0.1}})
 
 
 def test_export_matches_torch_on_real_images(tiny_run, aits):

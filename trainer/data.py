@@ -9,6 +9,7 @@ matches ``target_area``; the network is then trained at one pixel size, the scre
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,24 @@ class Sample:
     labels: np.ndarray  # int32 (H, W) instance ids
     classes: np.ndarray  # uint8 (H, W) 3-class target
     small: np.ndarray  # bool (H, W): interior pixels of objects under the small-object area (micronuclei)
+
+
+@dataclass(frozen=True)
+class Deformation:
+    """Random geometric deformation of annotated training crops (off by default): a zoom, a rotation by any angle and
+    a smooth elastic displacement, the augmentation the U-Net paper relied on to learn from a few annotated images.
+    The instance labels are warped with the image (nearest neighbour) and the targets are made again from them, so the
+    class map keeps its exact band width instead of being interpolated."""
+
+    p: float = 0.0  # probability that a crop is deformed
+    zoom: float = 0.15  # zoom factor drawn log-uniformly from [1 / (1 + zoom), 1 + zoom]
+    elastic: float = 6.0  # standard deviation (pixels) of the displacement at the control points
+    grid: int = 4  # control points per side: the displacement is their bicubic interpolation
+    margin: int = 16  # pixels cropped around the crop first and dropped after warping (no edge effects)
+
+    def __post_init__(self):
+        if not 0 <= self.p <= 1 or self.zoom < 0 or self.elastic < 0 or self.grid < 2 or self.margin < 0:
+            raise ValueError(f"deformation needs 0 <= p <= 1, zoom >= 0, elastic >= 0, grid >= 2, margin >= 0: {self}")
 
 
 @dataclass(frozen=True)
@@ -141,29 +160,67 @@ def augment(img: np.ndarray, *targets: np.ndarray, rng: np.random.Generator) -> 
             *(np.ascontiguousarray(a) for a in planes[1:]))
 
 
+def deform(image: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+           spec: Deformation) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` (bilinear) and ``labels`` (nearest) resampled through one random zoom, rotation and elastic
+    displacement about the centre; borders are filled by reflection."""
+    h, w = image.shape
+    angle = rng.uniform(0.0, 2 * math.pi)
+    zoom = math.exp(rng.uniform(-math.log1p(spec.zoom), math.log1p(spec.zoom)))
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32) - (h - 1) / 2,
+                            torch.arange(w, dtype=torch.float32) - (w - 1) / 2, indexing="ij")
+    shift = torch.from_numpy(rng.normal(0.0, spec.elastic, (1, 2, spec.grid, spec.grid)).astype(np.float32))
+    dx, dy = F.interpolate(shift, size=(h, w), mode="bicubic", align_corners=True)[0]
+    # source pixel of every output pixel, in grid_sample's [-1, 1] coordinates (align_corners=True)
+    sx = (cos * xs - sin * ys + dx) / ((w - 1) / 2)
+    sy = (sin * xs + cos * ys + dy) / ((h - 1) / 2)
+    grid = torch.stack((sx, sy), dim=-1)[None]
+    planes = torch.from_numpy(np.stack([image.astype(np.float32), labels.astype(np.float32)]))[:, None]
+    img = F.grid_sample(planes[:1], grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    lab = F.grid_sample(planes[1:], grid, mode="nearest", padding_mode="reflection", align_corners=True)
+    return img[0, 0].numpy(), lab[0, 0].numpy().astype(np.int32)
+
+
+def deformed_crop(sample: Sample, size: int, rng: np.random.Generator, spec: Deformation,
+                  target: Target) -> tuple[np.ndarray, ...]:
+    """A deformed size x size crop (as ``random_crop``): a larger crop is warped, its targets made from the warped
+    labels, and the margin dropped."""
+    m = spec.margin
+    img, _, _, labels = random_crop(sample, size + 2 * m, rng)
+    warped = make_sample(sample.name, *deform(img, labels, rng, spec), target)
+    return tuple(a[m:m + size, m:m + size] for a in (warped.image, warped.classes, warped.small, warped.labels))
+
+
 class CropStream:
     """An endless, seeded stream of training batches mixing real crops and simulated frames."""
 
     def __init__(self, sources: list[tuple[list[Sample], float]], crop: int, batch: int, sim_fraction: float,
-                 norm: Normalization, seed: int = 0, target: Target = Target()):
+                 norm: Normalization, seed: int = 0, target: Target = Target(),
+                 deformation: Deformation = Deformation()):
         self.sources = [s for s in sources if s[0]]
         weights = np.array([w for _, w in self.sources], float)
         self.weights = weights / weights.sum() if weights.size else weights
         self.crop, self.batch, self.sim_fraction, self.norm = crop, batch, sim_fraction, norm
-        self.target = target
+        self.target, self.deformation = target, deformation
         self.rng = np.random.default_rng(seed)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
         """Images B x 1 x H x W float32, class targets B x H x W int64, small-object interior mask B x H x W bool,
-        and the instance labels B x H x W int32 (numpy, for targets computed per crop such as HoVer's)."""
+        and the instance labels B x H x W int32 (numpy, for targets computed per crop such as HoVer's). Annotated
+        crops are deformed with probability ``deformation.p``; simulated frames are drawn at the crop size."""
         xs, ys, ss, ls = [], [], [], []
         for _ in range(self.batch):
             if not self.sources or self.rng.random() < self.sim_fraction:
-                sample = simulated_sample(self.rng, self.crop, self.norm, self.target)
+                crop = random_crop(simulated_sample(self.rng, self.crop, self.norm, self.target), self.crop, self.rng)
             else:
                 group = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))][0]
                 sample = group[int(self.rng.integers(len(group)))]
-            img, cls, small, labels = augment(*random_crop(sample, self.crop, self.rng), rng=self.rng)
+                if self.deformation.p and self.rng.random() < self.deformation.p:
+                    crop = deformed_crop(sample, self.crop, self.rng, self.deformation, self.target)
+                else:
+                    crop = random_crop(sample, self.crop, self.rng)
+            img, cls, small, labels = augment(*crop, rng=self.rng)
             xs.append(img)
             ys.append(cls)
             ss.append(small)

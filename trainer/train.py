@@ -26,7 +26,7 @@ from nucleiscreen.kernels.contrast import filter_faint
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
-from nucleiscreen.trainer.data import CropStream, Sample, Target, load_folder
+from nucleiscreen.trainer.data import CropStream, Deformation, Sample, Target, load_folder
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
 from nucleiscreen.trainer.model import UNet, UNetConfig, class_argmax
@@ -53,6 +53,7 @@ class TrainConfig:
     model: UNetConfig = field(default_factory=UNetConfig)
     norm: Normalization = field(default_factory=Normalization)
     crop: int = 256
+    deformation: Deformation = field(default_factory=Deformation)  # zoom, rotation, elastic (trainer/data.py)
     batch: int = 8
     steps: int = 2000
     lr: float = 2e-3
@@ -92,7 +93,9 @@ class TrainConfig:
                 d["model"] = UNetConfig(**d["model"])
             if "norm" in d:
                 d["norm"] = Normalization.from_dict(d["norm"])
-        except (TypeError, ValueError) as exc:  # an unknown or mistyped key inside train/model/norm
+            if "deformation" in d:
+                d["deformation"] = Deformation(**d["deformation"])
+        except (TypeError, ValueError) as exc:  # an unknown or mistyped key inside train/model/norm/deformation
             raise UserError(f"training option: {exc}") from None
         if "class_weights" in d:
             d["class_weights"] = tuple(d["class_weights"])
@@ -331,7 +334,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.target, s.limit),
                 s.weight) for s in cfg.train]
     val = load_folder(cfg.val, cfg.norm, None, cfg.target) if cfg.val else []
-    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.target)
+    stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.target,
+                        cfg.deformation)
 
     net = build_model(cfg)
     if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights
