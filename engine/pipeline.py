@@ -137,6 +137,8 @@ class Segmenter:
         if "min_area" in post:
             self.post_args["min_area"] = max(1, round(post["min_area"] / s**2))
         if min_area is not None:
+            if min_area < 0:
+                raise UserError(f"--min-area must be 0 or more pixels, got {min_area}")
             self.post_args["min_area"] = min_area
         if min_contrast is not None and not 0 <= min_contrast < 1:
             raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")

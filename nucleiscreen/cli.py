@@ -103,7 +103,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.predict import predict
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
-                      pixel_size=a.pixel_size, min_contrast=a.min_contrast)
+                      pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -113,7 +113,8 @@ def _segment(a: argparse.Namespace):
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
-                          min_contrast=a.min_contrast, shard=parse_shard(a.shard) if a.shard else None)
+                          min_contrast=a.min_contrast, min_area=a.min_area,
+                          shard=parse_shard(a.shard) if a.shard else None)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
                      on_discovered=lambda found: print(found.summary()))
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
@@ -181,7 +182,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
         bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-                       threads=a.threads, min_contrast=a.min_contrast)
+                       threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -196,6 +197,9 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                         "pixel size) whose mean exceeds the background around them by less than this (fraction of "
                         "the frame's intensity range) are dropped (default: the model card's, calibrated on its "
                         "training frames; 0 keeps every micronucleus the network draws)")
+    p.add_argument("--min-area", type=int,
+                   help="objects under this many pixels of the frame are dropped (default: the model card's, "
+                        "calibrated on its training frames; 1 keeps every object the network draws)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")

@@ -81,6 +81,7 @@ def test_segmenter_applies_the_cards_filter():
     seg = Segmenter()
     assert seg.min_contrast == seg.info.postprocessing.get("min_contrast", 0.0)
     seg.min_contrast = 0.0
+    seg.post_args["min_area"] = 4  # the 16-px objects below stay, whatever the card's area limit
     classes = np.zeros((64, 64), np.uint8)
     classes[10:14, 10:14] = 1
     classes[40:44, 40:44] = 1

@@ -22,8 +22,9 @@ def test_card_describes_the_model():
     assert card["classes"] == ["background", "interior", "boundary"]
     assert card["input"]["dtype"] == "float32" and info.multiple == 32  # depth 4 at half resolution
     assert card["normalization"]["method"] == "percentile"
-    assert card["postprocessing"]["max_grow"] == 3  # calibrated on the training frames
-    assert card["validation_metrics"]["f1"]["0.50"] > 0.84
+    post = card["postprocessing"]  # calibrated on the training frames
+    assert 1 <= post["max_grow"] <= 8 and post["boundary_bias"] < 0 and 4 <= post["min_area"] <= 30
+    assert card["validation_metrics"]["f1"]["0.50"] > 0.9
 
 
 def test_f1_on_the_labs_validation_frames(seg, aits):
@@ -36,7 +37,7 @@ def test_f1_on_the_labs_validation_frames(seg, aits):
     s = counts.summary()
     # The card's figure was measured by the trainer on the same 10 frames with torch; onnxruntime must agree.
     assert s["f1"]["0.50"] == pytest.approx(load_model_info().card["validation_metrics"]["f1"]["0.50"], abs=0.01)
-    assert s["f1"]["0.50"] > 0.84
+    assert s["f1"]["0.50"] > 0.9
 
 
 def test_counts_on_simulated_frames(seg):

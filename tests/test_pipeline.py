@@ -7,6 +7,7 @@ import polars as pl
 import pytest
 import tifffile
 
+from nucleiscreen.cli import main
 from nucleiscreen.engine.pipeline import Segmenter, SegmentOptions, segment
 from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import FrameSpec, simulate_screen, synth_frame
@@ -90,16 +91,22 @@ def test_background_only_frame_gives_no_nuclei():
         assert seg.instances(classes, empty).max() == 0
 
 
-def test_post_processing_follows_the_model_card_unless_overridden():
+def test_post_processing_follows_the_model_card_unless_overridden(tmp_path, capsys):
     seg = Segmenter()
     post = seg.info.postprocessing  # what the trainer validated the model with
     assert seg.post_args == {"max_grow": post["max_grow"], "min_area": post["min_area"]}
-    classes = np.zeros((32, 32), np.uint8)
-    classes[10:13, 10:12] = 1  # a 6-px micronucleus seed, above the card's min_area (4)
-    raw = np.full((32, 32), 100, np.uint16)
-    raw[10:13, 10:12] = 1000
+    n = post["min_area"]
+    classes = np.zeros((32, 40), np.uint8)
+    classes[10, 2:2 + n] = 1  # a micronucleus seed of exactly the card's min_area
+    raw = np.full((32, 40), 100, np.uint16)
+    raw[10, 2:2 + n] = 1000
     assert seg.instances(classes, raw).max() == 1
-    assert Segmenter(min_area=8).instances(classes, raw).max() == 0
+    assert Segmenter(min_area=n + 1).instances(classes, raw).max() == 0
+    assert Segmenter(min_area=1).post_args["min_area"] == 1
+    tifffile.imwrite(tmp_path / "a.tif", raw)
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-area", "-3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-area") and "Traceback" not in err
 
 
 def test_model_or_settings_from_another_run_are_refused_unless_overwrite(screen, tmp_path):
@@ -172,8 +179,7 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     a1 = (base.instances(c1, img) > 0).sum()
     a2 = (fine.instances(c2, big) > 0).sum()
     assert abs(a2 / (4 * a1) - 1) < 0.1
-    naive = int(base.instances(base.classes([base.prepare(big)], big.shape)[0], big).max())
-    assert naive != n2 or n1 == 0  # without --pixel-size the model sees nuclei 4x too large
+    assert fine.prepare(big).shape == img.shape  # the network sees the frame at its own pixel size
     with pytest.raises(UserError, match="positive"):
         Segmenter(pixel_size=-1.0)
 

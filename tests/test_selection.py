@@ -20,7 +20,14 @@ from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noq
 from nucleiscreen.trainer.metrics import match  # noqa: E402
 from nucleiscreen.trainer.model import UNetConfig  # noqa: E402
 from nucleiscreen.trainer.sweep import load_sweep  # noqa: E402
-from nucleiscreen.trainer.train import BIAS_CHOICES, CONTRAST_CHOICES, TrainConfig, loss_fn, train  # noqa: E402
+from nucleiscreen.trainer.train import (  # noqa: E402
+    AREA_CHOICES,
+    BIAS_CHOICES,
+    CONTRAST_CHOICES,
+    TrainConfig,
+    loss_fn,
+    train,
+)
 
 
 def _disks(shape, centres, radius):
@@ -197,13 +204,14 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
     ck = torch.load(tmp / "run" / "best.pt", weights_only=False)
     post = ck["postprocessing"]
     assert post["max_grow"] in post["f1_mean_by_max_grow"] and post["images"] >= 1
-    for key, scores in (("boundary_bias", post["f1_mean_by_boundary_bias"]), ("max_grow", post["f1_mean_by_max_grow"]),
-                        ("min_contrast", post["f1_0.50_by_min_contrast"])):
+    for key, scores in (("boundary_bias", post["f1_mean_by_boundary_bias"]), ("max_grow", post["f1_mean_by_max_grow"])):
         assert scores[post[key]] == max(scores.values())
-    assert set(post["f1_0.50_by_min_contrast"]) == set(CONTRAST_CHOICES)
+    detection = post["f1_0.50_by_min_contrast_and_area"]  # min_contrast and min_area are chosen together
+    assert set(detection) == set(CONTRAST_CHOICES) and all(set(row) == set(AREA_CHOICES) for row in detection.values())
+    assert detection[post["min_contrast"]][post["min_area"]] == max(max(row.values()) for row in detection.values())
     assert set(post["f1_mean_by_boundary_bias"]) == set(BIAS_CHOICES)
     assert ck["val"]["f1_mean"] >= 0  # the card's figures: validated with the calibrated post-processing
-    ck["postprocessing"]["min_contrast"] = 0.15  # the card carries what the engine must apply
+    ck["postprocessing"].update(min_contrast=0.15, min_area=20)  # the card carries what the engine must apply
     torch.save(ck, tmp_path / "best.pt")
     card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
-    assert card["min_contrast"] == 0.15 and card["contrast_area"] == 300
+    assert card["min_contrast"] == 0.15 and card["min_area"] == 20 and card["contrast_area"] == 300

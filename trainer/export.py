@@ -70,7 +70,7 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
                            "solid_area": cfg.get("solid_area", 0),
                            "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
-                           "min_area": DEFAULT_MIN_AREA,  # what validate() and the calibration used
+                           "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
                            "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
                            "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
                            "contrast_area": DEFAULT_CONTRAST_AREA},

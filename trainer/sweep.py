@@ -30,7 +30,7 @@ import polars as pl
 import torch
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW
+from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA
 from nucleiscreen.trainer.data import load_folder
 from nucleiscreen.trainer.evaluate import evaluate_baseline
 from nucleiscreen.trainer.metrics import THRESHOLDS
@@ -80,7 +80,8 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     samples = load_folder(val, cfg.norm, None, cfg.target)
     summary = validate(net, samples, torch.device("cpu"),
                        replace(cfg, max_grow=max_grow, min_contrast=post.get("min_contrast", 0.0),
-                               boundary_bias=post.get("boundary_bias", 0.0)))
+                               boundary_bias=post.get("boundary_bias", 0.0),
+                               min_area=post.get("min_area", DEFAULT_MIN_AREA)))
     summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))

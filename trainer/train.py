@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import filter_faint
-from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA, instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Deformation, Sample, Target, load_folder
@@ -71,6 +71,8 @@ class TrainConfig:
     # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
     min_contrast: float = 0.0  # U-Net post-processing: small objects fainter than this are erased during validation
     # (kernels/contrast.py; 0: none); calibrated like max_grow
+    min_area: int = DEFAULT_MIN_AREA  # U-Net post-processing: objects under this many pixels are dropped during
+    # validation; calibrated like max_grow
     boundary_bias: float = 0.0  # added to the boundary logit before the argmax during validation (ExportHead);
     # calibrated like max_grow
     val_every: int = 250
@@ -197,22 +199,24 @@ def class_map(out: torch.Tensor, boundary_bias: float = 0.0) -> np.ndarray:
 
 
 def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
-                 min_contrast: float = 0.0, boundary_bias: float = 0.0) -> np.ndarray:
+                 min_contrast: float = 0.0, boundary_bias: float = 0.0, min_area: int = DEFAULT_MIN_AREA) -> np.ndarray:
     """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast)
+    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast, min_area)
 
 
 def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None = None,
-                   min_contrast: float = 0.0) -> np.ndarray:
+                   min_contrast: float = 0.0, min_area: int = DEFAULT_MIN_AREA) -> np.ndarray:
     """The engine's post-processing of a U-Net class map: faint small objects erased when ``min_contrast`` > 0
-    (``image``: the normalized input), then ``instances_from_classes``."""
-    return instances_from_classes(filter_faint(classes, image, min_contrast, max_grow=max_grow), max_grow=max_grow)
+    (``image``: the normalized input), then ``instances_from_classes`` (objects under ``min_area`` px dropped)."""
+    grown = {"max_grow": max_grow, "min_area": min_area}
+    return instances_from_classes(filter_faint(classes, image, min_contrast, **grown), **grown)
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
 CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
+AREA_CHOICES = (4, 10, 15, 20, 25, 30)
 BIAS_CHOICES = (0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0)
 
 
@@ -220,40 +224,46 @@ BIAS_CHOICES = (0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0)
 def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device: torch.device,
                              multiple: int) -> dict:
     """The ``boundary_bias`` of the argmax and the ``max_grow`` of ``instances_from_classes`` that together give the
-    best mean F1 (IoU 0.5-0.95) on ``samples``, then the ``min_contrast`` of the faint-object filter that gives the
-    best F1 at IoU 0.5 with them.
+    best mean F1 (IoU 0.5-0.95) on ``samples``, then the ``min_contrast`` of the faint-object filter and the
+    ``min_area`` under which objects are dropped that together give the best F1 at IoU 0.5 with them.
 
     The 10x boundary weight of the loss makes the network over-call boundary: its argmax draws the band wider than
     the 2-px target and cuts bright textured nuclei with boundary streaks (two seeds, two objects). A negative bias
     on the boundary logit (about -log 10 undoes the weight) thins both; too much of it opens the band between
     touching nuclei, which then merge. How far seeds grow back through the band decides whether objects come out a
     pixel ring too small or too large (at IoU 0.9 that is the difference between a match and a miss), hence the mean
-    F1 over IoU thresholds for these two. The filter decides only whether an object is there (a network that finds
-    micronuclei also finds faint specks the annotators left out), hence the detection F1 (scored by the mean F1 it
-    would drop every small object, micronuclei included, since a 20-px spot rarely matches at IoU 0.9). All three
-    are properties of the trained network, so they are measured on training images, never on the validation split,
-    and stored with the model."""
+    F1 over IoU thresholds for these two. The filter and the area limit decide only whether an object is there (a
+    network that finds micronuclei also finds faint specks and few-pixel dots the annotators left out), hence the
+    detection F1 (scored by the mean F1 they would drop every small object, micronuclei included, since a 20-px spot
+    rarely matches at IoU 0.9). All of these are properties of the trained network, so they are measured on
+    training images, never on the validation split, and stored with the model."""
     net.eval()
     logits = [predict_logits(net, s.image, device, multiple).float().cpu() for s in samples]
 
-    def score(threshold: float | None, bias: float, max_grow: int, min_contrast: float = 0.0) -> float:
+    def score(threshold: float | None, bias: float, max_grow: int, min_contrast: float = 0.0,
+              min_area: int = DEFAULT_MIN_AREA) -> float:
         """F1 at ``threshold`` (None: the mean over thresholds) of ``samples`` with this post-processing."""
         counts = Counts()
         for s, out in zip(samples, logits):
-            counts.add(match(s.labels, unet_instances(class_map(out, bias), max_grow, s.image, min_contrast)))
+            counts.add(match(s.labels, unet_instances(class_map(out, bias), max_grow, s.image, min_contrast,
+                                                      min_area)))
         return round(counts.f1(threshold) if threshold is not None else counts.f1_mean(), 4)
 
-    def best(scores: dict) -> float:  # ties go to the value nearest zero (the least change)
-        return max(scores, key=lambda k: (scores[k], -abs(k)))
+    def best(scores: dict):  # ties go to the values nearest zero (the least change)
+        return max(scores, key=lambda k: (scores[k], *(-abs(v) for v in np.atleast_1d(k))))
 
     grid = {(b, g): score(None, b, g) for b in BIAS_CHOICES for g in GROW_CHOICES}
     by_bias = {b: max(grid[b, g] for g in GROW_CHOICES) for b in BIAS_CHOICES}
     b = best(by_bias)
     grow = {g: grid[b, g] for g in GROW_CHOICES}
     g = best(grow)
-    contrast = {c: score(0.5, b, g, c) for c in CONTRAST_CHOICES}
+    detection = {(c, a): score(0.5, b, g, c, a) for c in CONTRAST_CHOICES for a in AREA_CHOICES}
+    c, a = best(detection)
     return {"boundary_bias": b, "f1_mean_by_boundary_bias": by_bias, "max_grow": g, "f1_mean_by_max_grow": grow,
-            "min_contrast": best(contrast), "f1_0.50_by_min_contrast": contrast, "images": len(samples)}
+            "min_contrast": c, "min_area": a,
+            "f1_0.50_by_min_contrast_and_area": {ci: {ai: detection[ci, ai] for ai in AREA_CHOICES}
+                                                 for ci in CONTRAST_CHOICES},
+            "images": len(samples)}
 
 
 def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels: np.ndarray,
@@ -304,7 +314,7 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
         small = torch.from_numpy(s.small)[None].to(device)
         losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
         counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast,
-                                                 cfg.boundary_bias)))
+                                                 cfg.boundary_bias, cfg.min_area)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -431,8 +441,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if cfg.arch == "unet" and sources and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
         # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
-        # whose checkpoint predates the boundary bias's calibration.
-        if "f1_mean_by_boundary_bias" not in ck.get("postprocessing", {}):
+        # whose checkpoint predates the calibration of the area limit.
+        if "min_area" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
             ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
@@ -440,7 +450,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
                 post = ck["postprocessing"]
                 ck["val"] = validate(net, val, device, replace(cfg, max_grow=post["max_grow"],
                                                                min_contrast=post["min_contrast"],
-                                                               boundary_bias=post["boundary_bias"]))
+                                                               boundary_bias=post["boundary_bias"],
+                                                               min_area=post["min_area"]))
             torch.save(ck, best_path)
             if bar is not None:
                 print(f"post-processing calibrated on training images: {ck['postprocessing']}")
