@@ -1,6 +1,7 @@
 """Model selection (#4): the small-object loss weight, the HoVer-style model, the classic baseline and the sweep."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noqa: E402
 from nucleiscreen.trainer.metrics import match  # noqa: E402
 from nucleiscreen.trainer.model import UNetConfig  # noqa: E402
-from nucleiscreen.trainer.sweep import load_sweep  # noqa: E402
+from nucleiscreen.trainer.sweep import load_sweep, run_config  # noqa: E402
 from nucleiscreen.trainer.train import (  # noqa: E402
     AREA_CHOICES,
     BIAS_CHOICES,
@@ -215,3 +216,21 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
     torch.save(ck, tmp_path / "best.pt")
     card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
     assert card["min_contrast"] == 0.15 and card["min_area"] == 20 and card["contrast_area"] == 300
+
+
+def test_the_shipped_training_configs_are_valid():
+    """Every configuration the README names is a valid training or sweep file, and each stage-2 config starts from a
+    stage-1 config's output."""
+    folder = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+    configs = {}
+    for path in sorted(folder.glob("*.json")):
+        data = json.loads(path.read_text())
+        if "runs" in data:
+            spec = load_sweep(path)
+            for name in spec["runs"]:
+                run_config(spec, name)
+        else:
+            configs[path.name] = TrainConfig.from_dict(data)
+    outs = {str(Path(c.out) / "best.pt") for c in configs.values()}
+    assert {"unet-small-deform.json", "unet-refine-deform.json"} <= set(configs)
+    assert all(c.init in outs for c in configs.values() if c.init)
