@@ -219,8 +219,8 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
 
 
 def test_the_shipped_training_configs_are_valid():
-    """Every configuration the README names is a valid training or sweep file, and each stage-2 config starts from a
-    stage-1 config's output."""
+    """Every configuration the README names is a valid training or sweep file, and each config that starts from
+    checkpoints (a stage 2, the weight average) starts from other configs' outputs."""
     folder = Path(__file__).resolve().parents[1] / "trainer" / "configs"
     configs = {}
     for path in sorted(folder.glob("*.json")):
@@ -232,5 +232,6 @@ def test_the_shipped_training_configs_are_valid():
         else:
             configs[path.name] = TrainConfig.from_dict(data)
     outs = {str(Path(c.out) / "best.pt") for c in configs.values()}
-    assert {"unet-small-deform.json", "unet-refine-deform.json"} <= set(configs)
-    assert all(c.init in outs for c in configs.values() if c.init)
+    assert {"unet-small-deform.json", "unet-refine-deform.json", "unet-soup.json"} <= set(configs)
+    inits = [i for c in configs.values() if c.init for i in ([c.init] if isinstance(c.init, str) else c.init)]
+    assert inits and all(i in outs for i in inits)

@@ -144,6 +144,22 @@ def test_init_adds_a_refinement_branch_without_changing_predictions(tmp_path):
         load_weights(str(tmp_path / "plain.pt"), other, UNet(other.model))
 
 
+def test_init_from_several_checkpoints_averages_their_weights(tiny_run, tmp_path):
+    tmp, cfg = tiny_run
+    first = torch.load(tmp / "run" / "best.pt", weights_only=False)
+    other = {k: v + 1.0 if v.is_floating_point() else v for k, v in first["model"].items()}
+    torch.save({**first, "model": other}, tmp_path / "other.pt")
+    soup = {**cfg, "out": str(tmp_path / "soup"), "steps": 0, "init": [str(tmp / "run" / "best.pt"),
+                                                                        str(tmp_path / "other.pt")]}
+    train(TrainConfig.from_dict(soup), progress=False)  # steps 0: the average is the model, validated and calibrated
+    ck = torch.load(tmp_path / "soup" / "best.pt", weights_only=False)
+    for k, v in first["model"].items():
+        assert torch.allclose(ck["model"][k].float(), v.float() + 0.5 if v.is_floating_point() else v.float())
+    assert ck["step"] == 0 and "f1_mean" in ck["val"] and "min_area" in ck["postprocessing"]
+    with pytest.raises(UserError, match="init must be"):
+        TrainConfig.from_dict({**cfg, "init": []})
+
+
 def test_train_logs_checkpoints_and_resumes(tiny_run):
     tmp, cfg = tiny_run
     run = tmp / "run"

@@ -75,6 +75,7 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
                            "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
                            "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
+                          "init": cfg.get("init"),  # the checkpoint fine-tuned, or those whose weights were averaged
                           "validation": cfg.get("val")},
         "validation_metrics": ck.get("val", {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

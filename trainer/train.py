@@ -65,7 +65,8 @@ class TrainConfig:
     solid_area: int = 0  # objects under this many pixels are all interior in the target (no band; 0: none)
     small_area: int = 100  # objects under this many pixels are micronuclei/fragments ...
     small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
-    init: str | None = None  # start from this checkpoint's weights (fine-tuning); resume from last.pt wins
+    init: str | list[str] | None = None  # start from this checkpoint's weights (fine-tuning), or from the mean of
+    # several checkpoints' (weight averaging); resume from last.pt wins; with steps 0 the start is the model
     select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
     max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
     # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
@@ -99,6 +100,10 @@ class TrainConfig:
                 d["deformation"] = Deformation(**d["deformation"])
         except (TypeError, ValueError) as exc:  # an unknown or mistyped key inside train/model/norm/deformation
             raise UserError(f"training option: {exc}") from None
+        init = d.get("init")
+        if init is not None and not (isinstance(init, str) or (isinstance(init, list) and init
+                                                              and all(isinstance(i, str) for i in init))):
+            raise UserError(f"init must be a checkpoint path or a list of them, not {init!r}")
         if "class_weights" in d:
             d["class_weights"] = tuple(d["class_weights"])
         if d.get("select_by", "f1_mean") not in ("f1_mean", "f1_0.50"):
@@ -302,6 +307,20 @@ def load_weights(path: str, cfg: TrainConfig, net: torch.nn.Module) -> dict:
     return state
 
 
+def initial_weights(init: str | list[str], cfg: TrainConfig, net: torch.nn.Module) -> dict:
+    """The weights ``init`` names: one checkpoint's (``load_weights``), or the mean of several checkpoints' weights.
+
+    Averaging the weights of networks fine-tuned from one start (other seeds, other losses) lands between their
+    minima, where the loss is usually lower than at either ("model soups", Wortsman et al. 2022), at the inference
+    cost of one network; networks from different starts do not average (their units are not aligned). BatchNorm
+    running statistics are averaged like the weights."""
+    states = [load_weights(p, cfg, net) for p in ([init] if isinstance(init, str) else init)]
+    if len(states) == 1:
+        return states[0]
+    return {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
+            for k, v in states[0].items()}
+
+
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
     """Loss, F1 at IoU thresholds and the lab's Jaccard of whole validation images."""
     net.eval()
@@ -349,7 +368,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
 
     net = build_model(cfg)
     if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights
-        net.load_state_dict(load_weights(cfg.init, cfg, net))
+        net.load_state_dict(initial_weights(cfg.init, cfg, net))
     net = net.to(device).to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, cfg.amp)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -395,6 +414,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train")
     t0 = time.time() - earlier
     running = []
+    if cfg.steps == 0 and not (out / "best.pt").exists():  # nothing to train: the start (an average) is the model
+        torch.save({"model": net.state_dict(), "config": cfg.to_dict(), "step": 0,
+                    "val": validate(net, val, device, cfg) if val else {}}, out / "best.pt")
     net.train()
     while step < cfg.steps:
         x, y, small, labels = stream.next()
