@@ -23,18 +23,16 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
 import torch
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA
 from nucleiscreen.trainer.data import load_folder
 from nucleiscreen.trainer.evaluate import evaluate_baseline
 from nucleiscreen.trainer.metrics import THRESHOLDS
-from nucleiscreen.trainer.train import TrainConfig, build_model, read_json, train, validate
+from nucleiscreen.trainer.train import TrainConfig, build_model, read_json, train, validate, with_postprocessing
 
 SELECT_BY = ("f1_mean", "f1_0.50", "jaccard_lab", "pixel_jaccard")
 SHOWN = ("0.50", "0.60", "0.70", "0.80", "0.90")
@@ -75,14 +73,10 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     cfg = TrainConfig.from_dict(ck["config"])
     net = build_model(cfg)
     net.load_state_dict(ck["model"])
-    post = ck.get("postprocessing", {})
-    max_grow = post.get("max_grow", ck["config"].get("max_grow", DEFAULT_MAX_GROW))
+    cfg = with_postprocessing(cfg, ck.get("postprocessing", {}))
     samples = load_folder(val, cfg.norm, None, cfg.target)
-    summary = validate(net, samples, torch.device("cpu"),
-                       replace(cfg, max_grow=max_grow, min_contrast=post.get("min_contrast", 0.0),
-                               boundary_bias=post.get("boundary_bias", 0.0),
-                               min_area=post.get("min_area", DEFAULT_MIN_AREA)))
-    summary.update(arch=cfg.arch, max_grow=max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
+    summary = validate(net, samples, torch.device("cpu"), cfg)
+    summary.update(arch=cfg.arch, max_grow=cfg.max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))
     return summary

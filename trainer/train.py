@@ -321,6 +321,13 @@ def initial_weights(init: str | list[str], cfg: TrainConfig, net: torch.nn.Modul
             for k, v in states[0].items()}
 
 
+def with_postprocessing(cfg: TrainConfig, post: dict) -> TrainConfig:
+    """``cfg`` validating with a checkpoint's calibrated post-processing (``post``); a setting the checkpoint predates
+    keeps the configuration's value."""
+    return replace(cfg, **{k: post.get(k, getattr(cfg, k)) for k in ("max_grow", "min_contrast", "boundary_bias",
+                                                                     "min_area")})
+
+
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
     """Loss, F1 at IoU thresholds and the lab's Jaccard of whole validation images."""
     net.eval()
@@ -470,10 +477,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
                                                             cfg.model.multiple)
             if val:  # the card's validation figures are those of the post-processing the engine will apply
                 post = ck["postprocessing"]
-                ck["val"] = validate(net, val, device, replace(cfg, max_grow=post["max_grow"],
-                                                               min_contrast=post["min_contrast"],
-                                                               boundary_bias=post["boundary_bias"],
-                                                               min_area=post["min_area"]))
+                ck["val"] = validate(net, val, device, with_postprocessing(cfg, post))
             torch.save(ck, best_path)
             if bar is not None:
                 print(f"post-processing calibrated on training images: {ck['postprocessing']}")
