@@ -57,6 +57,7 @@ class SegmentOptions:
     micronucleus_area: int = 100
     min_area: int | None = None  # px; smaller objects are dropped. None: the model card's (what it validated with)
     min_contrast: float | None = None  # the faint-object filter's threshold; None: the model card's, 0: no filter
+    min_edge_area: int | None = None  # px; objects touching the frame's edge with fewer are dropped. None: the card's
     pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
     progress: bool = True
@@ -116,7 +117,7 @@ class Segmenter:
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
                  threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
-                 min_contrast: float | None = None):
+                 min_contrast: float | None = None, min_edge_area: int | None = None):
         self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         self.backend = create_backend(backend, self.info, threads=threads)
         self.norm = self.info.normalization
@@ -146,6 +147,10 @@ class Segmenter:
         self.min_contrast = float(post.get("min_contrast", 0.0) if min_contrast is None else min_contrast)
         self.contrast_area = max(1, round(int(post.get("contrast_area", DEFAULT_CONTRAST_AREA)) / s**2))
         self.contrast_ring = (round(INNER / s), max(round(OUTER / s), round(INNER / s) + 1))
+        if min_edge_area is not None and min_edge_area < 0:
+            raise UserError(f"--min-edge-area must be 0 or more pixels, got {min_edge_area}")
+        self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if min_edge_area is None \
+            else min_edge_area
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
@@ -181,12 +186,12 @@ class Segmenter:
         return self.collect(self.submit(inputs, shape))
 
     def erase_faint(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The class map without the objects the model card's faint-object filter rejects (``classes`` itself when
-        the card has none or none is rejected)."""
-        if self.min_contrast <= 0:
+        """The class map without the objects the model card's faint-object filter and edge-sliver limit reject
+        (``classes`` itself when the card has neither or none is rejected)."""
+        if self.min_contrast <= 0 and self.min_edge_area <= 0:
             return classes
         return filter_faint(classes, normalize(raw, self.norm), self.min_contrast, self.contrast_area,
-                            self.contrast_ring, **self.post_args)
+                            self.contrast_ring, self.min_edge_area, **self.post_args)
 
     def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map of the raw frame ``raw``."""
@@ -243,7 +248,7 @@ class _Writer:
 
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "objects", "pixel_size")
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "objects", "pixel_size")
 
 
 def _done_frames(run: Path, tables: Sequence[str]) -> set[tuple[str, str]]:
@@ -300,7 +305,8 @@ def segment(
     opts = options or SegmentOptions()
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
-    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast)  # fail first
+    seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast,
+                    opts.min_edge_area)  # fail first
     batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:

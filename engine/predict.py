@@ -19,7 +19,7 @@ from nucleiscreen.kernels.measure import measure
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
             threads: int | None = None, batch_size: int | None = None, progress: bool = False,
             pixel_size: float | None = None, min_contrast: float | None = None,
-            min_area: int | None = None) -> list[Path]:
+            min_area: int | None = None, min_edge_area: int | None = None) -> list[Path]:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
     image; returns the label paths."""
     paths = discover_images(images)
@@ -29,7 +29,8 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     clashes = [v for v in stems.values() if len(v) > 1]
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
-    seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=pixel_size, min_contrast=min_contrast)
+    seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=pixel_size, min_contrast=min_contrast,
+                    min_edge_area=min_edge_area)
     batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

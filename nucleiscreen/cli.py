@@ -103,7 +103,8 @@ def cmd_predict(a: argparse.Namespace) -> None:
     from nucleiscreen.engine.predict import predict
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
-                      pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area)
+                      pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area,
+                      min_edge_area=a.min_edge_area)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -113,7 +114,7 @@ def _segment(a: argparse.Namespace):
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
-                          min_contrast=a.min_contrast, min_area=a.min_area,
+                          min_contrast=a.min_contrast, min_area=a.min_area, min_edge_area=a.min_edge_area,
                           shard=parse_shard(a.shard) if a.shard else None)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
                      on_discovered=lambda found: print(found.summary()))
@@ -182,7 +183,8 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
         bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-                       threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area)
+                       threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area,
+                       min_edge_area=a.min_edge_area)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -200,6 +202,10 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
     p.add_argument("--min-area", type=int,
                    help="objects under this many pixels of the frame are dropped (default: the model card's, "
                         "calibrated on its training frames; 1 keeps every object the network draws)")
+    p.add_argument("--min-edge-area", type=int,
+                   help="objects touching the frame's edge under this many pixels (slivers of nuclei cut by the "
+                        "frame) are dropped (default: the model card's, calibrated on its training frames; 0 keeps "
+                        "them)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")

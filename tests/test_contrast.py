@@ -58,6 +58,35 @@ def test_erase_faint_removes_only_faint_small_objects():
         erase_faint(classes[:40], labels, image, min_contrast=0.1)
 
 
+def test_edge_slivers_are_erased_by_area_whatever_their_contrast():
+    labels, image = _scene()  # object 4: 9 px in the frame's corner; object 1: 16 px inside
+    labels[30:80, 0:2], image[30:80, 0:2] = 5, 0.6  # 100 px along the left edge
+    classes = (labels > 0).astype(np.uint8)
+    out = erase_faint(classes, labels, image, min_contrast=0.0, min_edge_area=20)
+    assert np.unique(labels[out > 0]).tolist() == [1, 2, 3, 5]  # only the sliver; the faint spot 2 stays
+    out = erase_faint(classes, labels, image, min_contrast=0.1, min_edge_area=101)
+    assert np.unique(labels[out > 0]).tolist() == [1, 3]  # the faint spot, the sliver and the 100-px edge object
+    assert erase_faint(classes, labels, image, min_contrast=0.0, min_edge_area=9) is classes  # 9 px is not under 9
+    assert erase_faint(classes, labels, image, min_contrast=0.0, min_edge_area=0) is classes
+
+
+def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, capsys):
+    seg = Segmenter()
+    assert seg.min_edge_area == seg.info.postprocessing.get("min_edge_area", 0)
+    seg.min_contrast, seg.post_args["min_area"] = 0.0, 4
+    classes = np.zeros((64, 64), np.uint8)
+    classes[0:4, 20:26] = classes[30:34, 30:34] = 1  # 24 px at the top edge, 16 px inside
+    raw = np.where(classes > 0, 9000, 1000).astype(np.uint16)
+    seg.min_edge_area = 25
+    labels = seg.instances(classes, raw)
+    assert labels.max() == 1 and labels[31, 31] == 1
+    assert Segmenter(min_edge_area=0).min_edge_area == 0
+    tifffile.imwrite(tmp_path / "a.tif", raw)
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-edge-area", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --min-edge-area") and "Traceback" not in err
+
+
 def test_an_id_on_distant_pixels_is_measured_over_its_whole_box():
     """Labels need not be connected (a cropped or relabelled image): the ring buffer holds the whole grown box."""
     image = np.full((300, 300), 0.1, np.float32)

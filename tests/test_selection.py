@@ -25,6 +25,7 @@ from nucleiscreen.trainer.train import (  # noqa: E402
     AREA_CHOICES,
     BIAS_CHOICES,
     CONTRAST_CHOICES,
+    EDGE_CHOICES,
     TrainConfig,
     loss_fn,
     train,
@@ -211,11 +212,16 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
     assert set(detection) == set(CONTRAST_CHOICES) and all(set(row) == set(AREA_CHOICES) for row in detection.values())
     assert detection[post["min_contrast"]][post["min_area"]] == max(max(row.values()) for row in detection.values())
     assert set(post["f1_mean_by_boundary_bias"]) == set(BIAS_CHOICES)
+    edge = post["f1_0.50_by_min_edge_area"]  # chosen last, with the others fixed
+    assert set(edge) == set(EDGE_CHOICES) and edge[post["min_edge_area"]] == max(edge.values())
+    assert edge[0] == detection[post["min_contrast"]][post["min_area"]]  # 0: no edge limit
     assert ck["val"]["f1_mean"] >= 0  # the card's figures: validated with the calibrated post-processing
-    ck["postprocessing"].update(min_contrast=0.15, min_area=20)  # the card carries what the engine must apply
+    # the card carries what the engine must apply
+    ck["postprocessing"].update(min_contrast=0.15, min_area=20, min_edge_area=35)
     torch.save(ck, tmp_path / "best.pt")
     card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
     assert card["min_contrast"] == 0.15 and card["min_area"] == 20 and card["contrast_area"] == 300
+    assert card["min_edge_area"] == 35
 
 
 def test_the_shipped_training_configs_are_valid():

@@ -72,6 +72,7 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
                            "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
                            "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
                            "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
+                           "min_edge_area": ck.get("postprocessing", {}).get("min_edge_area", 0),
                            "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
                            "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
