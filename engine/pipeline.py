@@ -151,6 +151,9 @@ class Segmenter:
             raise UserError(f"--min-edge-area must be 0 or more pixels, got {min_edge_area}")
         self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if min_edge_area is None \
             else min_edge_area
+        # the growth of small objects into their bright outer ring (kernels/contrast.py)
+        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2),
+                     "grow_level": float(post.get("grow_level", 0.5))}
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
         """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
@@ -186,12 +189,12 @@ class Segmenter:
         return self.collect(self.submit(inputs, shape))
 
     def erase_faint(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """The class map without the objects the model card's faint-object filter and edge-sliver limit reject
-        (``classes`` itself when the card has neither or none is rejected)."""
-        if self.min_contrast <= 0 and self.min_edge_area <= 0:
+        """The class map without the objects the model card's faint-object filter and edge-sliver limit reject, and
+        with its small objects grown (``classes`` itself when the card asks for none of these or nothing changes)."""
+        if self.min_contrast <= 0 and self.min_edge_area <= 0 and self.grow["grow_area"] <= 0:
             return classes
         return filter_faint(classes, normalize(raw, self.norm), self.min_contrast, self.contrast_area,
-                            self.contrast_ring, self.min_edge_area, **self.post_args)
+                            self.contrast_ring, self.min_edge_area, **self.grow, **self.post_args)
 
     def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """Instance labels (int32) of a class map of the raw frame ``raw``."""

@@ -73,6 +73,8 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
                            "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
                            "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
                            "min_edge_area": ck.get("postprocessing", {}).get("min_edge_area", 0),
+                           "grow_area": ck.get("postprocessing", {}).get("grow_area", 0),
+                           "grow_level": ck.get("postprocessing", {}).get("grow_level", 0.5),
                            "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
                            "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),

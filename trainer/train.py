@@ -78,6 +78,9 @@ class TrainConfig:
     # calibrated like max_grow
     min_edge_area: int = 0  # U-Net post-processing: objects touching the frame's edge with fewer pixels are erased
     # during validation (kernels/contrast.py; 0: none); calibrated like max_grow
+    grow_area: int = 0  # U-Net post-processing: objects under this many pixels grow into the bright pixels around
+    grow_level: float = 0.5  # them, those at least this far from the background to the object (kernels/contrast.py;
+    # grow_area 0: none) during validation; calibrated like max_grow
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -207,27 +210,32 @@ def class_map(out: torch.Tensor, boundary_bias: float = 0.0) -> np.ndarray:
 
 def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
                  min_contrast: float = 0.0, boundary_bias: float = 0.0, min_area: int = DEFAULT_MIN_AREA,
-                 min_edge_area: int = 0) -> np.ndarray:
+                 min_edge_area: int = 0, grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
     """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast, min_area, min_edge_area)
+    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast, min_area, min_edge_area,
+                          grow_area, grow_level)
 
 
 def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None = None,
-                   min_contrast: float = 0.0, min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0) -> np.ndarray:
+                   min_contrast: float = 0.0, min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0,
+                   grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
     """The engine's post-processing of a U-Net class map: faint small objects erased when ``min_contrast`` > 0
-    (``image``: the normalized input) and edge slivers under ``min_edge_area`` px, then ``instances_from_classes``
-    (objects under ``min_area`` px dropped)."""
+    (``image``: the normalized input), edge slivers under ``min_edge_area`` px too, objects under ``grow_area`` px
+    grown by their bright outer ring (``grow_level``), then ``instances_from_classes`` (objects under ``min_area`` px
+    dropped)."""
     grown = {"max_grow": max_grow, "min_area": min_area}
-    return instances_from_classes(filter_faint(classes, image, min_contrast, min_edge_area=min_edge_area, **grown),
-                                  **grown)
+    return instances_from_classes(filter_faint(classes, image, min_contrast, min_edge_area=min_edge_area,
+                                               grow_area=grow_area, grow_level=grow_level, **grown), **grown)
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
 CONTRAST_CHOICES = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
 AREA_CHOICES = (4, 10, 15, 20, 25, 30)
 EDGE_CHOICES = (0, 20, 25, 30, 35, 40, 50, 60, 80)
+GROW_AREA_CHOICES = (0, 50, 100, 200, 300)
+GROW_LEVEL_CHOICES = (0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9)
 BIAS_CHOICES = (0.0, -0.5, -1.0, -1.5, -2.0, -2.5, -3.0)
 
 
@@ -238,7 +246,9 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
     best mean F1 (IoU 0.5-0.95) on ``samples``, then the ``min_contrast`` of the faint-object filter and the
     ``min_area`` under which objects are dropped that together give the best F1 at IoU 0.5 with them, then the
     ``min_edge_area`` under which objects touching the frame's edge are erased (the slivers of nuclei cut by the
-    frame, which the lab did not annotate) that gives the best F1 at IoU 0.5 with all of these.
+    frame, which the lab did not annotate) that gives the best F1 at IoU 0.5 with all of these; last the
+    ``grow_area`` and ``grow_level`` of the growth of small objects into their bright outer ring
+    (``kernels/contrast.py``: it changes outlines, hence the mean F1) with all of these.
 
     The 10x boundary weight of the loss makes the network over-call boundary: its argmax draws the band wider than
     the 2-px target and cuts bright textured nuclei with boundary streaks (two seeds, two objects). A negative bias
@@ -254,12 +264,12 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
     logits = [predict_logits(net, s.image, device, multiple).float().cpu() for s in samples]
 
     def score(threshold: float | None, bias: float, max_grow: int, min_contrast: float = 0.0,
-              min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0) -> float:
+              min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0, grow: tuple[int, float] = (0, 0.5)) -> float:
         """F1 at ``threshold`` (None: the mean over thresholds) of ``samples`` with this post-processing."""
         counts = Counts()
         for s, out in zip(samples, logits):
             counts.add(match(s.labels, unet_instances(class_map(out, bias), max_grow, s.image, min_contrast,
-                                                      min_area, min_edge_area)))
+                                                      min_area, min_edge_area, *grow)))
         return round(counts.f1(threshold) if threshold is not None else counts.f1_mean(), 4)
 
     def best(scores: dict):  # ties go to the values nearest zero (the least change)
@@ -274,11 +284,19 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
     c, a = best(detection)
     edge = {e: score(0.5, b, g, c, a, e) for e in EDGE_CHOICES}
     e = best(edge)
+    growth = {(0, 0.5): score(None, b, g, c, a, e)}
+    growth.update({(ga, gl): score(None, b, g, c, a, e, (ga, gl)) for ga in GROW_AREA_CHOICES[1:]
+                   for gl in GROW_LEVEL_CHOICES})
+    ga, gl = max(growth, key=lambda k: (growth[k], -k[0], k[1]))  # ties: the least growth
     return {"boundary_bias": b, "f1_mean_by_boundary_bias": by_bias, "max_grow": g, "f1_mean_by_max_grow": grow,
             "min_contrast": c, "min_area": a,
             "f1_0.50_by_min_contrast_and_area": {ci: {ai: detection[ci, ai] for ai in AREA_CHOICES}
                                                  for ci in CONTRAST_CHOICES},
             "min_edge_area": e, "f1_0.50_by_min_edge_area": edge,
+            "grow_area": ga, "grow_level": gl,
+            "f1_mean_without_growth": growth[0, 0.5],
+            "f1_mean_by_grow_area_and_level": {ai: {li: growth[ai, li] for li in GROW_LEVEL_CHOICES}
+                                               for ai in GROW_AREA_CHOICES[1:]},
             "images": len(samples)}
 
 
@@ -336,7 +354,8 @@ def with_postprocessing(cfg: TrainConfig, post: dict) -> TrainConfig:
     """``cfg`` validating with a checkpoint's calibrated post-processing (``post``); a setting the checkpoint predates
     keeps the configuration's value."""
     return replace(cfg, **{k: post.get(k, getattr(cfg, k)) for k in ("max_grow", "min_contrast", "boundary_bias",
-                                                                     "min_area", "min_edge_area")})
+                                                                     "min_area", "min_edge_area", "grow_area",
+                                                                     "grow_level")})
 
 
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
@@ -351,7 +370,8 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
         small = torch.from_numpy(s.small)[None].to(device)
         losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
         counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast,
-                                                 cfg.boundary_bias, cfg.min_area, cfg.min_edge_area)))
+                                                 cfg.boundary_bias, cfg.min_area, cfg.min_edge_area, cfg.grow_area,
+                                                 cfg.grow_level)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")
@@ -481,8 +501,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if cfg.arch == "unet" and sources and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
         # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
-        # whose checkpoint predates the calibration of the edge-sliver limit.
-        if "min_edge_area" not in ck.get("postprocessing", {}):
+        # whose checkpoint predates the calibration of the growth of small objects.
+        if "grow_area" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
             ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
