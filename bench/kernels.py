@@ -119,6 +119,8 @@ def main(repeats: int = 40, threads: int | None = None) -> dict:
         "nucleiscreen measure(..., solidity=True)": lambda: measure(labels, raw, solidity=True),
         "nucleiscreen normalize": lambda: normalize(raw),
         "nucleiscreen filter_faint (min_contrast 0.15)": lambda: filter_faint(classes, image, 0.15),
+        "nucleiscreen filter_faint + slivers + growth": lambda: filter_faint(
+            classes, image, 0.15, min_edge_area=35, grow_area=200, grow_level=0.65),
     }, max(10, repeats // 2))
 
     cores = threads or os.cpu_count() or 1

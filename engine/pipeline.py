@@ -58,6 +58,7 @@ class SegmentOptions:
     min_area: int | None = None  # px; smaller objects are dropped. None: the model card's (what it validated with)
     min_contrast: float | None = None  # the faint-object filter's threshold; None: the model card's, 0: no filter
     min_edge_area: int | None = None  # px; objects touching the frame's edge with fewer are dropped. None: the card's
+    grow_area: int | None = None  # px; smaller objects grow into their bright outer ring. None: the card's, 0: none
     pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
     progress: bool = True
@@ -117,7 +118,7 @@ class Segmenter:
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str = "auto",
                  threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
-                 min_contrast: float | None = None, min_edge_area: int | None = None):
+                 min_contrast: float | None = None, min_edge_area: int | None = None, grow_area: int | None = None):
         self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         self.backend = create_backend(backend, self.info, threads=threads)
         self.norm = self.info.normalization
@@ -152,7 +153,9 @@ class Segmenter:
         self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if min_edge_area is None \
             else min_edge_area
         # the growth of small objects into their bright outer ring (kernels/contrast.py)
-        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2),
+        if grow_area is not None and grow_area < 0:
+            raise UserError(f"--grow-area must be 0 or more pixels, got {grow_area}")
+        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2) if grow_area is None else grow_area,
                      "grow_level": float(post.get("grow_level", 0.5))}
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
@@ -251,7 +254,8 @@ class _Writer:
 
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "objects", "pixel_size")
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "grow_area", "objects",
+                   "pixel_size")
 
 
 def _done_frames(run: Path, tables: Sequence[str]) -> set[tuple[str, str]]:
@@ -309,7 +313,7 @@ def segment(
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
     seg = Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast,
-                    opts.min_edge_area)  # fail first
+                    opts.min_edge_area, opts.grow_area)  # fail first
     batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:

@@ -19,7 +19,8 @@ from nucleiscreen.kernels.measure import measure
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
             threads: int | None = None, batch_size: int | None = None, progress: bool = False,
             pixel_size: float | None = None, min_contrast: float | None = None,
-            min_area: int | None = None, min_edge_area: int | None = None) -> list[Path]:
+            min_area: int | None = None, min_edge_area: int | None = None,
+            grow_area: int | None = None) -> list[Path]:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
     image; returns the label paths."""
     paths = discover_images(images)
@@ -30,7 +31,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
     seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=pixel_size, min_contrast=min_contrast,
-                    min_edge_area=min_edge_area)
+                    min_edge_area=min_edge_area, grow_area=grow_area)
     batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -104,7 +104,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
                       pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area,
-                      min_edge_area=a.min_edge_area)
+                      min_edge_area=a.min_edge_area, grow_area=a.grow_area)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -115,7 +115,7 @@ def _segment(a: argparse.Namespace):
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
                           min_contrast=a.min_contrast, min_area=a.min_area, min_edge_area=a.min_edge_area,
-                          shard=parse_shard(a.shard) if a.shard else None)
+                          grow_area=a.grow_area, shard=parse_shard(a.shard) if a.shard else None)
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
                      on_discovered=lambda found: print(found.summary()))
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
@@ -184,7 +184,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
         bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
                        threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area,
-                       min_edge_area=a.min_edge_area)
+                       min_edge_area=a.min_edge_area, grow_area=a.grow_area)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -206,6 +206,10 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                    help="objects touching the frame's edge under this many pixels (slivers of nuclei cut by the "
                         "frame) are dropped (default: the model card's, calibrated on its training frames; 0 keeps "
                         "them)")
+    p.add_argument("--grow-area", type=int,
+                   help="objects under this many pixels grow into the pixels around them that are bright enough "
+                        "(the card's grow_level of the way from the background to the object) (default: the model "
+                        "card's, calibrated on its training frames; 0: no growth)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (.pt checkpoints) "
                         "(default: auto, the fastest available)")

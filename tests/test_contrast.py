@@ -70,6 +70,30 @@ def test_edge_slivers_are_erased_by_area_whatever_their_contrast():
     assert erase_faint(classes, labels, image, min_contrast=0.0, min_edge_area=0) is classes
 
 
+def test_small_objects_grow_into_the_bright_pixels_of_their_outer_ring():
+    image = np.full((40, 40), 0.1, np.float32)
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:13, 10:13], image[10:13, 10:13] = 1, 0.5  # 9 px, contrast 0.4: level 0.1 + 0.5 * 0.4 = 0.3
+    image[9, 10:13] = 0.35  # above the level: grows
+    image[13, 10:13] = 0.25  # below: stays background
+    image[11, 13] = 0.9  # bright, but an interior pixel of the class map (another seed): left alone
+    image[11, 9] = 0.9  # bright, next to the object: grows
+    labels[30:40, 30:40], image[30:40, 30:40] = 2, 0.5  # 100 px: not under grow_area
+    image[29, 30:40] = 0.9
+    classes = (labels > 0).astype(np.uint8)
+    classes[11, 13] = 1
+    out = erase_faint(classes, labels, image, min_contrast=0.0, grow_area=50, grow_level=0.5)
+    grown = np.argwhere(out != classes)
+    assert sorted(map(tuple, grown)) == [(9, 10), (9, 11), (9, 12), (11, 9)] and (out[tuple(grown.T)] == 2).all()
+    again = instances_from_classes(out, min_area=1)
+    assert (again[9, 10:13] == again[11, 11]).all() and again[11, 11] > 0  # the seed takes its grown pixels
+    higher = erase_faint(classes, labels, image, min_contrast=0.0, grow_area=50, grow_level=0.7)
+    assert np.argwhere(higher != classes).tolist() == [[11, 9]]  # level 0.38: only the 0.9 pixel
+    assert erase_faint(classes, labels, image, min_contrast=0.0, grow_area=5, grow_level=0.5) is classes
+    out = erase_faint(classes, labels, image, min_contrast=0.45, grow_area=50, grow_level=0.5)
+    assert out[10:13, 10:13].sum() == 0 and out[9].sum() == 0  # a faint object is erased, not grown
+
+
 def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, capsys):
     seg = Segmenter()
     assert seg.min_edge_area == seg.info.postprocessing.get("min_edge_area", 0)
@@ -81,10 +105,16 @@ def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, caps
     labels = seg.instances(classes, raw)
     assert labels.max() == 1 and labels[31, 31] == 1
     assert Segmenter(min_edge_area=0).min_edge_area == 0
+    post = seg.info.postprocessing
+    assert seg.grow == {"grow_area": post.get("grow_area", 0), "grow_level": post.get("grow_level", 0.5)}
+    assert Segmenter(grow_area=0).grow["grow_area"] == 0
     tifffile.imwrite(tmp_path / "a.tif", raw)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-edge-area", "-1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --min-edge-area") and "Traceback" not in err
+    assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--grow-area", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --grow-area") and "Traceback" not in err
 
 
 def test_an_id_on_distant_pixels_is_measured_over_its_whole_box():

@@ -26,6 +26,8 @@ from nucleiscreen.trainer.train import (  # noqa: E402
     BIAS_CHOICES,
     CONTRAST_CHOICES,
     EDGE_CHOICES,
+    GROW_AREA_CHOICES,
+    GROW_LEVEL_CHOICES,
     TrainConfig,
     loss_fn,
     train,
@@ -215,13 +217,18 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
     edge = post["f1_0.50_by_min_edge_area"]  # chosen last, with the others fixed
     assert set(edge) == set(EDGE_CHOICES) and edge[post["min_edge_area"]] == max(edge.values())
     assert edge[0] == detection[post["min_contrast"]][post["min_area"]]  # 0: no edge limit
+    growth = post["f1_mean_by_grow_area_and_level"]  # chosen last by F1 mean, against no growth
+    assert set(growth) == set(GROW_AREA_CHOICES[1:]) and all(set(r) == set(GROW_LEVEL_CHOICES) for r in growth.values())
+    best = max(post["f1_mean_without_growth"], *(max(r.values()) for r in growth.values()))
+    chosen = post["f1_mean_without_growth"] if post["grow_area"] == 0 else growth[post["grow_area"]][post["grow_level"]]
+    assert chosen == best
     assert ck["val"]["f1_mean"] >= 0  # the card's figures: validated with the calibrated post-processing
     # the card carries what the engine must apply
-    ck["postprocessing"].update(min_contrast=0.15, min_area=20, min_edge_area=35)
+    ck["postprocessing"].update(min_contrast=0.15, min_area=20, min_edge_area=35, grow_area=100, grow_level=0.7)
     torch.save(ck, tmp_path / "best.pt")
     card = load_model_info(export_onnx(tmp_path / "best.pt", tmp_path / "m.onnx")).postprocessing
     assert card["min_contrast"] == 0.15 and card["min_area"] == 20 and card["contrast_area"] == 300
-    assert card["min_edge_area"] == 35
+    assert card["min_edge_area"] == 35 and card["grow_area"] == 100 and card["grow_level"] == 0.7
 
 
 def test_the_shipped_training_configs_are_valid():
