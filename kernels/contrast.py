@@ -177,7 +177,7 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     # contrast is measured for the objects the filter or the growth may touch (max_area 1: none, no object is under 1)
     measured = max(max_area if min_contrast > 0 else 1, grow_area)
     contrast, boxes, area, total = _contrasts_and_boxes(labels, image, measured, ring)
-    faint = (contrast < min_contrast) & (area < max_area)
+    faint = (contrast < min_contrast) & (area < max_area) if min_contrast > 0 else np.zeros(len(area), bool)
     if min_edge_area > 0:
         h, w = labels.shape
         y0, y1, x0, x1 = boxes.T

@@ -90,6 +90,9 @@ def test_small_objects_grow_into_the_bright_pixels_of_their_outer_ring():
     higher = erase_faint(classes, labels, image, min_contrast=0.0, grow_area=50, grow_level=0.7)
     assert np.argwhere(higher != classes).tolist() == [[11, 9]]  # level 0.38: only the 0.9 pixel
     assert erase_faint(classes, labels, image, min_contrast=0.0, grow_area=5, grow_level=0.5) is classes
+    image[20:22, 20:22], labels[20:22, 20:22], classes[20:22, 20:22] = 0.05, 3, 1  # darker than its background
+    out = erase_faint(classes, labels, image, min_contrast=0.0, grow_area=50, grow_level=0.5)
+    assert (out[20:22, 20:22] == 1).all()  # measured for the growth, not erased: the filter is off
     out = erase_faint(classes, labels, image, min_contrast=0.45, grow_area=50, grow_level=0.5)
     assert out[10:13, 10:13].sum() == 0 and out[9].sum() == 0  # a faint object is erased, not grown
 
