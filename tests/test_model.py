@@ -24,6 +24,7 @@ def test_card_describes_the_model():
     assert card["normalization"]["method"] == "percentile"
     post = card["postprocessing"]  # calibrated on the training frames
     assert 1 <= post["max_grow"] <= 8 and post["boundary_bias"] < 0 and 4 <= post["min_area"] <= 30
+    assert 0 <= post["min_edge_area"] <= 80 and 0 <= post["grow_area"] <= 300 and 0 < post["grow_level"] < 1
     assert card["validation_metrics"]["f1"]["0.50"] > 0.9
 
 
@@ -37,7 +38,9 @@ def test_f1_on_the_labs_validation_frames(seg, aits):
     s = counts.summary()
     # The card's figure was measured by the trainer on the same 10 frames with torch; onnxruntime must agree.
     assert s["f1"]["0.50"] == pytest.approx(load_model_info().card["validation_metrics"]["f1"]["0.50"], abs=0.01)
-    assert s["f1"]["0.50"] > 0.9
+    # the trainer issue's targets for the bundled model on the lab's validation frames
+    assert s["f1"]["0.50"] >= 0.92 and s["f1"]["0.70"] >= 0.85 and s["f1"]["0.90"] >= 0.65
+    assert s["pixel_jaccard"] >= 0.90
 
 
 def test_counts_on_simulated_frames(seg):
