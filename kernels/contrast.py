@@ -23,12 +23,15 @@ objects touching the edge of the 30 training frames one is under 50 px (31 px), 
 sees (on those frames all 11 edge objects under 38 px of the shipped network lie on no annotated object). Like the
 contrast threshold it is calibrated on training frames (``postprocessing.min_edge_area``; 0: none).
 
-Then the small objects that remain (fewer than ``grow_area`` px) are *grown* by one ring of pixels: each background
-pixel (label 0, not an interior pixel) next to such an object (8-connected) whose image value is at least
+Then the small objects that remain (fewer than ``grow_area`` px, with a background ring and a positive contrast) are
+*grown* by one ring of pixels: each background pixel of the class map next to such an object (8-connected) and to no
+other object or unclaimed boundary pixel, whose image value is at least
 
     level(o) = background(o) + grow_level * contrast(o)    (background(o): the ring's median above)
 
-becomes a boundary pixel of the class map, which ``instances_from_classes`` then gives to the object. A network
+becomes a boundary pixel of the class map, which ``instances_from_classes`` then gives to the object (unless the
+object's own pixel beside it was reached only in the last of the ``max_grow`` rounds: then it stays background). The
+ring is one pixel of the frame; at another ``--pixel-size`` it is not rescaled. A network
 outlines micronuclei tighter than the lab's annotators did (on the training frames the median area of its matched
 objects under 100 px is 0.75-0.9 of the annotated one, and a 20-px spot one pixel ring too small misses IoU 0.5);
 a whole ring overshoots, while the ring's pixels bright enough to belong to the spot by the level rule bring the
@@ -99,19 +102,22 @@ def _contrasts(labels, image, n, max_area, inner, outer):
 
 
 @numba.njit(nogil=True, cache=True)
-def _grow(out, labels, image, grow, level, boxes):
+def _grow(out, classes, labels, image, grow, level, boxes):
     h, w = labels.shape
     for k in np.nonzero(grow)[0]:  # background pixels next to object k within its bounding box grown by one
         y0, y1, x0, x1 = boxes[k]
         for y in range(max(y0 - 1, 0), min(y1 + 2, h)):
             for x in range(max(x0 - 1, 0), min(x1 + 2, w)):
-                if labels[y, x] != 0 or out[y, x] == 1 or image[y, x] < level[k]:
+                if classes[y, x] != 0 or labels[y, x] != 0 or image[y, x] < level[k]:
                     continue
-                near = False
+                near, other = False, False
                 for yy in range(max(y - 1, 0), min(y + 2, h)):
                     for xx in range(max(x - 1, 0), min(x + 2, w)):
-                        near |= labels[yy, xx] == k
-                if near:
+                        v = labels[yy, xx]
+                        near |= v == k
+                        # another object, or boundary no seed reached (the pixel would join it to object k)
+                        other |= (v != 0 and v != k) or (v == 0 and classes[yy, xx] != 0)
+                if near and not other:
                     out[y, x] = 2
 
 
@@ -167,8 +173,8 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     ``min_edge_area`` px, touching the frame's edge) of ``labels`` (made from it) set to background, and the other
     objects under ``grow_area`` px grown by the bright pixels of their outer ring (module docstring).
 
-    Returns ``class_map`` itself when nothing changes (or ``min_contrast``, ``min_edge_area`` and ``grow_area`` are
-    all <= 0), else a copy.
+    Returns ``class_map`` itself when no object is erased or qualifies for the growth (so always when
+    ``min_contrast``, ``min_edge_area`` and ``grow_area`` are all <= 0), else a copy.
     """
     if min_contrast <= 0 and min_edge_area <= 0 and grow_area <= 0:
         return class_map
@@ -191,7 +197,8 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     if grow.any():
         contrast = np.where(grow, contrast, 0.0)
         level = total / np.maximum(area, 1) - (1 - grow_level) * contrast  # background + grow_level * contrast
-        _grow(out, labels, np.ascontiguousarray(image, np.float32), grow, level, boxes)
+        _grow(out, np.ascontiguousarray(class_map), labels, np.ascontiguousarray(image, np.float32), grow, level,
+              boxes)
     return out
 
 

@@ -76,7 +76,7 @@ def test_small_objects_grow_into_the_bright_pixels_of_their_outer_ring():
     labels[10:13, 10:13], image[10:13, 10:13] = 1, 0.5  # 9 px, contrast 0.4: level 0.1 + 0.5 * 0.4 = 0.3
     image[9, 10:13] = 0.35  # above the level: grows
     image[13, 10:13] = 0.25  # below: stays background
-    image[11, 13] = 0.9  # bright, but an interior pixel of the class map (another seed): left alone
+    image[11, 13] = 0.9  # bright, but an interior pixel of the class map (a seed under min_area, label 0): left
     image[11, 9] = 0.9  # bright, next to the object: grows
     labels[30:40, 30:40], image[30:40, 30:40] = 2, 0.5  # 100 px: not under grow_area
     image[29, 30:40] = 0.9
@@ -97,10 +97,31 @@ def test_small_objects_grow_into_the_bright_pixels_of_their_outer_ring():
     assert out[10:13, 10:13].sum() == 0 and out[9].sum() == 0  # a faint object is erased, not grown
 
 
+def test_growth_never_bridges_to_another_object_or_to_unclaimed_boundary():
+    image = np.full((30, 40), 0.1, np.float32)
+    labels = np.zeros((30, 40), np.int32)
+    classes = np.zeros((30, 40), np.uint8)
+    image[8:16, 2:30] = 0.6  # a bright streak under everything
+    labels[10:14, 10:14] = 1  # a spot ...
+    labels[10:14, 5:9] = 3  # ... with another one column 9 away on its left
+    classes[10:14, 16:20] = 2  # a boundary blob no seed reached (label 0), column 15 away on its right
+    labels[10:14, 21:25] = 2  # and another spot beyond the blob, column 20 away
+    classes[labels > 0] = 1
+    image[labels > 0] = 0.9
+    out = erase_faint(classes, labels, image, min_contrast=0.0, grow_area=50, grow_level=0.5)
+    grown = {tuple(p) for p in np.argwhere(out != classes)}
+    assert {(9, 10), (9, 13), (14, 12)} <= grown and (11, 14) in grown  # the spot's free ring grows ...
+    assert not {x for _, x in grown} & {9, 15, 20}  # ... not the columns that touch another object or the blob
+    again = instances_from_classes(out, min_area=1)
+    assert (again[10:14, 16:20] == 0).all() and again.max() == 3  # the blob stays unclaimed
+
+
 def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, capsys):
     seg = Segmenter()
-    assert seg.min_edge_area == seg.info.postprocessing.get("min_edge_area", 0)
-    seg.min_contrast, seg.post_args["min_area"] = 0.0, 4
+    post = seg.info.postprocessing
+    assert seg.min_edge_area == post.get("min_edge_area", 0)
+    assert seg.grow == {"grow_area": post.get("grow_area", 0), "grow_level": post.get("grow_level", 0.5)}
+    seg.min_contrast, seg.post_args["min_area"], seg.grow["grow_area"] = 0.0, 4, 0
     classes = np.zeros((64, 64), np.uint8)
     classes[0:4, 20:26] = classes[30:34, 30:34] = 1  # 24 px at the top edge, 16 px inside
     raw = np.where(classes > 0, 9000, 1000).astype(np.uint16)
@@ -108,8 +129,6 @@ def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, caps
     labels = seg.instances(classes, raw)
     assert labels.max() == 1 and labels[31, 31] == 1
     assert Segmenter(min_edge_area=0).min_edge_area == 0
-    post = seg.info.postprocessing
-    assert seg.grow == {"grow_area": post.get("grow_area", 0), "grow_level": post.get("grow_level", 0.5)}
     assert Segmenter(grow_area=0).grow["grow_area"] == 0
     tifffile.imwrite(tmp_path / "a.tif", raw)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-edge-area", "-1"]) == 2

@@ -176,6 +176,7 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     # the card's lengths and areas are in model pixels: twice as many frame pixels per nucleus here
     assert fine.post_args["max_grow"] == 2 * base.post_args["max_grow"]
     assert fine.contrast_area == 4 * base.contrast_area and fine.contrast_ring == (2 * INNER, 2 * OUTER)
+    assert fine.min_edge_area == 4 * base.min_edge_area and fine.grow["grow_area"] == 4 * base.grow["grow_area"]
     a1 = (base.instances(c1, img) > 0).sum()
     a2 = (fine.instances(c2, big) > 0).sum()
     assert abs(a2 / (4 * a1) - 1) < 0.1
