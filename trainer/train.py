@@ -78,9 +78,10 @@ class TrainConfig:
     # calibrated like max_grow
     min_edge_area: int = 0  # U-Net post-processing: objects touching the frame's edge with fewer pixels are erased
     # during validation (kernels/contrast.py; 0: none); calibrated like max_grow
-    grow_area: int = 0  # U-Net post-processing: objects under this many pixels grow into the bright pixels around
-    grow_level: float = 0.5  # them, those at least this far from the background to the object (kernels/contrast.py;
-    # grow_area 0: none) during validation; calibrated like max_grow
+    grow_area: int = 0  # U-Net post-processing: objects under this many pixels grow into the bright pixels of their
+    # outer ring during validation (kernels/contrast.py; 0: none); calibrated like max_grow
+    grow_level: float = 0.5  # ... the pixels at least this fraction of the way from the background to the object's
+    # mean; calibrated with grow_area
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
