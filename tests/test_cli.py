@@ -27,6 +27,20 @@ def test_console_script_runs():
     assert all(cmd in out.stdout for cmd in COMMANDS)
 
 
+def test_output_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    """``nucleiscreen evaluate … | head -1``: the reader is gone before the output is written; no traceback."""
+    labels = np.zeros((32, 32), np.uint16)
+    labels[4:12, 4:12] = 1
+    for folder, name in (("pred", "a_labels.tif"), ("truth", "a.tif")):
+        (tmp_path / folder).mkdir()
+        tifffile.imwrite(tmp_path / folder / name, labels)
+    proc = subprocess.Popen([sys.executable, "-m", "nucleiscreen", "evaluate", "--pred", str(tmp_path / "pred"),
+                             "--truth", str(tmp_path / "truth")], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # long before the interpreter has imported anything
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def _one_line_error(capsys, argv, pattern):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
