@@ -39,7 +39,7 @@ from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, INNER, OUTER, filter_faint
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, INNER, OUTER, filter_faint, filters
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import normalize
@@ -194,7 +194,7 @@ class Segmenter:
     def erase_faint(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
         """The class map without the objects the model card's faint-object filter and edge-sliver limit reject, and
         with its small objects grown (``classes`` itself when the card asks for none of these or nothing changes)."""
-        if self.min_contrast <= 0 and self.min_edge_area <= 0 and self.grow["grow_area"] <= 0:
+        if not filters(self.min_contrast, self.min_edge_area, self.grow["grow_area"]):
             return classes
         return filter_faint(classes, normalize(raw, self.norm), self.min_contrast, self.contrast_area,
                             self.contrast_ring, self.min_edge_area, **self.grow, **self.post_args)

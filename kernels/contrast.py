@@ -166,6 +166,11 @@ def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int,
                       int(ring[0]), int(ring[1]))
 
 
+def filters(min_contrast: float, min_edge_area: int, grow_area: int) -> bool:
+    """Whether these settings change any class map (else the filter step is skipped, and its inputs not made)."""
+    return min_contrast > 0 or min_edge_area > 0 or grow_area > 0
+
+
 def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, min_contrast: float,
                 max_area: int = DEFAULT_CONTRAST_AREA, ring: tuple[int, int] = (INNER, OUTER),
                 min_edge_area: int = 0, grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
@@ -176,7 +181,7 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     Returns ``class_map`` itself when no object is erased or qualifies for the growth (so always when
     ``min_contrast``, ``min_edge_area`` and ``grow_area`` are all <= 0), else a copy.
     """
-    if min_contrast <= 0 and min_edge_area <= 0 and grow_area <= 0:
+    if not filters(min_contrast, min_edge_area, grow_area):
         return class_map
     if class_map.shape != labels.shape:
         raise ValueError(f"class map {class_map.shape} and labels {labels.shape} differ in shape")
@@ -207,7 +212,7 @@ def filter_faint(class_map: np.ndarray, image: np.ndarray, min_contrast: float, 
                  grow_level: float = 0.5, **instance_args) -> np.ndarray:
     """``erase_faint`` on the instances ``instances_from_classes(class_map, **instance_args)``: the post-processing's
     filter step, which the engine and the trainer's validation share."""
-    if min_contrast <= 0 and min_edge_area <= 0 and grow_area <= 0:
+    if not filters(min_contrast, min_edge_area, grow_area):
         return class_map
     return erase_faint(class_map, instances_from_classes(class_map, **instance_args), image, min_contrast, max_area,
                        ring, min_edge_area, grow_area, grow_level)
