@@ -55,8 +55,12 @@ def test_auto_picks_by_model_file(models):
 def test_wrong_file_for_backend_is_a_user_error(models):
     with pytest.raises(UserError, match="export it"):
         create_backend("onnxruntime", load_model_info(models["pt"]))
-    with pytest.raises(UserError, match="checkpoints"):
-        create_backend("torch", load_model_info(models["fp32"]))
+
+
+def test_torch_runs_exported_onnx_files(models, frames):
+    ref = _classes(models["pt"], "torch", frames)
+    for name in ("fp32", "fp16"):  # the FP16 file computes in FP32 on the CPU
+        assert (_classes(models[name], "torch", frames) == ref).mean() >= 0.999
 
 
 def test_segment_with_the_torch_backend(models, tmp_path):
@@ -72,6 +76,7 @@ def test_segment_with_the_torch_backend(models, tmp_path):
     assert res.frames == 1 and res.backend.startswith("torch")
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA GPU")
 def test_torch_cuda_fp16_agrees_with_cpu(models, frames):
     from nucleiscreen.engine.backends.torch import TorchBackend

@@ -2,9 +2,10 @@
 
 A backend is made from a model file and runs ``infer(batch)``: ``batch`` is N x 1 x H x W float32 (already
 normalized and padded to the model's spatial multiple); the result is the N x H x W uint8 class map. Backends:
-``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed), ``torch``
-(training checkpoints; CUDA FP16 channels-last, or the CPU) and ``tensorrt`` (ONNX files built into cached plans;
-unverified: no GPU with TensorRT has run it yet).
+``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed), ``torch`` (ONNX
+files and training checkpoints; CUDA FP16 channels-last, or the CPU) and ``tensorrt`` (ONNX files built into cached
+plans; unverified: no GPU with TensorRT has run it yet). A backend with ``raw_input`` (torch) also takes raw integer
+frames (``submit_raw``/``collect_raw``) and normalizes and pads them itself, on its device.
 """
 
 from __future__ import annotations
@@ -29,15 +30,11 @@ BACKENDS = ("auto", "onnxruntime", "torch", "tensorrt")
 
 
 def create_backend(name: str, model: ModelInfo, threads: int | None = None) -> Backend:
-    """Make the backend ``name`` for ``model``; ``auto`` picks the fastest one available for the model file:
-    torch for a training checkpoint (.pt); for ONNX, TensorRT when it and a GPU are present, else onnxruntime (its
-    CUDA provider when onnxruntime-gpu is installed)."""
+    """Make the backend ``name`` for ``model``; ``auto`` is ``auto_backend``'s pick."""
     if name not in BACKENDS:
         raise UserError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
     if name == "auto":
-        from nucleiscreen.engine.backends import tensorrt
-
-        name = "torch" if model.is_checkpoint else "tensorrt" if tensorrt.available() else "onnxruntime"
+        name = auto_backend(model)
     if name == "tensorrt":
         from nucleiscreen.engine.backends.tensorrt import TensorRTBackend
 
@@ -52,3 +49,27 @@ def create_backend(name: str, model: ModelInfo, threads: int | None = None) -> B
     from nucleiscreen.engine.backends.onnxruntime import OnnxRuntimeBackend
 
     return OnnxRuntimeBackend(model, threads=threads)
+
+
+def auto_backend(model: ModelInfo) -> str:
+    """The fastest backend available here for the model file: torch for a training checkpoint (.pt); for ONNX,
+    TensorRT when it and a GPU are present, then onnxruntime's CUDA provider (onnxruntime-gpu), then torch on CUDA,
+    then onnxruntime on the CPU."""
+    if model.is_checkpoint:
+        return "torch"
+    from nucleiscreen.engine.backends import tensorrt
+
+    if tensorrt.available():
+        return "tensorrt"
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return "onnxruntime"
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None and importlib.util.find_spec("onnx") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            return "torch"
+    return "onnxruntime"

@@ -1,8 +1,13 @@
-"""torch backend: the U-Net of a training checkpoint (``.pt``) run by PyTorch.
+"""torch backend: the model run by PyTorch, for GPU machines with PyTorch but no TensorRT or onnxruntime-gpu.
 
-For GPUs without TensorRT and for debugging: FP16 and channels-last on CUDA, FP32 on the CPU; the argmax (with the
-calibrated boundary bias) runs on the device, so only the uint8 class map comes back. Needs the [train] extra
-(torch), which the runtime otherwise does not.
+It runs an ONNX model file (the shipped one by default) through ``onnx_torch.OnnxModule``, or the U-Net of a
+training checkpoint (``.pt``). On CUDA the whole frame path is on the device: raw uint16 frames are copied up from
+pinned host buffers on a copy stream, normalized there (``normalize_on_device``: the histogram percentiles and
+range floors of ``kernels/normalize.py``), padded, run through the network in FP16 channels-last with the boundary
+bias and ArgMax, and only the uint8 class maps come back, so the copy of one batch overlaps the compute of the
+previous one. ``graphs=True`` replays each batch shape's compute from a captured CUDA graph, ``compile=True`` runs it
+through ``torch.compile``. On the CPU it computes in FP32 (for tests, and the parity check against onnxruntime).
+Needs torch and onnx (the [torch] extra), which the runtime otherwise does not.
 """
 
 from __future__ import annotations
@@ -11,40 +16,168 @@ import numpy as np
 
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.normalize import Normalization
+
+NBINS = 65536
+
+
+def normalize_on_device(frames, norm: Normalization):
+    """``kernels.normalize.normalize`` of a batch of integer frames (N x H x W tensor: uint8, int32, or int16 holding
+    uint16 bits) on their device, as float32: the same lower percentiles from per-frame histograms, so ``lo`` and
+    ``hi`` equal the CPU kernel's exactly; the rescale is float32 arithmetic (the CPU kernel's is float64 rounded
+    to float32: values may differ in the last bit). Returns (normalized N x H x W, lo, hi), lo and hi of shape N."""
+    import torch
+
+    n = frames.shape[0]
+    values = frames.to(torch.int32)
+    if frames.dtype == torch.int16:  # uint16 frames travel as int16 (torch's uint16 support is partial)
+        values.bitwise_and_(0xFFFF)
+    flat = values.reshape(n, -1).to(torch.int64)
+    pixels = flat.shape[1]
+    index = flat + torch.arange(n, device=flat.device).mul_(NBINS)[:, None]
+    hist = torch.zeros(n * NBINS, dtype=torch.int32, device=flat.device)
+    hist.scatter_add_(0, index.reshape(-1), torch.ones(1, dtype=torch.int32, device=flat.device).expand(n * pixels))
+    cdf = hist.view(n, NBINS).cumsum(1, dtype=torch.int32)
+    need = torch.tensor([[max(1, int(np.ceil(norm.low / 100.0 * pixels))),
+                          max(1, int(np.ceil(norm.high / 100.0 * pixels)))]] * n, dtype=torch.int32,
+                        device=flat.device)
+    lohi = torch.searchsorted(cdf, need).to(torch.float32)  # the first bin whose cumulative count reaches `need`
+    lo, hi = lohi[:, 0], lohi[:, 1]
+    rng = torch.maximum(hi - lo, (norm.min_contrast - 1.0) * lo).clamp_(min=max(norm.min_range, 1e-6))
+    x = (values.to(torch.float32) - lo[:, None, None]) * (1.0 / rng)[:, None, None]
+    return x.clamp_(0.0, 1.0), lo, hi
 
 
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, model: ModelInfo, threads: int | None = None, device: str | None = None):
-        if not model.is_checkpoint:
-            raise UserError(f"the torch backend runs training checkpoints (.pt), not {model.path.name}: "
-                            "use --backend onnxruntime for ONNX files")
-        import torch
-
-        from nucleiscreen.trainer.export import boundary_bias, load_checkpoint
-        from nucleiscreen.trainer.model import ExportHead
-
+    def __init__(self, model: ModelInfo, threads: int | None = None, device: str | None = None,
+                 graphs: bool = False, compile: bool = False, channels_last: bool = True):
+        try:
+            import torch
+        except ImportError:
+            raise UserError("--backend torch needs PyTorch: pip install 'nucleiscreen[torch]'") from None
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        net, ck = load_checkpoint(model.path)
-        net = ExportHead(net, boundary_bias=boundary_bias(ck))  # the argmax exactly as the ONNX export computes it
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if self.cuda else torch.float32
+        if model.is_checkpoint:
+            from nucleiscreen.trainer.export import boundary_bias, load_checkpoint
+            from nucleiscreen.trainer.model import ExportHead
+
+            net, ck = load_checkpoint(model.path)
+            net = ExportHead(net, boundary_bias=boundary_bias(ck))  # the argmax exactly as the ONNX export does it
+        else:
+            from nucleiscreen.engine.backends.onnx_torch import OnnxModule
+
+            net = OnnxModule(model.path, self.dtype)
         net = net.to(self.device, self.dtype).eval()
-        if self.cuda:
+        self.channels_last = self.cuda and channels_last
+        if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        elif threads:
+        if not self.cuda and threads:
             torch.set_num_threads(threads)
         self.net = net
+        self.norm = model.normalization
+        self.multiple = model.multiple
+        self.graphs = graphs and self.cuda
+        self.compute = torch.compile(self._compute, dynamic=False) if compile else self._compute
+        self._graphs: dict[tuple, tuple] = {}  # (n, h, w) -> (graph, static input, static output)
         self.preferred_batch = 16 if self.cuda else 1
-        self.description = f"torch {torch.__version__} ({self.device.type}, {str(self.dtype).replace('torch.', '')})"
+        if self.cuda:
+            self.copy_stream = torch.cuda.Stream(self.device)
+            self.compute_stream = torch.cuda.Stream(self.device)
+            self._pinned: dict[tuple, list] = {}  # (n, h, w) -> two (pinned input, pinned output) pairs
+            self._turn = 0
+        mode = "+".join(["fp16" if self.cuda else "fp32", *(["channels-last"] if self.channels_last else []),
+                         *(["cuda-graphs"] if self.graphs else []), *(["compiled"] if compile else [])])
+        self.description = f"torch {torch.__version__} ({self.device.type}, {mode})"
 
+    # -- the protocol of every backend: normalized, padded float frames in, class maps out ---------------------------
     def infer(self, batch: np.ndarray) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, np.float32))
-            x = x.to(self.device, self.dtype, non_blocking=True)
-            if self.cuda:
+            x = torch.from_numpy(np.ascontiguousarray(batch, np.float32)).to(self.device, self.dtype)
+            if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             return self.net(x).cpu().numpy()
+
+    # -- raw frames: normalization, padding, network and ArgMax on the device ----------------------------------------
+    raw_input = True
+
+    def _compute(self, frames):
+        """Class maps (N x H x W uint8) of raw integer frames already on the device."""
+        torch = self.torch
+        n, h, w = frames.shape
+        x, _, _ = normalize_on_device(frames, self.norm)
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        x = x[:, None]
+        if ph or pw:
+            x = torch.nn.functional.pad(x, (0, pw, 0, ph), mode="reflect")
+        x = x.to(self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net(x)[:, :h, :w].to(torch.uint8)
+
+    def submit_raw(self, frames: np.ndarray):
+        """Start the class maps of a batch of raw frames (N x H x W uint8/uint16). On CUDA this returns a token at
+        once (the work is queued on the copy and compute streams); ``collect_raw`` waits for it."""
+        torch = self.torch
+        if frames.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"raw frames must be uint8 or uint16, got {frames.dtype}")
+        if not self.cuda:
+            with torch.inference_mode():
+                return self._compute(torch.from_numpy(_bits(frames))).numpy()
+        key = frames.shape + (frames.dtype.itemsize,)
+        if key not in self._pinned:
+            dtype = torch.int16 if frames.dtype == np.uint16 else torch.uint8
+            self._pinned[key] = [(torch.empty(frames.shape, dtype=dtype, pin_memory=True),
+                                  torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)) for _ in range(2)]
+        host_in, host_out = self._pinned[key][self._turn]
+        self._turn ^= 1
+        host_in.numpy()[...] = _bits(frames)
+        with torch.inference_mode():
+            with torch.cuda.stream(self.copy_stream):
+                dev = host_in.to(self.device, non_blocking=True)
+            self.compute_stream.wait_stream(self.copy_stream)
+            with torch.cuda.stream(self.compute_stream):
+                dev.record_stream(self.compute_stream)
+                out = self._replay(dev) if self.graphs else self.compute(dev)
+                host_out.copy_(out, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(self.compute_stream)
+        return done, host_out
+
+    def collect_raw(self, token) -> np.ndarray:
+        if isinstance(token, np.ndarray):
+            return token
+        done, host_out = token
+        done.synchronize()
+        return host_out.numpy().copy()
+
+    def _replay(self, dev):
+        """The compute of one batch shape from a CUDA graph captured at its first use (after a warm-up run)."""
+        torch = self.torch
+        key = tuple(dev.shape)
+        if key not in self._graphs:
+            static_in = dev.clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.compute(static_in)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = self.compute(static_in)
+            self._graphs[key] = (graph, static_in, static_out)
+        graph, static_in, static_out = self._graphs[key]
+        static_in.copy_(dev)
+        graph.replay()
+        return static_out
+
+
+def _bits(frames: np.ndarray) -> np.ndarray:
+    """uint16 frames as int16 of the same bits (what ``normalize_on_device`` takes); uint8 ones as they are."""
+    frames = np.ascontiguousarray(frames)
+    return frames.view(np.int16) if frames.dtype == np.uint16 else frames
