@@ -154,7 +154,10 @@ def _gather(m, a, attrs):
     data, idx = a
     if _is_shape(data):
         return [data[i] for i in idx] if isinstance(idx, list) else data[idx]
-    return torch.index_select(data, attrs.get("axis", 0), torch.as_tensor(idx, device=data.device).reshape(-1))
+    axis = attrs.get("axis", 0)
+    if isinstance(idx, int):  # a scalar index drops the axis
+        return data.select(axis, idx)
+    return torch.index_select(data, axis, torch.as_tensor(idx, device=data.device))
 
 
 def _unsqueeze(m, a, attrs):
