@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nucleiscreen.engine.pipeline import Segmenter, SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions, segment
 from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
 

@@ -6,12 +6,10 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import tifffile
-
 from nucleiscreen.engine.discover import discover_images
-from nucleiscreen.engine.pipeline import Segmenter
 from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.engine.runfolder import write_labels
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import measure
 
@@ -53,9 +51,8 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
             classes = seg.classes([seg.prepare(raw) for _, raw in items], shape)
             for (p, raw), cls in zip(items, classes):
                 labels = seg.instances(cls, raw)
-                dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
                 target = out / f"{p.stem}_labels.tif"
-                tifffile.imwrite(target, labels.astype(dtype), compression="zlib")
+                write_labels(target, labels)
                 measure(labels, raw).write_csv(out / f"{p.stem}_nuclei.csv")
                 written.append(target)
                 if bar is not None:

@@ -44,23 +44,37 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.instances import (
+    DEFAULT_MAX_GROW,
+    DEFAULT_MIN_AREA,
+    check_class_map,
+    instance_runs,
+    paint_runs,
+)
 
 INNER = 2
 OUTER = 6
 DEFAULT_CONTRAST_AREA = 300
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _value(image, y, x, lo, scale):
+    """The normalized image at (y, x): the image itself, or with ``scale`` > 0 the raw frame normalized on the fly
+    exactly as ``kernels/normalize.py`` writes it (float64 arithmetic, clipped, rounded to float32)."""
+    if scale <= 0.0:
+        return np.float32(image[y, x])
+    v = (image[y, x] - lo) * scale
+    return np.float32(min(max(v, 0.0), 1.0))
+
+
 @numba.njit(nogil=True, cache=True)
-def _contrasts(labels, image, n, max_area, inner, outer):
+def _boxes_of_labels(labels, n):
+    """Area and bounding box (y0, y1, x0, x1, inclusive) of every label 1..n, by runs of one label along the rows."""
     h, w = labels.shape
     area = np.zeros(n + 1, np.int64)
-    total = np.zeros(n + 1, np.float64)
-    y0 = np.full(n + 1, h, np.int64)
-    y1 = np.full(n + 1, -1, np.int64)
-    x0 = np.full(n + 1, w, np.int64)
-    x1 = np.full(n + 1, -1, np.int64)
-    for y in range(h):  # by runs of one label along the row: one update of the per-object sums per run
+    boxes = np.empty((n + 1, 4), np.int64)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, -1, w, -1
+    for y in range(h):
         x = 0
         while x < w:
             k = labels[y, x]
@@ -68,16 +82,54 @@ def _contrasts(labels, image, n, max_area, inner, outer):
                 x += 1
                 continue
             start = x
-            s = 0.0
             while x < w and labels[y, x] == k:
-                s += image[y, x]
                 x += 1
-            area[k] += x - start
-            total[k] += s
-            y0[k] = min(y0[k], y)
-            y1[k] = y
-            x0[k] = min(x0[k], start)
-            x1[k] = max(x1[k], x - 1)
+            _add_run(area, boxes, k, y, start, x - 1)
+    return area, boxes
+
+
+@numba.njit(nogil=True, cache=True)
+def _boxes_of_runs(fx0, fx1, fid, frs, n, h, w):
+    """``_boxes_of_labels`` from the runs ``instance_runs`` makes (no pass over the pixels)."""
+    area = np.zeros(n + 1, np.int64)
+    boxes = np.empty((n + 1, 4), np.int64)
+    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, -1, w, -1
+    for y in range(h):
+        for r in range(frs[y], frs[y + 1]):
+            _add_run(area, boxes, fid[r], y, fx0[r], fx1[r])
+    return area, boxes
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _add_run(area, boxes, k, y, start, end):
+    area[k] += end - start + 1
+    boxes[k, 0] = min(boxes[k, 0], y)
+    boxes[k, 1] = y
+    boxes[k, 2] = min(boxes[k, 2], start)
+    boxes[k, 3] = max(boxes[k, 3], end)
+
+
+@numba.njit(nogil=True, cache=True)
+def _contrasts(labels, image, area, boxes, max_area, inner, outer, lo, scale):
+    """Contrast and image sum of the objects under ``max_area`` px (inf and 0 for the others)."""
+    h, w = labels.shape
+    n = area.size - 1
+    y0, y1, x0, x1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
+    total = np.zeros(n + 1, np.float64)
+    for k in range(1, n + 1):  # the image is read only for the measured objects, inside their boxes, run by run
+        if area[k] == 0 or area[k] >= max_area:
+            continue
+        for y in range(y0[k], y1[k] + 1):
+            x = x0[k]
+            while x <= x1[k]:
+                if labels[y, x] != k:
+                    x += 1
+                    continue
+                s = 0.0
+                while x <= x1[k] and labels[y, x] == k:
+                    s += _value(image, y, x, lo, scale)
+                    x += 1
+                total[k] += s
     out = np.full(n + 1, np.inf)
     size = 0  # the largest grown box among the measured objects (an id may label pixels far apart)
     for k in range(1, n + 1):
@@ -94,21 +146,21 @@ def _contrasts(labels, image, n, max_area, inner, outer):
                     continue
                 if y0[k] - inner <= y <= y1[k] + inner and x0[k] - inner <= x <= x1[k] + inner:
                     continue
-                ring[m] = image[y, x]
+                ring[m] = _value(image, y, x, lo, scale)
                 m += 1
         if m:
             out[k] = total[k] / area[k] - np.median(ring[:m])
-    return out, np.stack((y0, y1, x0, x1), axis=1), area, total
+    return out, total
 
 
 @numba.njit(nogil=True, cache=True)
-def _grow(out, classes, labels, image, grow, level, boxes):
+def _grow(out, classes, labels, image, grow, level, boxes, lo, scale):
     h, w = labels.shape
     for k in np.nonzero(grow)[0]:  # background pixels next to object k within its bounding box grown by one
         y0, y1, x0, x1 = boxes[k]
         for y in range(max(y0 - 1, 0), min(y1 + 2, h)):
             for x in range(max(x0 - 1, 0), min(x1 + 2, w)):
-                if classes[y, x] != 0 or labels[y, x] != 0 or image[y, x] < level[k]:
+                if classes[y, x] != 0 or labels[y, x] != 0 or _value(image, y, x, lo, scale) < level[k]:
                     continue
                 near, other = False, False
                 for yy in range(max(y - 1, 0), min(y + 2, h)):
@@ -151,19 +203,32 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAU
     return _contrasts_and_boxes(labels, image, max_area, ring)[0]
 
 
-def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int,
-                         ring: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int, ring: tuple[int, int],
+                         rescale: tuple[float, float] | None = None, area_boxes: tuple | None = None) -> tuple:
     """``object_contrast``, every label's bounding box (rows y0, y1, x0, x1, inclusive), its area and the sum of the
-    image over it."""
+    image over it (for the objects under ``max_area``; 0 for the others); ``rescale`` as ``erase_faint``'s;
+    ``area_boxes``: the areas and boxes when the caller has them (from the labels' runs), else found here."""
     if labels.shape != image.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and image {image.shape} must be 2-D arrays of one shape")
     if max_area < 1:
         raise ValueError(f"max_area must be positive, got {max_area}")
     if not 0 <= ring[0] < ring[1]:
         raise ValueError(f"ring must be (inner, outer) margins with 0 <= inner < outer, got {ring}")
-    n = int(labels.max(initial=0))
-    return _contrasts(np.ascontiguousarray(labels), np.ascontiguousarray(image, np.float32), n, int(max_area),
-                      int(ring[0]), int(ring[1]))
+    labels = np.ascontiguousarray(labels)
+    area, boxes = area_boxes or _boxes_of_labels(labels, int(labels.max(initial=0)))
+    image, lo, scale = _image(image, rescale)
+    contrast, total = _contrasts(labels, image, area, boxes, int(max_area), int(ring[0]), int(ring[1]), lo, scale)
+    return contrast, boxes, area, total
+
+
+def _image(image: np.ndarray, rescale: tuple[float, float] | None) -> tuple[np.ndarray, float, float]:
+    """The kernels' image and on-the-fly normalization: a raw uint8/uint16 frame with ``rescale``, else float32."""
+    if rescale is None:
+        return np.ascontiguousarray(image, np.float32), 0.0, 0.0
+    lo, scale = rescale
+    if image.dtype not in (np.uint8, np.uint16) or not scale > 0:
+        raise ValueError(f"rescale needs a uint8 or uint16 frame and a positive scale, got {image.dtype}, {scale}")
+    return np.ascontiguousarray(image), float(lo), float(scale)
 
 
 def filters(min_contrast: float, min_edge_area: int, grow_area: int) -> bool:
@@ -173,21 +238,31 @@ def filters(min_contrast: float, min_edge_area: int, grow_area: int) -> bool:
 
 def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, min_contrast: float,
                 max_area: int = DEFAULT_CONTRAST_AREA, ring: tuple[int, int] = (INNER, OUTER),
-                min_edge_area: int = 0, grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
+                min_edge_area: int = 0, grow_area: int = 0, grow_level: float = 0.5,
+                rescale: tuple[float, float] | None = None) -> np.ndarray:
     """The class map with the pixels of the faint small objects and of the edge slivers (fewer than
     ``min_edge_area`` px, touching the frame's edge) of ``labels`` (made from it) set to background, and the other
     objects under ``grow_area`` px grown by the bright pixels of their outer ring (module docstring).
 
+    ``image`` is the normalized frame, or with ``rescale = (lo, scale)`` (``normalize.normalization_range``) the raw
+    uint8/uint16 frame, normalized on the fly where the filter reads it (the same values; no normalized copy).
+
     Returns ``class_map`` itself when no object is erased or qualifies for the growth (so always when
     ``min_contrast``, ``min_edge_area`` and ``grow_area`` are all <= 0), else a copy.
     """
+    return _erase_faint(class_map, labels, None, image, min_contrast, max_area, ring, min_edge_area, grow_area,
+                        grow_level, rescale)
+
+
+def _erase_faint(class_map, labels, area_boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
+                 grow_level, rescale) -> np.ndarray:
     if not filters(min_contrast, min_edge_area, grow_area):
         return class_map
     if class_map.shape != labels.shape:
         raise ValueError(f"class map {class_map.shape} and labels {labels.shape} differ in shape")
     # contrast is measured for the objects the filter or the growth may touch (max_area 1: none, no object is under 1)
     measured = max(max_area if min_contrast > 0 else 1, grow_area)
-    contrast, boxes, area, total = _contrasts_and_boxes(labels, image, measured, ring)
+    contrast, boxes, area, total = _contrasts_and_boxes(labels, image, measured, ring, rescale, area_boxes)
     faint = (contrast < min_contrast) & (area < max_area) if min_contrast > 0 else np.zeros(len(area), bool)
     if min_edge_area > 0:
         h, w = labels.shape
@@ -202,17 +277,27 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
     if grow.any():
         contrast = np.where(grow, contrast, 0.0)
         level = total / np.maximum(area, 1) - (1 - grow_level) * contrast  # background + grow_level * contrast
-        _grow(out, np.ascontiguousarray(class_map), labels, np.ascontiguousarray(image, np.float32), grow, level,
-              boxes)
+        image, lo, scale = _image(image, rescale)
+        _grow(out, np.ascontiguousarray(class_map), labels, image, grow, level, boxes, lo, scale)
     return out
 
 
 def filter_faint(class_map: np.ndarray, image: np.ndarray, min_contrast: float, max_area: int = DEFAULT_CONTRAST_AREA,
                  ring: tuple[int, int] = (INNER, OUTER), min_edge_area: int = 0, grow_area: int = 0,
-                 grow_level: float = 0.5, **instance_args) -> np.ndarray:
+                 grow_level: float = 0.5, rescale: tuple[float, float] | None = None,
+                 **instance_args) -> np.ndarray:
     """``erase_faint`` on the instances ``instances_from_classes(class_map, **instance_args)``: the post-processing's
-    filter step, which the engine and the trainer's validation share."""
+    filter step, which the engine and the trainer's validation share. (The objects' areas and boxes come from the
+    instances' runs, so the label image is read only around the small objects.)"""
     if not filters(min_contrast, min_edge_area, grow_area):
         return class_map
-    return erase_faint(class_map, instances_from_classes(class_map, **instance_args), image, min_contrast, max_area,
-                       ring, min_edge_area, grow_area, grow_level)
+    args = {"min_area": DEFAULT_MIN_AREA, "connectivity": 8, "max_grow": DEFAULT_MAX_GROW, **instance_args}
+    check_class_map(class_map, **args)
+    labels = np.empty(class_map.shape, np.int32)
+    if labels.size == 0:
+        return class_map
+    fx0, fx1, fid, frs, n, _ = instance_runs(class_map, **args)
+    area_boxes = _boxes_of_runs(fx0, fx1, fid, frs, int(n), *class_map.shape)
+    paint_runs(fx0, fx1, fid, frs, labels)
+    return _erase_faint(class_map, labels, area_boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
+                        grow_level, rescale)

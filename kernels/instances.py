@@ -364,7 +364,7 @@ def _fill16(flat, i, end, v):
 
 
 @numba.njit(nogil=True, cache=True)
-def _paint(fx0, fx1, fid, frs, out):
+def paint_runs(fx0, fx1, fid, frs, out):
     """Write the runs (x0, x1, id) of each row into ``out``, 0 elsewhere.
 
     Left to right in whole stores of 16 pixels, each stretch overwriting what the last one wrote past its end (a
@@ -939,7 +939,7 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     else:
         _pack_nonzero(mask, ws.nw, ws.ip)
     _component_runs(ws.ip, h, ws.nw, eight, ws.ox0, ws.ox1, ws.oparent, ws.ors, ws.fx0, ws.fx1, ws.fid, ws.frs)
-    _paint(ws.fx0, ws.fx1, ws.fid, ws.frs, out)
+    paint_runs(ws.fx0, ws.fx1, ws.fid, ws.frs, out)
     return out
 
 
@@ -986,5 +986,5 @@ def instances_from_classes(
     if out.size == 0:
         return out
     fx0, fx1, fid, frs, _, _ = instance_runs(class_map, min_area, connectivity, max_grow)
-    _paint(fx0, fx1, fid, frs, out)
+    paint_runs(fx0, fx1, fid, frs, out)
     return out

@@ -7,13 +7,17 @@ for a raw frame ``x`` of an integer dtype with maximum value ``M``:
   whole frame (population variance); 0 for a frame whose mean is 0. Blur lowers it: compare frames of one screen.
 - ``ImageQuality_PercentMaximal_DNA`` = 100 * (pixels equal to the frame's maximum) / pixels: saturation shows as a
   plateau of pixels at the maximum.
-Float frames are taken as already scaled (M = 1).
+Float frames are taken as already scaled (M = 1). For uint8 and uint16 frames the sums come from the frame's
+histogram (``kernels/normalize.py``, which the engine makes once for the normalization too), in integers: the
+same values as a pass over the pixels wherever float64 sums of the pixels are exact (below 2**53).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from nucleiscreen.kernels.normalize import histogram
 
 QUALITY_COLUMNS = ("ImageQuality_FocusScore_DNA", "ImageQuality_PercentMaximal_DNA")
 
@@ -36,12 +40,32 @@ def _moments(flat):
     return s, s2, at_top
 
 
-def frame_quality(frame: np.ndarray) -> dict[str, float]:
-    """Focus score and percent maximal of one 2-D frame (see the module docstring)."""
+@numba.njit(nogil=True, cache=True)
+def _histogram_moments(hist):
+    s = 0
+    s2 = 0
+    top = 0
+    for v in range(hist.size):
+        c = hist[v]
+        if c:
+            s += v * c
+            s2 += v * v * c
+            top = v
+    return float(s), float(s2), hist[top]
+
+
+def frame_quality(frame: np.ndarray, hist: np.ndarray | None = None) -> dict[str, float]:
+    """Focus score and percent maximal of one 2-D frame (see the module docstring); ``hist``: the frame's
+    ``nucleiscreen.kernels.normalize.histogram`` (uint8 and uint16 frames), when the caller has it already."""
     if frame.ndim != 2 or frame.size == 0:
         raise ValueError(f"frame_quality expects a non-empty 2-D frame, got shape {frame.shape}")
     scale = float(np.iinfo(frame.dtype).max) if np.issubdtype(frame.dtype, np.integer) else 1.0
-    s, s2, at_top = _moments(np.ascontiguousarray(frame).ravel())
+    if hist is None:
+        hist = histogram(frame)
+    if hist is not None:
+        s, s2, at_top = _histogram_moments(hist)
+    else:
+        s, s2, at_top = _moments(np.ascontiguousarray(frame).ravel())
     n = frame.size
     mean = s / n
     var = max(s2 / n - mean * mean, 0.0)

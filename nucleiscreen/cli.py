@@ -176,14 +176,22 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    if a.what == "kernels":
+    if a.what == "host":
+        from nucleiscreen.bench.host import main as bench_host
+
+        bench_host(frames=a.frames or 600, size=a.size, cores=a.threads)
+    elif a.what == "gpu":
+        from nucleiscreen.bench.gpu import main as bench_gpu
+
+        bench_gpu(out=a.out, frames=a.frames or 4096, model=a.model, quick=a.quick)
+    elif a.what == "kernels":
         from nucleiscreen.bench.kernels import main as bench_kernels
 
         bench_kernels(threads=a.threads)
     else:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
-        bench_pipeline(frames=a.frames, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
+        bench_pipeline(frames=a.frames or 64, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
                        threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area,
                        min_edge_area=a.min_edge_area, grow_area=a.grow_area)
 
@@ -367,11 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("bench", help="measure the segmentation pipeline's throughput",
                        description="pipeline: time each stage on simulated frames and compare the overlapped engine "
-                                   "with a plain sequential loop measured in the same run. kernels: post-processing "
-                                   "against OpenCV and scikit-image (needs the [bench] extra).")
-    p.add_argument("what", nargs="?", default="pipeline", choices=["pipeline", "kernels"],
+                                   "with a plain sequential loop measured in the same run. host: the host side's "
+                                   "frames/s per core with a network that costs nothing, on 1 core and on all. gpu: "
+                                   "the torch backend on CUDA, inference alone and end to end (skips without a GPU). "
+                                   "kernels: post-processing against OpenCV and scikit-image (needs the [bench] "
+                                   "extra).")
+    p.add_argument("what", nargs="?", default="pipeline", choices=["pipeline", "host", "gpu", "kernels"],
                    help="what to measure (default: pipeline)")
-    p.add_argument("--frames", type=int, default=64, help="frames to process (default: 64)")
+    p.add_argument("--frames", type=int,
+                   help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end)")
+    p.add_argument("--out", default="bench-results", help="gpu: folder for the JSON and Markdown results")
+    p.add_argument("--quick", action="store_true", help="gpu: fewer batch sizes and frames (a smoke test)")
     p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
     _engine_options(p, pixel_size=False)
     p.set_defaults(func=cmd_bench)

@@ -3,7 +3,7 @@ import pytest
 import tifffile
 
 from nucleiscreen.cli import main
-from nucleiscreen.engine.pipeline import Segmenter
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import INNER, OUTER, erase_faint, object_contrast
 from nucleiscreen.kernels.instances import instances_from_classes

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from nucleiscreen.engine.model import default_model_path, load_model_info
-from nucleiscreen.engine.pipeline import Segmenter
 from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.simulate import synth_frame
 from nucleiscreen.trainer.metrics import Counts, match
 

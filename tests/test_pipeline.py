@@ -8,7 +8,8 @@ import pytest
 import tifffile
 
 from nucleiscreen.cli import main
-from nucleiscreen.engine.pipeline import Segmenter, SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import FrameSpec, simulate_screen, synth_frame
 
@@ -277,7 +278,7 @@ class _AsyncBackend:
 def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
     """With submit/collect, batch k+1 is submitted before batch k is collected (the GPU path's overlap), a frame
     size change drains the batch in flight first, and the results equal the synchronous path's."""
-    import nucleiscreen.engine.pipeline as pipeline
+    import nucleiscreen.engine.segmenter as segmenter
 
     sim = simulate_screen(tmp_path / "sim", plates=1, fields=1, size=96, seed=6, masks=False)
     big = sorted(sim.images.rglob("*.tif"))[:6]
@@ -285,8 +286,8 @@ def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
         tifffile.imwrite(p, np.pad(tifffile.imread(p), ((0, 32), (0, 32)), mode="reflect"))
     ref = _images(segment([sim.images], tmp_path / "sync", options=SegmentOptions(progress=False, batch_size=4)).run)
     log = []
-    real = pipeline.create_backend
-    monkeypatch.setattr(pipeline, "create_backend", lambda *a, **k: _AsyncBackend(real(*a, **k), log, fail_at=10))
+    real = segmenter.create_backend
+    monkeypatch.setattr(segmenter, "create_backend", lambda *a, **k: _AsyncBackend(real(*a, **k), log, fail_at=10))
     res = segment([sim.images], tmp_path / "async", options=SegmentOptions(progress=False, batch_size=4))
     got = _images(res.run)
     cols = ["FileName_DNA", "Count_Nuclei", "Count_Micronuclei", "Total_Nuclei_AreaShape_Area"]

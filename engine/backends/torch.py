@@ -87,8 +87,7 @@ class TorchBackend:
         if self.cuda:
             self.copy_stream = torch.cuda.Stream(self.device)
             self.compute_stream = torch.cuda.Stream(self.device)
-            self._pinned: dict[tuple, list] = {}  # (n, h, w) -> two (pinned input, pinned output) pairs
-            self._turn = 0
+            self._free: dict[tuple, list] = {}  # (n, h, w, bytes) -> free (pinned input, pinned output) pairs
         mode = "+".join(["fp16" if self.cuda else "fp32", *(["channels-last"] if self.channels_last else []),
                          *(["cuda-graphs"] if self.graphs else []), *(["compiled"] if compile else [])])
         self.description = f"torch {torch.__version__} ({self.device.type}, {mode})"
@@ -119,23 +118,29 @@ class TorchBackend:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)[:, :h, :w].to(torch.uint8)
 
-    def submit_raw(self, frames: np.ndarray):
-        """Start the class maps of a batch of raw frames (N x H x W uint8/uint16). On CUDA this returns a token at
-        once (the work is queued on the copy and compute streams); ``collect_raw`` waits for it."""
+    def submit_raw(self, frames) -> object:
+        """Start the class maps of a batch of raw frames (an N x H x W array, or a sequence of same-shape H x W
+        frames; uint8 or uint16). On CUDA each frame is copied once, into a pinned host buffer, and this returns a
+        token at once (the work is queued on the copy and compute streams); ``collect_raw`` waits for it."""
         torch = self.torch
-        if frames.dtype not in (np.uint8, np.uint16):
-            raise ValueError(f"raw frames must be uint8 or uint16, got {frames.dtype}")
+        frames = list(frames) if not isinstance(frames, np.ndarray) else frames
+        dtype = frames[0].dtype
+        if dtype not in (np.uint8, np.uint16) or any(f.dtype != dtype for f in frames):
+            raise ValueError(f"raw frames must be uint8 or uint16 (all alike), got {dtype}")
         if not self.cuda:
             with torch.inference_mode():
-                return self._compute(torch.from_numpy(_bits(frames))).numpy()
-        key = frames.shape + (frames.dtype.itemsize,)
-        if key not in self._pinned:
-            dtype = torch.int16 if frames.dtype == np.uint16 else torch.uint8
-            self._pinned[key] = [(torch.empty(frames.shape, dtype=dtype, pin_memory=True),
-                                  torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)) for _ in range(2)]
-        host_in, host_out = self._pinned[key][self._turn]
-        self._turn ^= 1
-        host_in.numpy()[...] = _bits(frames)
+                return self._compute(torch.from_numpy(_bits(np.stack(frames)))).numpy()
+        shape = (len(frames), *frames[0].shape)
+        key = shape + (dtype.itemsize,)
+        free = self._free.setdefault(key, [])
+        if not free:  # one pair of pinned buffers per batch in flight (two in the pipeline: copy k+1, compute k)
+            tdtype = torch.int16 if dtype == np.uint16 else torch.uint8
+            free.append((torch.empty(shape, dtype=tdtype, pin_memory=True),
+                         torch.empty(shape, dtype=torch.uint8, pin_memory=True)))
+        host_in, host_out = free.pop()
+        staging = host_in.numpy()
+        for k, f in enumerate(frames):
+            staging[k] = _bits(f)
         with torch.inference_mode():
             with torch.cuda.stream(self.copy_stream):
                 dev = host_in.to(self.device, non_blocking=True)
@@ -146,14 +151,16 @@ class TorchBackend:
                 host_out.copy_(out, non_blocking=True)
                 done = torch.cuda.Event()
                 done.record(self.compute_stream)
-        return done, host_out
+        return done, key, host_in, host_out
 
     def collect_raw(self, token) -> np.ndarray:
         if isinstance(token, np.ndarray):
             return token
-        done, host_out = token
+        done, key, host_in, host_out = token
         done.synchronize()
-        return host_out.numpy().copy()
+        out = host_out.numpy().copy()
+        self._free[key].append((host_in, host_out))  # the buffers serve the next batch of this shape
+        return out
 
     def _replay(self, dev):
         """The compute of one batch shape from a CUDA graph captured at its first use (after a warm-up run)."""

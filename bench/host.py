@@ -1,0 +1,131 @@
+"""The host's ceiling: how many frames per second the engine's host side (discovery, reading, histogram and quality,
+post-processing with the object filter, writing) sustains per core when the network costs nothing.
+
+A GPU computes the shipped U-Net for thousands of 1104^2 frames a second; what remains is host work, and a node's
+cores must keep up with it. Here the network is replaced by a *replay* backend that takes raw frames, as the torch
+backend does on CUDA, and returns the class map the shipped model computed for each distinct frame beforehand
+(computed once with onnxruntime, so the post-processing sees the network's real output, micronuclei and all).
+``segment`` runs over ``--frames`` 1104^2 uint16 TIFFs (copies of a few distinct simulated frames) in a fresh process
+pinned to 1 core and then to all cores, in summary mode and with ``--objects``; it prints frames/s, frames/s per core
+and the scaling from 1 core to all (1.0 = linear).
+
+    nucleiscreen bench host [--frames 600] [--size 1104]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
+
+
+class ReplayBackend:
+    """A backend that costs nothing: raw frames in (``submit_raw``, as torch on CUDA), the class map recorded for
+    each frame out, found by the frame's first row (the frames of a benchmark differ there). The class maps are
+    stacked into one batch array, as a real backend's result is."""
+
+    name = "replay"
+    description = "replay (class maps recorded beforehand; no network)"
+    preferred_batch = 16
+    raw_input = True
+
+    def __init__(self, maps: dict[bytes, np.ndarray]):
+        self.maps = maps
+
+    def submit_raw(self, frames) -> np.ndarray:
+        return np.stack([self.maps[f[0].tobytes()] for f in frames])
+
+    def collect_raw(self, token: np.ndarray) -> np.ndarray:
+        return token
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError("the replay backend takes raw frames only")
+
+
+def write_frames(folder: Path, frames: int, size: int, distinct: int = 16) -> list[np.ndarray]:
+    """``frames`` CX7-named uint16 TIFFs over 384-well plates (16 fields a well), copies of ``distinct`` simulated
+    frames; returns the distinct frames."""
+    images = [synth_frame(np.random.default_rng([7, i]), (size, size))[0] for i in range(distinct)]
+    wells = well_names()
+    for i in range(frames):
+        plate = plate_name(i // (384 * 16))
+        (folder / plate).mkdir(parents=True, exist_ok=True)
+        tifffile.imwrite(folder / plate / frame_file_name(plate, wells[(i // 16) % 384], i % 16, 0, "tif"),
+                         images[i % distinct])
+    return images
+
+
+def record_maps(images: list[np.ndarray], path: Path) -> None:
+    """The shipped model's class map of each distinct frame (onnxruntime), saved for the timed processes."""
+    from nucleiscreen.engine.segmenter import Segmenter
+
+    seg = Segmenter(backend="onnxruntime")
+    maps = [seg.classes([seg.prepare(img)], img.shape)[0] for img in images]
+    np.savez(path, frames=np.stack([img[0] for img in images]), maps=np.stack(maps))
+
+
+_CHILD = """
+import json, os, sys, time, tempfile
+import numpy as np
+os.sched_setaffinity(0, set(json.loads(sys.argv[4])))
+import numba
+numba.set_num_threads(1)  # the kernels are single-threaded; parallelism comes from the pool's threads
+from nucleiscreen.bench.host import ReplayBackend
+from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.segmenter import Segmenter
+rec = np.load(sys.argv[2])
+maps = {f.tobytes(): m for f, m in zip(rec["frames"], rec["maps"])}
+threads, objects = len(json.loads(sys.argv[4])), sys.argv[5] == "1"
+seg = Segmenter(backend=ReplayBackend(maps))
+opts = SegmentOptions(threads=threads, objects=objects, progress=False)
+segment([sys.argv[1]], os.path.join(sys.argv[3], "warm"), options=opts, segmenter=seg)  # numba caches, imports
+res = segment([sys.argv[1]], os.path.join(sys.argv[3], "timed"), options=opts, segmenter=seg)
+print(json.dumps({"frames": res.frames, "failed": res.failed, "seconds": res.seconds, "busy": res.busy}))
+"""
+
+
+def _run(src: Path, maps: Path, tmp: Path, cpus: list[int], objects: bool) -> dict:
+    with tempfile.TemporaryDirectory(dir=tmp) as work:
+        out = subprocess.run([sys.executable, "-c", _CHILD, str(src), str(maps), work, json.dumps(cpus),
+                              "1" if objects else "0"], check=True, capture_output=True, text=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["failed"]:
+        raise RuntimeError(f"{result['failed']} frames failed in the host benchmark")
+    return result
+
+
+def main(frames: int = 600, size: int = 1104, cores: int | None = None) -> dict:
+    available = sorted(os.sched_getaffinity(0))
+    cores = min(cores or len(available), len(available))
+    results: dict = {"frames": frames, "size": size, "cores": cores, "modes": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "frames"
+        images = write_frames(src, frames, size)
+        record_maps(images, Path(tmp) / "maps.npz")
+        print(f"host ceiling: {frames} frames of {size}x{size} px (uint16 TIFF), replay backend, "
+              f"{cores} of {len(available)} cores")
+        for mode, objects in (("summary", False), ("objects", True)):
+            one = _run(src, Path(tmp) / "maps.npz", Path(tmp), available[:1], objects)
+            every = _run(src, Path(tmp) / "maps.npz", Path(tmp), available[:cores], objects)
+            fps1, fpsn = frames / one["seconds"], frames / every["seconds"]
+            scaling = fpsn / (cores * fps1)
+            results["modes"][mode] = {"fps_1_core": fps1, f"fps_{cores}_cores": fpsn,
+                                      "fps_per_core": fpsn / cores, "scaling": scaling,
+                                      "busy_1_core": one["busy"], "busy_all_cores": every["busy"]}
+            busy = ", ".join(f"{k} {1000 * v / frames:.2f}" for k, v in sorted(one["busy"].items()))
+            print(f"  {mode:8s} 1 core: {fps1:7.1f} frames/s | {cores} cores: {fpsn:7.1f} frames/s = "
+                  f"{fpsn / cores:6.1f} per core | scaling {scaling:.2f} of linear "
+                  f"(1 core busy ms/frame: {busy})")
+    return results
+
+
+if __name__ == "__main__":
+    main()

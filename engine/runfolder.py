@@ -1,0 +1,161 @@
+"""The run folder that ``segment`` fills: Parquet parts of the image, object and error tables, label images and
+``manifest.json``.
+
+    RUN/images/plate=<plate>/part-*.parquet    one row per frame
+    RUN/objects/plate=<plate>/part-*.parquet   one row per nucleus (--objects)
+    RUN/labels/plate=<plate>/<stem>_labels.tif label images (--save-labels)
+    RUN/errors/part-*.parquet                  one row per frame that failed: PathName_DNA, FileName_DNA, Stage, Error
+    RUN/manifest.json                          model, settings, versions, every run of the command
+
+Parts are written under a temporary name and renamed, so an interrupted run never leaves a half-written part
+behind; resuming skips the frames already in the image or error tables.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shutil
+import uuid
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import tifffile
+
+import nucleiscreen
+from nucleiscreen.engine.discover import FRAME_COLUMNS
+from nucleiscreen.engine.model import ModelInfo
+from nucleiscreen.errors import UserError
+
+# Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
+RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "grow_area", "objects",
+                   "pixel_size")
+OBJECT_KEYS = ("ImageNumber", *FRAME_COLUMNS[:6])  # what each object row carries of its frame
+
+
+class PartWriter:
+    """Buffers the rows of each table and plate; writes them as part files atomically (temp name, then rename).
+
+    Image and error rows are dicts; a frame's objects are a table without its frame's columns, which are added when
+    the part is written (``OBJECT_KEYS``), so no per-frame table is ever widened."""
+
+    def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType]):
+        self.run, self.part_frames = run, part_frames
+        self.object_keys = {"ImageNumber": pl.Int64, **{k: frame_schema[k] for k in OBJECT_KEYS[1:]}}
+        self.rows: dict[tuple[str, str], list] = defaultdict(list)
+        self.token = uuid.uuid4().hex[:8]
+        self.count = 0
+
+    def add_frame(self, row: dict, objects: pl.DataFrame | None) -> None:
+        """The image row of a frame and, with ``--objects``, its object table."""
+        plate = row["Metadata_Plate"] or ""
+        if objects is not None and objects.height:
+            self.rows[("objects", plate)].append((tuple(row[k] for k in OBJECT_KEYS), objects))
+        images = self.rows[("images", plate)]
+        images.append(row)
+        if len(images) >= self.part_frames:  # memory stays flat however many frames
+            # A plate's objects go out with its image rows, objects first: resuming skips only frames whose image
+            # row was written, so their objects are on disk too.
+            self.flush(("objects", plate))
+            self.flush(("images", plate))
+
+    def add_error(self, row: dict) -> None:
+        self.rows[("errors", "")].append(row)
+
+    def flush(self, key: tuple[str, str] | None = None) -> None:
+        for k in [key] if key else sorted(self.rows, key=lambda k: k[0] == "images"):  # image rows last
+            items = self.rows.pop(k, [])
+            if items:
+                # (dict rows: None in the first rows must not fix a column's type, so infer over all of them)
+                self._write(*k, self._objects(items) if k[0] == "objects"
+                            else pl.from_dicts(items, infer_schema_length=None))
+
+    def _objects(self, items: list[tuple[tuple, pl.DataFrame]]) -> pl.DataFrame:
+        """One table of the buffered frames' objects, each row followed by its frame's ``OBJECT_KEYS``."""
+        tables = pl.concat([t for _, t in items], how="vertical_relaxed")
+        keys = pl.DataFrame([k for k, _ in items], schema=self.object_keys, orient="row")
+        frame_of_row = np.repeat(np.arange(len(items)), [t.height for _, t in items])
+        return pl.concat([tables, keys[frame_of_row]], how="horizontal")
+
+    def _write(self, table: str, plate: str, df: pl.DataFrame) -> None:
+        folder = self.run / table / f"plate={plate}" if table != "errors" else self.run / table
+        folder.mkdir(parents=True, exist_ok=True)
+        self.count += 1
+        name = f"part-{self.token}-{self.count:05d}.parquet"
+        tmp = folder / f".{name}.tmp"
+        df.write_parquet(tmp)
+        os.replace(tmp, folder / name)
+
+
+def error_row(rec: dict, stage: str, error: str) -> dict:
+    """The error table's row of a frame (its discovery columns and ImageNumber) that failed at ``stage``."""
+    row = {k: rec.get(k) for k in FRAME_COLUMNS}
+    row.update({"ImageNumber": rec.get("ImageNumber"), "Stage": stage, "Error": error.splitlines()[0][:500]})
+    return row
+
+
+def write_labels(path: Path, labels: np.ndarray) -> None:
+    """A label image as napari and Fiji open it: uint16 TIFF (uint32 past 65,535 objects), zlib-compressed."""
+    dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
+    tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
+
+
+def done_frames(run: Path, tables: Sequence[str] = ("images", "errors")) -> pl.DataFrame:
+    """``PathName_DNA``, ``FileName_DNA`` of the frames already in the run's given tables (one row each)."""
+    parts = [p for t in tables if (run / t).is_dir() for p in sorted((run / t).rglob("part-*.parquet"))]
+    if not parts:
+        return pl.DataFrame(schema={"PathName_DNA": pl.String, "FileName_DNA": pl.String})
+    return (pl.scan_parquet(parts, hive_partitioning=False).select("PathName_DNA", "FileName_DNA").unique()
+            .collect())
+
+
+def prepare_run(run: Path, model: ModelInfo, settings: dict, overwrite: bool, retry_errors: bool) -> None:
+    """Make the folder; refuse to mix models or result settings in it unless ``overwrite`` (which empties it);
+    ``retry_errors`` drops the error table so that its frames are attempted again."""
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / "manifest.json"
+    if overwrite:
+        for name in ("images", "objects", "errors", "labels", "analysis"):
+            if (run / name).is_dir():
+                shutil.rmtree(run / name)
+        path.unlink(missing_ok=True)
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("model", {}).get("sha256") not in (None, model.sha256):
+            raise UserError(f"{run} was segmented with another model ({old['model'].get('path')}): use a new --out "
+                            "folder, or --overwrite to start this one again")
+        before = old.get("settings", {})
+        changed = [k for k in RESULT_SETTINGS if k in before and before[k] != settings[k]]
+        if changed:
+            was = ", ".join(f"{k}={before[k]!r}" for k in changed)
+            raise UserError(f"{run} was segmented with {was}: resume with the same settings, use a new --out "
+                            "folder, or --overwrite")
+    if retry_errors and (run / "errors").is_dir():
+        shutil.rmtree(run / "errors")
+
+
+def write_manifest(run: Path, info: ModelInfo, settings: dict, pattern: str, discovered: int, session: dict) -> None:
+    """Record the model, the settings and versions, and append this run of the command to ``sessions``."""
+    import onnxruntime
+
+    path = run / "manifest.json"
+    old = json.loads(path.read_text()) if path.exists() else {}
+    sessions = [*old.get("sessions", []),
+                {"finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), **session}]
+    manifest = {
+        "nucleiscreen": nucleiscreen.__version__,
+        "model": {"path": str(info.path), "sha256": info.sha256, "card": info.card},
+        "settings": settings,
+        "discovery": {"pattern": pattern, "frames": discovered},
+        "versions": {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__,
+                     "onnxruntime": onnxruntime.__version__},
+        "sessions": sessions,
+    }
+    tmp = run / ".manifest.json.tmp"
+    tmp.write_text(json.dumps(manifest, indent=2, default=str))
+    os.replace(tmp, path)

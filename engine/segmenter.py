@@ -1,0 +1,189 @@
+"""One model on one backend: a raw frame in; its class map, nuclei and measurements out.
+
+The pieces the streaming pipeline (``engine/pipeline.py``), ``predict`` and the benchmarks share, so a frame is
+treated the same way everywhere:
+
+    load      read the file, one histogram of the raw frame for its quality values and its normalization range,
+              and the network input (normalized, resized to the model's pixel size); on a backend that takes raw
+              frames (torch: normalization on its device) the raw frame is the input
+    submit    a batch of same-shape inputs to the backend (asynchronous where the backend is), ``collect`` its class
+              maps (uint8: 0 background, 1 interior, 2 boundary) cropped and resized back to the frames
+    measure   the object filter (``kernels/contrast.py``, the normalized frame read on the fly from the raw one), then
+              nuclei and their measurements in one fused pass (``kernels/measure.py``)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from nucleiscreen.engine.backends import Backend, create_backend
+from nucleiscreen.engine.model import ModelInfo, load_model_info
+from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, INNER, OUTER, filter_faint, filters
+from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
+from nucleiscreen.kernels.normalize import histogram, normalization_range, normalize
+from nucleiscreen.kernels.quality import frame_quality
+from nucleiscreen.kernels.resize import resize
+
+RAW_DTYPES = (np.uint8, np.uint16)  # what a backend with ``raw_input`` normalizes itself
+
+
+@dataclass
+class Frame:
+    """A decoded frame and what the network and the post-processing need of it."""
+
+    raw: np.ndarray
+    input: np.ndarray  # what the backend is given: the normalized network input, or the raw frame (raw_input)
+    rescale: tuple[float, float] | None  # (lo, scale) of the normalization for uint8/uint16 frames, else None
+    quality: dict[str, float]  # ImageQuality_* (kernels/quality.py)
+
+
+@dataclass
+class Pending:
+    """A batch submitted to the network: the backend's token (or, for a synchronous backend, its result)."""
+
+    token: object
+    mode: str  # "sync", "async" (submit/collect) or "raw" (submit_raw/collect_raw)
+    n: int
+    size: tuple[int, int]  # the inputs' size (before padding)
+    shape: tuple[int, int] | None  # the raw frames' shape, when the class maps must be resized back to it
+
+
+class Segmenter:
+    """One model on one backend with the post-processing settings of its card (or the overrides given here)."""
+
+    def __init__(self, model: str | Path | ModelInfo | None = None, backend: str | Backend = "auto",
+                 threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
+                 min_contrast: float | None = None, min_edge_area: int | None = None, grow_area: int | None = None):
+        self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
+        # a backend's name, or a backend object (a benchmark's own)
+        self.backend = create_backend(backend, self.info, threads=threads) if isinstance(backend, str) else backend
+        self.norm = self.info.normalization
+        self.multiple = self.info.multiple
+        # Frames at another pixel size (a 10x or 40x screen) are resized to the model's before inference and the
+        # class map back after it, so nuclei have the size the network was trained on.
+        model_px = self.info.card.get("pixel_size_um")
+        if pixel_size is not None and pixel_size <= 0:
+            raise UserError(f"--pixel-size must be positive, got {pixel_size}")
+        self.scale = pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02 \
+            else 1.0
+        # Raw frames go to a backend that normalizes on its device (only uint8/uint16 ones at the model's scale).
+        self.raw_input = bool(getattr(self.backend, "raw_input", False)) and self.scale == 1.0
+        # Post-processing runs on the class map at the frame's own size, so the card's lengths and areas (in model
+        # pixels) are converted to frame pixels; a --min-area given here is in frame pixels already.
+        post, s = self.info.postprocessing, self.scale
+        self.post_args = {}
+        if "max_grow" in post:
+            self.post_args["max_grow"] = math.ceil(post["max_grow"] / s)
+        if "min_area" in post:
+            self.post_args["min_area"] = max(1, round(post["min_area"] / s**2))
+        if min_area is not None:
+            if min_area < 0:
+                raise UserError(f"--min-area must be 0 or more pixels, got {min_area}")
+            self.post_args["min_area"] = min_area
+        if min_contrast is not None and not 0 <= min_contrast < 1:
+            raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
+        # the faint-object filter (kernels/contrast.py)
+        self.min_contrast = float(post.get("min_contrast", 0.0) if min_contrast is None else min_contrast)
+        self.contrast_area = max(1, round(int(post.get("contrast_area", DEFAULT_CONTRAST_AREA)) / s**2))
+        self.contrast_ring = (round(INNER / s), max(round(OUTER / s), round(INNER / s) + 1))
+        if min_edge_area is not None and min_edge_area < 0:
+            raise UserError(f"--min-edge-area must be 0 or more pixels, got {min_edge_area}")
+        self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if min_edge_area is None \
+            else min_edge_area
+        # the growth of small objects into their bright outer ring (kernels/contrast.py)
+        if grow_area is not None and grow_area < 0:
+            raise UserError(f"--grow-area must be 0 or more pixels, got {grow_area}")
+        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2) if grow_area is None else grow_area,
+                     "grow_level": float(post.get("grow_level", 0.5))}
+
+    # -- frames in ----------------------------------------------------------------------------------------------------
+    def load(self, path: str | Path) -> Frame:
+        """Read and prepare one frame; ``FrameReadError`` for a file that is not one 2-D frame."""
+        raw = read_frame(path)
+        if raw.ndim != 2:
+            raise FrameReadError(f"{Path(path).name}: not a 2-D frame")
+        hist = histogram(raw)  # one pass for the quality values and the normalization range
+        quality = frame_quality(raw, hist)
+        rescale = normalization_range(raw, self.norm, hist) if hist is not None else None
+        x = raw if self.raw_input and hist is not None else self.prepare(raw, hist)
+        return Frame(raw, x, rescale, quality)
+
+    def prepare(self, raw: np.ndarray, hist: np.ndarray | None = None) -> np.ndarray:
+        """The normalized network input of a raw frame (float32; resized to the model's pixel size if needed)."""
+        x = normalize(raw, self.norm, hist=hist)
+        if self.scale != 1.0:
+            x = resize(x, (max(1, round(x.shape[0] * self.scale)), max(1, round(x.shape[1] * self.scale))))
+        return x
+
+    # -- the network --------------------------------------------------------------------------------------------------
+    def submit(self, inputs: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> Pending:
+        """Start the network on same-shape, same-dtype inputs (``Frame.input``) in one batch. Raw frames go to the
+        backend as they are (it normalizes and pads them on its device); prepared ones are padded to the network's
+        multiple here. On a backend with ``submit``/``collect`` or ``submit_raw``/``collect_raw`` (TensorRT, torch on
+        CUDA) this returns at once, so the caller can prepare the next batch meanwhile; otherwise the result is
+        computed here."""
+        h, w = inputs[0].shape
+        if inputs[0].dtype in RAW_DTYPES and self.raw_input:
+            return Pending(self.backend.submit_raw(inputs), "raw", len(inputs), (h, w), shape)
+        ph, pw = (-h) % self.multiple, (-w) % self.multiple
+        batch = np.stack([np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x for x in inputs])
+        if hasattr(self.backend, "submit"):
+            return Pending(self.backend.submit(batch[:, None]), "async", len(inputs), (h, w), shape)
+        return Pending(self.backend.infer(batch[:, None]), "sync", len(inputs), (h, w), shape)
+
+    def collect(self, pending: Pending) -> list[np.ndarray]:
+        """The class maps of a submitted batch (waits for it), cropped back and resized to the raw frames' shape
+        when the frames were rescaled."""
+        if pending.mode == "raw":
+            out = self.backend.collect_raw(pending.token)
+        else:
+            out = self.backend.collect(pending.token) if pending.mode == "async" else pending.token
+        h, w = pending.size
+        maps = [np.ascontiguousarray(out[k, :h, :w]) for k in range(pending.n)]
+        if pending.shape is not None and pending.shape != (h, w):
+            maps = [resize(m, pending.shape, nearest=True) for m in maps]
+        return maps
+
+    def classes(self, inputs: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> list[np.ndarray]:
+        """Class maps of same-shape inputs in one batch; resized to the raw frames' ``shape`` when the frames were
+        rescaled."""
+        return self.collect(self.submit(inputs, shape))
+
+    # -- nuclei out ---------------------------------------------------------------------------------------------------
+    def erase_faint(self, classes: np.ndarray, raw: np.ndarray,
+                    rescale: tuple[float, float] | None = None) -> np.ndarray:
+        """The class map without the objects the model card's faint-object filter and edge-sliver limit reject, and
+        with its small objects grown (``classes`` itself when the card asks for none of these or nothing changes).
+        ``rescale``: the frame's ``Frame.rescale``, when known (the filter then reads the raw frame directly)."""
+        if not filters(self.min_contrast, self.min_edge_area, self.grow["grow_area"]):
+            return classes
+        if rescale is None and raw.dtype in RAW_DTYPES:
+            rescale = normalization_range(raw, self.norm)
+        image = raw if rescale is not None else normalize(raw, self.norm)
+        return filter_faint(classes, image, self.min_contrast, self.contrast_area, self.contrast_ring,
+                            self.min_edge_area, rescale=rescale, **self.grow, **self.post_args)
+
+    def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
+        """Instance labels (int32) of a class map of the raw frame ``raw``."""
+        return instances_from_classes(self.erase_faint(classes, raw), **self.post_args)
+
+    def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool, micronucleus_area: int,
+                rescale: tuple[float, float] | None = None) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
+        """Nuclei of a class map measured on the raw frame in one pass (the fused kernels): the label image (None
+        unless ``labels``), the image-table values and, with ``objects``, the per-nucleus table."""
+        classes = self.erase_faint(classes, raw, rescale)
+        if objects:  # the frame summary comes from the object table
+            lab, table = segment_and_measure(classes, raw, label_image=labels, **self.post_args)
+            return lab, summarize_objects(table, micronucleus_area=micronucleus_area), table
+        lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, label_image=labels,
+                                             **self.post_args)
+        return lab, summary, None
