@@ -262,7 +262,80 @@ def write_c01(
         fh.write(stream)
 
 
+# A plain TIFF (below) larger than this goes through tifffile, which reads lazily.
+_PLAIN_TIFF_MAX_BYTES = 256 * 2**20
+_TIFF_TAGS = {"width": 256, "height": 257, "bits": 258, "compression": 259, "photometric": 262, "offsets": 273,
+              "samples": 277, "counts": 279, "planar": 284, "tile_width": 322, "sample_format": 339}
+
+
+def _plain_tiff(path: str | os.PathLike) -> np.ndarray | None:
+    """The frame of a *plain* TIFF: classic (not BigTIFF), one page, uncompressed, one uint8 or uint16 sample per
+    pixel (min-is-black), strips end to end; what microscopes and tifffile write for a frame. One read of the file
+    and a few struct reads, holding the GIL for microseconds where tifffile's general reader takes ~0.3 ms of
+    Python a frame (measured: 0.45 ms against 0.13 ms for the bare read of a 1104^2 frame). None for any other
+    TIFF: tifffile reads those."""
+    with _open(path) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if not 8 <= size <= _PLAIN_TIFF_MAX_BYTES:
+            return None
+        data = np.empty(size, np.uint8)
+        if fh.readinto(data) != size:
+            return None
+    buf = data.data
+    order = {b"II": "<", b"MM": ">"}.get(bytes(buf[:2]))
+    if order is None or struct.unpack_from(order + "H", buf, 2)[0] != 42:
+        return None
+    tags = _tiff_tags(buf, order, struct.unpack_from(order + "I", buf, 4)[0], size)
+    if tags is None:
+        return None
+
+    def tag(name: str, default: int | None = None) -> int | None:
+        values = tags.get(_TIFF_TAGS[name], (default,))
+        return values[0] if values and len(set(values)) == 1 else None  # one value (bits: one per sample)
+
+    bits, width, height = tag("bits", 1), tag("width"), tag("height")
+    offsets, counts = tags.get(_TIFF_TAGS["offsets"]), tags.get(_TIFF_TAGS["counts"])
+    plain = (bits in (8, 16) and width and height and offsets and counts and len(offsets) == len(counts)
+             and tag("compression", 1) == 1 and tag("samples", 1) == 1 and tag("photometric", 1) == 1
+             and tag("sample_format", 1) == 1 and tag("planar", 1) == 1 and _TIFF_TAGS["tile_width"] not in tags)
+    nbytes = (width or 0) * (height or 0) * bits // 8
+    if not plain or sum(counts) != nbytes or offsets[0] + nbytes > size \
+            or any(offsets[i + 1] != offsets[i] + counts[i] for i in range(len(offsets) - 1)):
+        return None
+    dtype = np.dtype(order + ("u1" if bits == 8 else "u2"))
+    pixels = data[offsets[0]:offsets[0] + nbytes]
+    if offsets[0] % dtype.itemsize:  # an odd offset: aligned copy (the kernels want aligned arrays)
+        pixels = pixels.copy()
+    return pixels.view(dtype).reshape(height, width).astype(dtype.newbyteorder("="), copy=False)
+
+
+def _tiff_tags(buf: memoryview, order: str, ifd: int, size: int) -> dict[int, tuple] | None:
+    """The SHORT and LONG tags of a single-page TIFF's first IFD (other types: empty); None when the file has more
+    pages or an IFD that runs past its end."""
+    if ifd + 2 > size:
+        return None
+    n = struct.unpack_from(order + "H", buf, ifd)[0]
+    end = ifd + 2 + 12 * n
+    if end + 4 > size or struct.unpack_from(order + "I", buf, end)[0] != 0:  # a next page: tifffile decides
+        return None
+    tags = {}
+    for entry in range(ifd + 2, end, 12):
+        code, kind, count = struct.unpack_from(order + "HHI", buf, entry)
+        if kind not in (3, 4):  # SHORT, LONG
+            tags[code] = ()
+            continue
+        width = 2 if kind == 3 else 4
+        pos = entry + 8 if count * width <= 4 else struct.unpack_from(order + "I", buf, entry + 8)[0]
+        if pos + count * width > size:
+            return None
+        tags[code] = struct.unpack_from(f"{order}{count}{'H' if kind == 3 else 'I'}", buf, pos)
+    return tags
+
+
 def _read_tiff(path: str | os.PathLike, out: np.ndarray | None) -> np.ndarray:
+    image = _plain_tiff(path)
+    if image is not None:
+        return _fill(image, out, path)
     try:
         tif = tifffile.TiffFile(path)
     except FileNotFoundError:

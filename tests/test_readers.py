@@ -244,6 +244,48 @@ def test_compressed_tiff(tmp_path, rng, compression):
     np.testing.assert_array_equal(out, image)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("options", [{}, {"byteorder": ">"}, {"rowsperstrip": 7}, {"rowsperstrip": 1},
+                                     {"byteorder": ">", "rowsperstrip": 5}, {"metadata": None}])
+def test_plain_tiff_fast_path_equals_tifffile(tmp_path, rng, dtype, options):
+    """Uncompressed single-page frames are read by the engine's own TIFF path, exactly as tifffile reads them."""
+    from nucleiscreen.engine.readers import _plain_tiff
+
+    frame = rng.integers(0, np.iinfo(dtype).max, (37, 53)).astype(dtype)
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, frame, **options)
+    got = _plain_tiff(path)
+    assert got is not None and got.dtype == frame.dtype and got.dtype.isnative
+    np.testing.assert_array_equal(got, tifffile.imread(path))
+    np.testing.assert_array_equal(read_frame(path), frame)
+
+
+@pytest.mark.parametrize("write", [
+    lambda p, f: tifffile.imwrite(p, f, compression="zlib"),
+    lambda p, f: tifffile.imwrite(p, f, tile=(16, 16)),
+    lambda p, f: tifffile.imwrite(p, np.stack([f, f])),  # a stack: tifffile's error
+    lambda p, f: tifffile.imwrite(p, f.astype(np.float32)),
+    lambda p, f: tifffile.imwrite(p, f.astype(np.int16)),
+    lambda p, f: tifffile.imwrite(p, np.stack([f, f, f], -1), photometric="rgb"),
+    lambda p, f: tifffile.imwrite(p, f, photometric="miniswhite"),
+    lambda p, f: tifffile.imwrite(p, f, bigtiff=True),
+])
+def test_other_tiffs_go_through_tifffile(tmp_path, rng, write):
+    from nucleiscreen.engine.readers import _plain_tiff
+
+    path = tmp_path / "f.tif"
+    write(path, rng.integers(0, 4000, (32, 48)).astype(np.uint16))
+    assert _plain_tiff(path) is None
+
+
+def test_truncated_plain_tiff_is_a_frame_error(tmp_path, rng):
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, rng.integers(0, 4000, (64, 64)).astype(np.uint16))
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(FrameReadError):
+        read_frame(path)
+
+
 def test_out_checks_shape_and_cast(tmp_path):
     image8 = np.arange(12, dtype=np.uint8).reshape(3, 4)
     path8 = tmp_path / "eight.tif"
