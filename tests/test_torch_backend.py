@@ -111,3 +111,27 @@ def test_cuda_device_normalization_matches_the_cpu_kernel():
     norm = Normalization()
     _, lo, hi = normalize_on_device(torch.from_numpy(frames.view(np.int16)).cuda(), norm)
     assert list(zip(lo.tolist(), hi.tolist())) == [percentiles(f, norm.low, norm.high) for f in frames]
+
+
+def test_segment_on_torch_sends_raw_frames_and_matches_onnxruntime(tmp_path):
+    """The pipeline hands a raw-input backend the raw uint16 frames (normalized on its device): the image table equals
+    onnxruntime's, whose frames the host normalizes, within the backends' parity."""
+    import polars as pl
+    import tifffile
+
+    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.engine.segmenter import Segmenter
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    for i in range(6):
+        tifffile.imwrite(src / f"P_A0{i + 1}f00d0.tif", synth_frame(np.random.default_rng(i), (200, 232))[0])
+    assert Segmenter(backend="torch").raw_input and not Segmenter(backend="onnxruntime").raw_input
+    tables = {}
+    for backend in ("torch", "onnxruntime"):
+        res = segment([src], tmp_path / backend, options=SegmentOptions(backend=backend, batch_size=4, progress=False))
+        assert res.frames == 6 and res.failed == 0 and res.backend.startswith(backend)
+        tables[backend] = pl.read_parquet(tmp_path / backend / "images", hive_partitioning=False).sort("FileName_DNA")
+    a, b = tables["torch"], tables["onnxruntime"]
+    assert a["ImageQuality_FocusScore_DNA"].to_list() == b["ImageQuality_FocusScore_DNA"].to_list()
+    assert ((a["Count_Nuclei"] - b["Count_Nuclei"]).abs() <= 1).all()
