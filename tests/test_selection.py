@@ -232,11 +232,13 @@ def test_training_calibrates_the_postprocessing_on_training_images(tiny_run, tmp
 
 
 def test_the_shipped_training_configs_are_valid():
-    """Every configuration the README names is a valid training or sweep file, and each config that starts from
-    checkpoints (a stage 2, the weight average) starts from other configs' outputs."""
-    folder = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+    """Every configuration the README names (trainer/configs, in the package) and every experiment's
+    (docs/experiments) is a valid training or sweep file, and each config that starts from checkpoints (a stage 2,
+    the weight average) starts from other configs' outputs."""
+    root = Path(__file__).resolve().parents[1]
     configs = {}
-    for path in sorted(folder.glob("*.json")):
+    files = [*(root / "trainer" / "configs").glob("*.json"), *(root / "docs" / "experiments").glob("*.json")]
+    for path in sorted(files):
         data = json.loads(path.read_text())
         if "runs" in data:
             spec = load_sweep(path)
@@ -246,5 +248,8 @@ def test_the_shipped_training_configs_are_valid():
             configs[path.name] = TrainConfig.from_dict(data)
     outs = {str(Path(c.out) / "best.pt") for c in configs.values()}
     assert {"unet-small-deform.json", "unet-refine-deform.json", "unet-soup.json"} <= set(configs)
+    shipped = {p.name for p in (root / "trainer" / "configs").glob("*")}
+    assert shipped == {"sweep.json", "unet-small-deform.json", "unet-refine-deform.json", "unet-refine-deform-b.json",
+                       "unet-soup.json"}  # the recipe of the shipped model; logs and other runs stay out of the wheel
     inits = [i for c in configs.values() if c.init for i in ([c.init] if isinstance(c.init, str) else c.init)]
     assert inits and all(i in outs for i in inits)
