@@ -64,10 +64,11 @@ def load_model_info(path: str | Path | None = None) -> ModelInfo:
         raise UserError(f"model file not found: {p}")
     data = p.read_bytes()
     if p.suffix == ".pt":
-        from nucleiscreen.trainer import require_torch
-
-        require_torch()
-        from nucleiscreen.trainer.export import load_checkpoint, model_card
+        try:
+            from nucleiscreen.network import load_checkpoint, model_card
+        except ImportError as exc:
+            raise UserError(f"a .pt checkpoint needs PyTorch ({exc.name} is missing): "
+                            "pip install 'nucleiscreen[torch]', or export it to ONNX") from None
 
         _, ck = load_checkpoint(p)
         return ModelInfo(p, model_card(ck, "float32"), hashlib.sha256(data).hexdigest())

@@ -37,8 +37,31 @@ def test_every_module_imports_from_its_own_path():
             "nucleiscreen.bench.host", "nucleiscreen.engine.backends.torch"} <= set(names)
 
 
-def test_kernels_import_nothing_else_of_the_project():
-    for path in (ROOT / "kernels").glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("nucleiscreen"):
-                assert node.module.startswith("nucleiscreen.kernels"), (path.name, node.module)
+# Layers, bottom up: errors; kernels (numba, nothing else of the project); simulate, network (the U-Net and its
+# checkpoints); engine (reads model files, runs them); trainer (writes model files); cli, demo. Imports go down only.
+FORBIDDEN = {
+    "kernels": ("nucleiscreen.engine", "nucleiscreen.trainer", "nucleiscreen.network", "nucleiscreen.simulate",
+                "nucleiscreen.cli", "nucleiscreen.demo", "nucleiscreen.bench", "nucleiscreen.errors"),
+    "engine": ("nucleiscreen.trainer", "nucleiscreen.cli", "nucleiscreen.demo", "nucleiscreen.bench"),
+    "nucleiscreen/network.py": ("nucleiscreen.engine", "nucleiscreen.trainer", "nucleiscreen.cli"),
+    "trainer": ("nucleiscreen.cli", "nucleiscreen.demo", "nucleiscreen.bench"),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, at its top or inside functions."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names
+
+
+@pytest.mark.parametrize("layer", FORBIDDEN)
+def test_imports_go_down_the_layers_only(layer):
+    files = [ROOT / layer] if layer.endswith(".py") else sorted((ROOT / layer).rglob("*.py"))
+    for path in files:
+        bad = sorted(m for m in _imports(path) if m.startswith(FORBIDDEN[layer]))
+        assert not bad, f"{path.relative_to(ROOT)} imports {bad}"

@@ -13,9 +13,9 @@ from nucleiscreen.engine.readers import read_frame  # noqa: E402
 from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.normalize import normalize  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
+from nucleiscreen.network import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
 from nucleiscreen.trainer.data import CropStream, Deformation, deform, load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
-from nucleiscreen.trainer.model import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
 from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
 
 

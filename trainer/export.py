@@ -13,77 +13,15 @@ activations float16). The CPU fallback uses the FP32 file (onnxruntime's CPU pro
 
 from __future__ import annotations
 
-import datetime
 import json
 import warnings
 from pathlib import Path
 
 import torch
 
+from nucleiscreen.engine.model import CARD_KEY
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA
-from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
-from nucleiscreen.simulate import PIXEL_SIZE_UM
-from nucleiscreen.trainer.model import TTA_CHOICES, ExportHead, UNet, UNetConfig
-
-CARD_KEY = "nucleiscreen"
-CLASSES = ["background", "interior", "boundary"]
-
-
-def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
-    """The network and the training configuration stored in a ``best.pt``/``last.pt`` checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint not found: {path}")
-    ck = torch.load(path, map_location="cpu", weights_only=False)
-    if "model" not in ck or "config" not in ck:
-        raise UserError(f"{path} is not a nucleiscreen checkpoint (no model/config entries)")
-    if ck["config"].get("arch", "unet") != "unet":
-        raise UserError(f"{path} is a {ck['config']['arch']} model; export writes U-Net class-map models, the "
-                        "engine has no post-processing for the HoVer-style outputs")
-    net = UNet(UNetConfig(**ck["config"]["model"]))
-    net.load_state_dict(ck["model"])
-    return net.eval(), ck
-
-
-def boundary_bias(ck: dict) -> float:
-    """The calibrated bias on the boundary logit of a checkpoint (0 for checkpoints calibrated before it existed)."""
-    return float(ck.get("postprocessing", {}).get("boundary_bias", 0.0))
-
-
-def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
-    cfg = ck["config"]
-    model = UNetConfig(**cfg["model"])
-    bias = boundary_bias(ck)
-    return {
-        "format": 1,
-        "architecture": "unet",
-        "model": model.to_dict(),
-        "input": {"name": "image", "dtype": dtype, "layout": "NCHW", "channels": 1},
-        "outputs": {"classes": "uint8 NxHxW argmax class map" +
-                    (f" (boundary logit {bias:+g} inside the graph)" if bias else "")},
-        "classes": CLASSES,
-        "spatial_multiple": model.multiple,
-        "test_time_augmentation": tta,  # dihedral transforms averaged inside the graph (1: none)
-        "pixel_size_um": PIXEL_SIZE_UM,
-        "normalization": cfg["norm"],
-        "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
-                           "solid_area": cfg.get("solid_area", 0),
-                           "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
-                           "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
-                           "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
-                           "min_edge_area": ck.get("postprocessing", {}).get("min_edge_area", 0),
-                           "grow_area": ck.get("postprocessing", {}).get("grow_area", 0),
-                           "grow_level": ck.get("postprocessing", {}).get("grow_level", 0.5),
-                           "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
-                           "contrast_area": DEFAULT_CONTRAST_AREA},
-        "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
-                          "init": cfg.get("init"),  # the checkpoint fine-tuned, or those whose weights were averaged
-                          "validation": cfg.get("val")},
-        "validation_metrics": ck.get("val", {}),
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "torch": torch.__version__,
-    }
+from nucleiscreen.network import TTA_CHOICES, ExportHead, boundary_bias, load_checkpoint, model_card
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, probabilities: bool = False,

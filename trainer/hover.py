@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.trainer.model import Decoder, Encoder, UNetConfig
+from nucleiscreen.network import Decoder, Encoder, UNetConfig
 
 
 @numba.njit(nogil=True, cache=True)

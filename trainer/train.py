@@ -25,11 +25,11 @@ from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import filter_faint
 from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA, instances_from_classes
 from nucleiscreen.kernels.normalize import Normalization
+from nucleiscreen.network import UNet, UNetConfig, class_argmax
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
 from nucleiscreen.trainer.data import CropStream, Deformation, Sample, Target, load_folder
 from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
-from nucleiscreen.trainer.model import UNet, UNetConfig, class_argmax
 
 ARCHITECTURES = ("unet", "hover")
 CALIBRATION_IMAGES = 50  # post-processing is calibrated on (up to) this many frames of the first training source

@@ -62,8 +62,7 @@ class TorchBackend:
         self.cuda = self.device.type == "cuda"
         self.dtype = torch.float16 if self.cuda else torch.float32
         if model.is_checkpoint:
-            from nucleiscreen.trainer.export import boundary_bias, load_checkpoint
-            from nucleiscreen.trainer.model import ExportHead
+            from nucleiscreen.network import ExportHead, boundary_bias, load_checkpoint
 
             net, ck = load_checkpoint(model.path)
             net = ExportHead(net, boundary_bias=boundary_bias(ck))  # the argmax exactly as the ONNX export does it

@@ -1,4 +1,8 @@
-"""U-Net for 3-class nuclei segmentation (0 background, 1 interior, 2 boundary), and its export head.
+"""U-Net for 3-class nuclei segmentation (0 background, 1 interior, 2 boundary), its export head, and its training
+checkpoints (loading one, and the model card it gets).
+
+The network definition the trainer trains and the torch backend runs from a checkpoint: one module both import, so
+the engine never imports the trainer. Needs torch (the ``[torch]`` extra).
 
 The seed lab's network: 1-channel input, 3 down-sampling levels (64-128-256-512), batch norm, up-sampling +
 concatenation, a 1x1 convolution to 3 classes. Here depth, width and normalization are parameters, so the same code
@@ -13,11 +17,20 @@ with ``refine`` channels on the input) whose features join the up-sampled ones i
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA
+from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
+from nucleiscreen.simulate import PIXEL_SIZE_UM
+
+CLASSES = ["background", "interior", "boundary"]
 
 
 @dataclass
@@ -203,3 +216,62 @@ class ExportHead(nn.Module):
         scores = torch.log(probs.clamp_min(1e-6)) if self.boundary_bias else probs
         classes = class_argmax(scores, self.boundary_bias)
         return (classes, probs) if self.probabilities else classes
+
+
+# --- training checkpoints -----------------------------------------------------------------------------------------
+
+
+def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
+    """The network and the training configuration stored in a ``best.pt``/``last.pt`` checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" not in ck or "config" not in ck:
+        raise UserError(f"{path} is not a nucleiscreen checkpoint (no model/config entries)")
+    if ck["config"].get("arch", "unet") != "unet":
+        raise UserError(f"{path} is a {ck['config']['arch']} model; export writes U-Net class-map models, the "
+                        "engine has no post-processing for the HoVer-style outputs")
+    net = UNet(UNetConfig(**ck["config"]["model"]))
+    net.load_state_dict(ck["model"])
+    return net.eval(), ck
+
+
+def boundary_bias(ck: dict) -> float:
+    """The calibrated bias on the boundary logit of a checkpoint (0 for checkpoints calibrated before it existed)."""
+    return float(ck.get("postprocessing", {}).get("boundary_bias", 0.0))
+
+
+def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
+    cfg = ck["config"]
+    model = UNetConfig(**cfg["model"])
+    bias = boundary_bias(ck)
+    return {
+        "format": 1,
+        "architecture": "unet",
+        "model": model.to_dict(),
+        "input": {"name": "image", "dtype": dtype, "layout": "NCHW", "channels": 1},
+        "outputs": {"classes": "uint8 NxHxW argmax class map" +
+                    (f" (boundary logit {bias:+g} inside the graph)" if bias else "")},
+        "classes": CLASSES,
+        "spatial_multiple": model.multiple,
+        "test_time_augmentation": tta,  # dihedral transforms averaged inside the graph (1: none)
+        "pixel_size_um": PIXEL_SIZE_UM,
+        "normalization": cfg["norm"],
+        "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
+                           "solid_area": cfg.get("solid_area", 0),
+                           "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
+                           "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
+                           "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
+                           "min_edge_area": ck.get("postprocessing", {}).get("min_edge_area", 0),
+                           "grow_area": ck.get("postprocessing", {}).get("grow_area", 0),
+                           "grow_level": ck.get("postprocessing", {}).get("grow_level", 0.5),
+                           "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
+                           "contrast_area": DEFAULT_CONTRAST_AREA},
+        "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
+                          "init": cfg.get("init"),  # the checkpoint fine-tuned, or those whose weights were averaged
+                          "validation": cfg.get("val")},
+        "validation_metrics": ck.get("val", {}),
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
