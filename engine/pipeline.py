@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
+from tqdm import tqdm
 
 from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.readers import FrameReadError
@@ -146,8 +147,7 @@ class _Scheduler:
     def _fail(self, rec: dict, stage: str, error: str) -> None:
         self.failed += 1
         self.writer.add_error(error_row(rec, stage, error))
-        if self.bar is not None:
-            self.bar.update()
+        self.bar.update()
 
     def _network(self, loaded: list[tuple[dict, Frame | str]]) -> None:
         """Submit the readable frames of one batch in groups of one input shape and dtype (a batch is one array)."""
@@ -204,8 +204,7 @@ class _Scheduler:
             else:
                 self.writer.add_frame(row, objects)
             self._spent("write", t)
-            if self.bar is not None:
-                self.bar.update()
+            self.bar.update()
 
 
 def _batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:
@@ -253,18 +252,12 @@ def segment(
     frames = frames.select("ImageNumber", *FRAME_COLUMNS)
     threads = opts.threads or os.cpu_count() or 1
     writer = PartWriter(run, opts.part_frames, found.frames.schema)
-    bar = None
-    if opts.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=frames.height, unit="frame", desc="segment")
     t_start = time.time()
-    with ThreadPoolExecutor(threads) as pool:
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
+                                                   disable=not opts.progress) as bar:
         scheduler = _Scheduler(seg, writer, opts, run, pool, bar)
         scheduler.run_batches(_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
-    if bar is not None:
-        bar.close()
     result = SegmentResult(run, frames.height, mine - frames.height, scheduler.failed, time.time() - t_start,
                            dict(scheduler.busy), seg.backend.description)
     write_manifest(run, seg.info, settings, found.pattern, found.frames.height, {

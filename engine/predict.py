@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from tqdm import tqdm
+
 from nucleiscreen.engine.discover import discover_images
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import write_labels
@@ -34,11 +36,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(paths), unit="image", desc="predict")
+    bar = tqdm(total=len(paths), unit="image", desc="predict", disable=not progress)
     for start in range(0, len(paths), batch_size):
         group = defaultdict(list)  # same-shape images share a batch
         for p in paths[start:start + batch_size]:
@@ -55,8 +53,6 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
                 write_labels(target, labels)
                 measure(labels, raw).write_csv(out / f"{p.stem}_nuclei.csv")
                 written.append(target)
-                if bar is not None:
-                    bar.update()
-    if bar is not None:
-        bar.close()
+                bar.update()
+    bar.close()
     return written

@@ -24,6 +24,7 @@ from pathlib import Path
 import numba
 import numpy as np
 import tifffile
+from tqdm import tqdm
 
 from nucleiscreen.errors import UserError
 
@@ -401,17 +402,10 @@ def simulate_screen(
 
     jobs = [(wp, f) for wp in plan for f in range(fields)]
     workers = workers or min(8, os.cpu_count() or 1)
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), unit="frame", desc="simulate")
-    with ThreadPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(jobs), unit="frame", desc="simulate",
+                                                   disable=not progress) as bar:
         for _ in pool.map(make, jobs):
-            if bar is not None:
-                bar.update()
-    if bar is not None:
-        bar.close()
+            bar.update()
     # Written last: a layout file means the screen is complete (the demo reuses a complete one).
     _write_truth(root / "truth.csv", plan)
     _write_layout(root / "layout.csv", plan)
