@@ -24,6 +24,7 @@ Without a CUDA device it prints one line and measures nothing.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -157,8 +158,9 @@ def inference(info: ModelInfo, variant: str, batch: int, frames: list[np.ndarray
         del tb
         gc.collect()
         if cuda:
-            torch.cuda.synchronize()
-            torch.cuda.empty_cache()
+            with contextlib.suppress(Exception):  # the error is in the row already
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
     return row
 
 
@@ -231,7 +233,8 @@ def end_to_end(info: ModelInfo, frames: int, device: str = "cuda", batch_size: i
     Returns
     -------
     dict
-        frames, failed, seconds, frames_per_s, busy (stage -> seconds), backend, warmup_frames, warmup_s, where.
+        frames, failed, seconds, frames_per_s, busy (stage -> seconds), backend, threads (the engine's pool:
+        os.cpu_count()), cores (this process may use), warmup_frames, warmup_s, where.
     """
     from nucleiscreen.engine.backends.torch import TorchBackend
     from nucleiscreen.engine.pipeline import SegmentOptions, segment
@@ -257,7 +260,8 @@ def end_to_end(info: ModelInfo, frames: int, device: str = "cuda", batch_size: i
         return {"frames": res.frames, "failed": res.failed, "seconds": round(res.seconds, 3),
                 "frames_per_s": round(res.frames / res.seconds, 2), "batch_size": batch_size,
                 "busy": {k: round(v, 3) for k, v in sorted(res.busy.items())}, "backend": res.backend,
-                "threads": os.cpu_count(), "warmup_frames": warm_frames, "warmup_s": round(warm_s, 3),
+                "threads": os.cpu_count(), "cores": len(os.sched_getaffinity(0)), "warmup_frames": warm_frames,
+                "warmup_s": round(warm_s, 3),
                 "where": str(work)}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -322,7 +326,8 @@ def markdown(results: dict) -> str:
             lines.append(f"End to end: {e['error']}")
         else:
             busy = ", ".join(f"{k} {v:.2f} s" for k, v in e["busy"].items())
-            lines.append(f"End to end (`segment`, {e['backend']}, batch {e['batch_size']}, {e['threads']} threads): "
+            lines.append(f"End to end (`segment`, {e['backend']}, batch {e['batch_size']}, {e['threads']} threads on "
+                         f"{e['cores']} cores): "
                          f"{e['frames']} frames in {e['seconds']:.2f} s = {e['frames_per_s']:.1f} frames/s "
                          f"({e['failed']} failed; warm-up run of {e['warmup_frames']} frames first, "
                          f"{e['warmup_s']:.1f} s); stage busy: {busy}")
