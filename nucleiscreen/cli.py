@@ -48,7 +48,8 @@ def cmd_train(a: argparse.Namespace) -> None:
         return
     if a.score_only:
         raise UserError("--score-only goes with --sweep")
-    from nucleiscreen.trainer.train import TrainConfig, read_json, train
+    from nucleiscreen.trainer.config import TrainConfig, read_json
+    from nucleiscreen.trainer.train import train
 
     raw = read_json(a.config, "training config")
     for key in ("out", "steps", "device"):
@@ -139,7 +140,7 @@ def _print_analysis(res) -> None:
 
 def _analysis_options(a: argparse.Namespace) -> dict:
     from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
-    from nucleiscreen.engine.screen import FrameQC
+    from nucleiscreen.engine.qc import FrameQC
 
     rules = []
     for text in a.rule or []:

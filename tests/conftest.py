@@ -31,7 +31,8 @@ def _annotated_folder(root: Path, n: int = 2, size: int = 96) -> Path:
 def tiny_run(tmp_path_factory):
     """A 2-step training run of a tiny U-Net on simulated annotated frames: (folder, config)."""
     pytest.importorskip("torch")
-    from nucleiscreen.trainer.train import TrainConfig, train
+    from nucleiscreen.trainer.config import TrainConfig
+    from nucleiscreen.trainer.train import train
 
     tmp = tmp_path_factory.mktemp("train")
     folder = _annotated_folder(tmp / "data")

@@ -16,22 +16,21 @@ from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.network import UNetConfig  # noqa: E402
 from nucleiscreen.trainer.baseline import otsu_level, segment_classic  # noqa: E402
-from nucleiscreen.trainer.data import small_interior  # noqa: E402
-from nucleiscreen.trainer.export import export_onnx  # noqa: E402
-from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noqa: E402
-from nucleiscreen.trainer.metrics import match  # noqa: E402
-from nucleiscreen.trainer.sweep import load_sweep, run_config  # noqa: E402
-from nucleiscreen.trainer.train import (  # noqa: E402
+from nucleiscreen.trainer.calibrate import (  # noqa: E402
     AREA_CHOICES,
     BIAS_CHOICES,
     CONTRAST_CHOICES,
     EDGE_CHOICES,
     GROW_AREA_CHOICES,
     GROW_LEVEL_CHOICES,
-    TrainConfig,
-    loss_fn,
-    train,
 )
+from nucleiscreen.trainer.config import TrainConfig  # noqa: E402
+from nucleiscreen.trainer.data import small_interior  # noqa: E402
+from nucleiscreen.trainer.export import export_onnx  # noqa: E402
+from nucleiscreen.trainer.hover import HoVerNet, hover_instances, hv_maps  # noqa: E402
+from nucleiscreen.trainer.metrics import match  # noqa: E402
+from nucleiscreen.trainer.sweep import load_sweep, run_config  # noqa: E402
+from nucleiscreen.trainer.train import loss_fn, train  # noqa: E402
 
 
 def _disks(shape, centres, radius):

@@ -14,9 +14,11 @@ from nucleiscreen.errors import UserError  # noqa: E402
 from nucleiscreen.kernels.normalize import normalize  # noqa: E402
 from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.network import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
+from nucleiscreen.trainer.checkpoint import load_weights  # noqa: E402
+from nucleiscreen.trainer.config import TrainConfig  # noqa: E402
 from nucleiscreen.trainer.data import CropStream, Deformation, deform, load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
-from nucleiscreen.trainer.train import TrainConfig, load_weights, train  # noqa: E402
+from nucleiscreen.trainer.train import train  # noqa: E402
 
 
 @pytest.mark.parametrize("depth,norm", [(2, "batch"), (3, "group"), (1, "none")])

@@ -29,10 +29,11 @@ import polars as pl
 import torch
 
 from nucleiscreen.errors import UserError
+from nucleiscreen.trainer.config import TrainConfig, read_json, with_postprocessing
 from nucleiscreen.trainer.data import load_folder
 from nucleiscreen.trainer.evaluate import evaluate_baseline
 from nucleiscreen.trainer.metrics import THRESHOLDS
-from nucleiscreen.trainer.train import TrainConfig, build_model, read_json, train, validate, with_postprocessing
+from nucleiscreen.trainer.train import build_model, train, validate
 
 SELECT_BY = ("f1_mean", "f1_0.50", "jaccard_lab", "pixel_jaccard")
 SHOWN = ("0.50", "0.60", "0.70", "0.80", "0.90")

@@ -1,0 +1,131 @@
+"""The training configuration: plain values with defaults, read from a JSON file (``trainer/configs/``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
+from nucleiscreen.kernels.normalize import Normalization
+from nucleiscreen.network import UNetConfig
+from nucleiscreen.trainer.data import Deformation, Target
+
+ARCHITECTURES = ("unet", "hover")
+
+
+@dataclass
+class DataSource:
+    path: str
+    weight: float = 1.0
+    rescale: bool = False  # rescale images so their median nucleus area matches the CX7's (for DSB 2018)
+    limit: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/train"
+    train: list[DataSource] = field(default_factory=list)
+    val: str | None = None
+    sim_fraction: float = 0.3
+    arch: str = "unet"  # unet (3-class map) | hover (HoVer-Net-style NP + HV branches, trainer/hover.py)
+    model: UNetConfig = field(default_factory=UNetConfig)
+    norm: Normalization = field(default_factory=Normalization)
+    crop: int = 256
+    deformation: Deformation = field(default_factory=Deformation)  # zoom, rotation, elastic (trainer/data.py)
+    batch: int = 8
+    steps: int = 2000
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    class_weights: tuple[float, float, float] = (1.0, 1.0, 10.0)
+    dice: float = 0.0
+    boundary_width: int = 2
+    solid_area: int = 0  # objects under this many pixels are all interior in the target (no band; 0: none)
+    small_area: int = 100  # objects under this many pixels are micronuclei/fragments ...
+    small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
+    init: str | list[str] | None = None  # start from this checkpoint's weights (fine-tuning), or from the mean of
+    # several checkpoints' (weight averaging); resume from last.pt wins; with steps 0 the start is the model
+    select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
+    max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
+    # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
+    min_contrast: float = 0.0  # U-Net post-processing: small objects fainter than this are erased during validation
+    # (kernels/contrast.py; 0: none); calibrated like max_grow
+    min_area: int = DEFAULT_MIN_AREA  # U-Net post-processing: objects under this many pixels are dropped during
+    # validation; calibrated like max_grow
+    boundary_bias: float = 0.0  # added to the boundary logit before the argmax during validation (ExportHead);
+    # calibrated like max_grow
+    min_edge_area: int = 0  # U-Net post-processing: objects touching the frame's edge with fewer pixels are erased
+    # during validation (kernels/contrast.py; 0: none); calibrated like max_grow
+    grow_area: int = 0  # U-Net post-processing: objects under this many pixels grow into the bright pixels of their
+    # outer ring during validation (kernels/contrast.py; 0: none); calibrated like max_grow
+    grow_level: float = 0.5  # ... the pixels at least this fraction of the way from the background to the object's
+    # mean; calibrated with grow_area
+    val_every: int = 250
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (AMX / AVX-512 BF16)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        d = dict(d)
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        try:
+            if "train" in d:
+                d["train"] = [DataSource(**s) if isinstance(s, dict) else DataSource(s) for s in d["train"]]
+            if "model" in d:
+                d["model"] = UNetConfig(**d["model"])
+            if "norm" in d:
+                d["norm"] = Normalization.from_dict(d["norm"])
+            if "deformation" in d:
+                d["deformation"] = Deformation(**d["deformation"])
+        except (TypeError, ValueError) as exc:  # an unknown or mistyped key inside train/model/norm/deformation
+            raise UserError(f"training option: {exc}") from None
+        init = d.get("init")
+        if init is not None and not (isinstance(init, str) or (isinstance(init, list) and init
+                                                              and all(isinstance(i, str) for i in init))):
+            raise UserError(f"init must be a checkpoint path or a list of them, not {init!r}")
+        if "class_weights" in d:
+            d["class_weights"] = tuple(d["class_weights"])
+        if d.get("select_by", "f1_mean") not in ("f1_mean", "f1_0.50"):
+            raise UserError(f"select_by must be f1_mean or f1_0.50, not {d['select_by']!r}")
+        if d.get("arch", "unet") not in ARCHITECTURES:
+            raise UserError(f"unknown arch {d['arch']!r}; use one of {', '.join(ARCHITECTURES)}")
+        model = d.get("model", UNetConfig())
+        if d.get("arch") == "hover" and (model.scale != 1.0 or model.refine):
+            raise UserError("the hover model runs at full resolution: model.scale 1.0 and refine 0 only")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def target(self) -> Target:
+        return Target(self.boundary_width, self.solid_area, self.small_area)
+
+
+def read_json(path: str | Path, what: str) -> dict:
+    """A JSON object from a file, or a one-line ``UserError`` naming the file (``what``: "training config", ...)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON (line {exc.lineno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: expected a JSON object ({{...}}), not a {type(data).__name__}")
+    return data
+
+
+def with_postprocessing(cfg: TrainConfig, post: dict) -> TrainConfig:
+    """``cfg`` validating with a checkpoint's calibrated post-processing (``post``); a setting the checkpoint predates
+    keeps the configuration's value."""
+    return replace(cfg, **{k: post.get(k, getattr(cfg, k)) for k in ("max_grow", "min_contrast", "boundary_bias",
+                                                                     "min_area", "min_edge_area", "grow_area",
+                                                                     "grow_level")})
