@@ -32,9 +32,12 @@ import numpy as np
 import polars as pl
 
 from nucleiscreen.engine.analyze import analyze
+from nucleiscreen.engine.genes import aggregate_genes
 from nucleiscreen.engine.hits import call_hits, control_summary
 from nucleiscreen.engine.layout import read_layout
-from nucleiscreen.engine.screen import FrameQC, aggregate_genes, aggregate_wells, normalize_plates, plate_qc
+from nucleiscreen.engine.plates import normalize_plates
+from nucleiscreen.engine.qc import FrameQC, plate_qc
+from nucleiscreen.engine.wells import aggregate_wells
 from nucleiscreen.simulate import CONTROLS, PLANTED, plate_name, well_names
 
 WELLS_PER_GENE = 4

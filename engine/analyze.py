@@ -6,8 +6,8 @@ Reads ``RUN/images/plate=*/part-*.parquet`` (one row per frame), and when presen
 cut-off the run used). Frames flagged by the frame QC (focus, saturation; :class:`FrameQC`) are left out of the
 wells. Writes to ``RUN/analysis/`` (or ``out_dir``):
 
-- ``wells.parquet``: one row per plate and well, normalized (:mod:`nucleiscreen.engine.screen` documents the
-  columns),
+- ``wells.parquet``: one row per plate and well, normalized (:mod:`nucleiscreen.engine.wells` and
+  :mod:`nucleiscreen.engine.plates` document the columns),
 - ``genes.parquet``: one row per gene of the sample wells,
 - ``plates.parquet``: plate QC (reference level, CV, Z′),
 - ``controls.parquet``: the control summary,
@@ -28,17 +28,13 @@ from pathlib import Path
 
 import polars as pl
 
+from nucleiscreen.engine.genes import aggregate_genes
 from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, call_hits, control_summary, format_table
 from nucleiscreen.engine.layout import read_layout
+from nucleiscreen.engine.plates import normalize_plates
+from nucleiscreen.engine.qc import Z_PRIME_MIN, FrameQC, plate_qc
 from nucleiscreen.engine.report import example_frames, write_report
-from nucleiscreen.engine.screen import (
-    Z_PRIME_MIN,
-    FrameQC,
-    aggregate_genes,
-    aggregate_wells,
-    normalize_plates,
-    plate_qc,
-)
+from nucleiscreen.engine.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 
@@ -91,7 +87,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     rules
         Hit rules, applied to gene medians; default the paper's.
     reference
-        The reference wells of each plate (see :func:`~nucleiscreen.engine.screen.normalize_plates`).
+        The reference wells of each plate (see :func:`~nucleiscreen.engine.plates.normalize_plates`).
     frame_qc
         Which frames to exclude by their focus and saturation measures, when the image table has them;
         None: keep every frame.

@@ -1,4 +1,5 @@
-"""Hit rules as data, hit calling on genes, the control summary, and a plain text table for the terminal.
+"""Hit rules as data, the summary of a group of wells they are applied to, hit calling on genes, the control
+summary, and a plain text table for the terminal.
 
 A hit rule is a conjunction of threshold conditions on columns that the well table and the gene table share
 (``count_fc``, ``area_fc``, ``count_robust_z``, ...), so the same rule counts passing wells and calls genes.
@@ -8,7 +9,9 @@ The defaults are the paper's (Kazemi Rashed et al., Table I); a gene is a hit wh
 - ``count_fc < 0.1``: strong loss (UBB, POLR2A).
 
 Hits come from sample wells only; controls (PLK1, KIF11, OTP, mock, ...) are reported by
-:func:`control_summary` with their fold changes and never appear among the hits.
+:func:`control_summary` with their fold changes and never appear among the hits. A gene's row
+(:func:`~nucleiscreen.engine.genes.aggregate_genes`) and a control's row summarize their wells the same way,
+with :func:`well_summary`.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
+from nucleiscreen.engine.qc import positive_z_primes
 from nucleiscreen.errors import UserError
 
 OPERATORS = ("<", "<=", ">", ">=")
@@ -124,13 +128,39 @@ DEFAULT_RULES: tuple[HitRule, ...] = (
 """The paper's rules, applied to gene medians of the fold changes to the OTP wells."""
 
 
+def well_summary(medians: Sequence[str], rules: Sequence[HitRule]) -> dict[str, pl.Expr]:
+    """The aggregations that summarize a group of normalized wells (a gene's, a control's), to pass to ``agg``.
+
+    Parameters
+    ----------
+    medians
+        Columns of the well table to summarize by their median over the group's wells that have one.
+    rules
+        Each adds ``wells_pass_<rule.name>``, the number of the group's wells that pass the rule on their own
+        values.
+
+    Returns
+    -------
+    dict of str to polars.Expr
+        Output name -> expression: ``wells``, ``plates`` (distinct), ``wells_analysed`` (wells with a count FC),
+        then ``medians`` under their own names, then the rules' pass counts.
+    """
+    return {
+        "wells": pl.len().cast(pl.Int64),
+        "plates": pl.col("plate").n_unique().cast(pl.Int64),
+        "wells_analysed": pl.col("count_fc").is_not_null().sum().cast(pl.Int64),
+        **{name: pl.col(name).median() for name in medians},
+        **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
+    }
+
+
 def call_hits(genes: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
     """The genes that pass at least one rule.
 
     Parameters
     ----------
     genes
-        From :func:`~nucleiscreen.engine.screen.aggregate_genes` (sample wells only).
+        From :func:`~nucleiscreen.engine.genes.aggregate_genes` (sample wells only).
     rules
         The hit rules, applied to each gene's row (its medians).
 
@@ -161,7 +191,7 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.screen.normalize_plates`.
+        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
     rules
         Each adds ``wells_pass_<rule.name>``: positive controls should pass the count rules.
 
@@ -172,7 +202,7 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         (these wells are the normalization reference), ``wells``, ``plates``, ``wells_analysed``,
         ``nuclei_per_field``, ``count_fc``, ``area_fc``, ``count_ssmd`` (medians over the wells that have
         one), ``count_fc_min``, ``count_fc_max``, ``z_prime_robust`` (positive controls: the median over plates of
-        the control's robust Z′ against the plate's reference, :func:`~nucleiscreen.engine.screen.positive_z_primes`;
+        the control's robust Z′ against the plate's reference, :func:`~nucleiscreen.engine.qc.positive_z_primes`;
         null for other roles), then the rules' pass counts. Sorted negative, positive,
         other, empty; within a role the reference first, then by name. The mock and untransfected rows next
         to the non-targeting reference show transfection toxicity.
@@ -181,24 +211,14 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     controls = wells.filter(pl.col("role").is_not_null() & (pl.col("role") != "sample"))
     summary = controls.group_by("role", "control_name").agg(
         reference=pl.col("is_reference").any(),
-        wells=pl.len().cast(pl.Int64),
-        plates=pl.col("plate").n_unique().cast(pl.Int64),
-        wells_analysed=pl.col("count_fc").is_not_null().sum().cast(pl.Int64),
-        nuclei_per_field=pl.col("nuclei_per_field").median(),
-        count_fc=pl.col("count_fc").median(),
-        area_fc=pl.col("area_fc").median(),
-        count_ssmd=pl.col("count_ssmd").median(),
+        **well_summary(("nuclei_per_field", "count_fc", "area_fc", "count_ssmd"), rules),
         count_fc_min=pl.col("count_fc").min(),
         count_fc_max=pl.col("count_fc").max(),
-        **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
     )
-    from nucleiscreen.engine.screen import positive_z_primes  # screen imports this module
-
     z = positive_z_primes(wells).group_by("control_name").agg(pl.col("z_prime_robust").median())
-    columns = summary.columns
     summary = summary.join(z.with_columns(role=pl.lit("positive")), on=["role", "control_name"], how="left",
-                           nulls_equal=True).select(*columns[:columns.index("count_fc_max") + 1], "z_prime_robust",
-                                                    *columns[columns.index("count_fc_max") + 1:])
+                           nulls_equal=True)
+    summary = summary.select(pl.exclude("^wells_pass_.*$"), pl.col("^wells_pass_.*$"))  # pass counts last
     order = pl.col("role").replace_strict(ROLE_ORDER, default=len(ROLE_ORDER), return_dtype=pl.Int64)
     return summary.sort(order, "reference", "control_name", descending=[False, True, False], nulls_last=True)
 

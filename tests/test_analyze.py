@@ -14,10 +14,13 @@ import pytest
 import tifffile
 
 from nucleiscreen.engine.analyze import analyze
+from nucleiscreen.engine.genes import aggregate_genes
 from nucleiscreen.engine.hits import call_hits, control_summary, format_table
 from nucleiscreen.engine.layout import read_layout
+from nucleiscreen.engine.plates import normalize_plates
+from nucleiscreen.engine.qc import plate_qc
 from nucleiscreen.engine.report import example_frames, frame_thumbnail
-from nucleiscreen.engine.screen import aggregate_genes, aggregate_wells, normalize_plates, plate_qc
+from nucleiscreen.engine.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 
 PLATES = ("MFGTMPcx7_170702000001", "MFGTMPcx7_170702000002")

@@ -8,6 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from nucleiscreen.engine.genes import aggregate_genes
 from nucleiscreen.engine.hits import (
     DEFAULT_RULES,
     Condition,
@@ -17,17 +18,9 @@ from nucleiscreen.engine.hits import (
     format_table,
 )
 from nucleiscreen.engine.layout import LAYOUT_COLUMNS, well_parts
-from nucleiscreen.engine.screen import (
-    MAD_SCALE,
-    WELL_COLUMNS,
-    FrameQC,
-    aggregate_genes,
-    aggregate_wells,
-    median_polish,
-    normalize_plates,
-    plate_qc,
-    positive_z_primes,
-)
+from nucleiscreen.engine.plates import MAD_SCALE, median_polish, normalize_plates
+from nucleiscreen.engine.qc import FrameQC, plate_qc, positive_z_primes
+from nucleiscreen.engine.wells import WELL_COLUMNS, aggregate_wells
 from nucleiscreen.errors import UserError
 
 

@@ -1,0 +1,61 @@
+"""The gene table: each gene's sample wells (its siRNAs, across plates) combined into one row of medians, the
+row that the hit rules of :mod:`nucleiscreen.engine.hits` are applied to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import polars as pl
+
+from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, check_rules, well_summary
+from nucleiscreen.engine.plates import log2
+
+GENE_MEDIANS = ("count_fc", "area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
+                "nuclei_per_field")
+"""Well columns that a gene summarizes by their median over its wells."""
+
+
+def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
+    """Combine each gene's sample wells (its siRNAs, across plates).
+
+    Parameters
+    ----------
+    wells
+        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+    rules
+        Hit rules; each adds ``wells_pass_<rule.name>``, the number of the gene's wells that pass the rule on
+        their own fold changes.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per gene symbol of the sample wells, sorted by gene: ``gene_symbol``, ``entrez_id`` (the first
+        given), ``wells``, ``wells_analysed`` (wells with a count FC), ``plates``, ``sirnas`` (distinct siRNA
+        ids), ``count_fc`` (median over wells), ``area_fc`` (median over the wells that have an area: a well
+        without nuclei has none), ``log2_count_fc`` and ``log2_area_fc`` (of those medians),
+        ``count_robust_z``, ``count_ssmd``, ``area_ssmd``, ``count_b_score`` and ``nuclei_per_field``
+        (medians over the wells that have one), then the rules' pass counts. The
+        gene-level ``count_fc`` and ``area_fc`` carry the well-level names so that one hit rule reads the same
+        on wells and on genes.
+
+    Raises
+    ------
+    UserError
+        A rule reads a column that ``wells`` does not have.
+    """
+    check_rules(rules, wells, "well table")
+    genes = wells.filter(pl.col("role") == "sample").group_by("gene_symbol").agg(
+        entrez_id=pl.col("entrez_id").drop_nulls().first(),
+        sirnas=pl.col("sirna_id").drop_nulls().n_unique().cast(pl.Int64),
+        **well_summary(GENE_MEDIANS, rules),
+    )
+    return genes.with_columns(
+        log2_count_fc=log2(pl.col("count_fc")),
+        log2_area_fc=log2(pl.col("area_fc")),
+    ).select(
+        "gene_symbol", "entrez_id", "wells", "wells_analysed", "plates", "sirnas", "count_fc", "area_fc",
+        "log2_count_fc", "log2_area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
+        "nuclei_per_field", pl.col("^wells_pass_.*$"),
+    ).sort("gene_symbol")
+
