@@ -33,9 +33,10 @@ import numpy as np
 
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.contrast import filter_faint
-from nucleiscreen.kernels.instances import connected_components, instances_from_classes
+from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import measure, segment_and_measure, segment_and_summarize
 from nucleiscreen.kernels.normalize import normalize
+from nucleiscreen.kernels.runs import connected_components
 from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import FrameSpec, synth_frame
 

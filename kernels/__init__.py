@@ -2,7 +2,7 @@
 CellProfiler-named measurements. Each function releases the GIL, so frames can be processed on threads."""
 
 from nucleiscreen.kernels.contrast import erase_faint, object_contrast
-from nucleiscreen.kernels.instances import connected_components, instances_from_classes
+from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import (
     measure,
     segment_and_measure,
@@ -12,6 +12,7 @@ from nucleiscreen.kernels.measure import (
 )
 from nucleiscreen.kernels.normalize import Normalization, normalize
 from nucleiscreen.kernels.quality import frame_quality
+from nucleiscreen.kernels.runs import connected_components
 from nucleiscreen.kernels.targets import classes_from_instances
 
 __all__ = [

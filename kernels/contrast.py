@@ -44,13 +44,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from nucleiscreen.kernels.instances import (
-    DEFAULT_MAX_GROW,
-    DEFAULT_MIN_AREA,
-    check_class_map,
-    instance_runs,
-    paint_runs,
-)
+from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA, check_class_map, instance_runs
+from nucleiscreen.kernels.runs import paint_runs
 
 INNER = 2
 OUTER = 6

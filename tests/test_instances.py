@@ -7,7 +7,8 @@ import pytest
 import tifffile
 from scipy import ndimage as ndi
 
-from nucleiscreen.kernels.instances import connected_components, instances_from_classes
+from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.runs import connected_components
 from nucleiscreen.kernels.targets import classes_from_instances
 
 STRUCTURE = {4: ndi.generate_binary_structure(2, 1), 8: ndi.generate_binary_structure(2, 2)}
