@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm import tqdm
 
 from nucleiscreen.network import UNet
 from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
@@ -178,11 +179,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if new_log:
         writer.writerow(["step", "train_loss", "val_loss", "val_f1_0.5", "val_f1_mean", "val_jaccard_lab", "lr",
                          "seconds"])
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train")
+    bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=not progress)
     t0 = time.time() - earlier
     running = []
     if cfg.steps == 0 and not (out / "best.pt").exists():  # nothing to train: the start (an average) is the model
@@ -202,8 +199,8 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         sched.step()
         step += 1
         running.append(loss.item())
-        if bar is not None:
-            bar.update()
+        bar.update()
+        if progress:
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}", best=f"{max(best, 0):.3f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
             nan = float("nan")
@@ -224,11 +221,10 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
                            out / "best.pt")
             torch.save(state, out / "last.tmp")
             (out / "last.tmp").replace(last)
-            if bar is not None:
+            if progress:
                 bar.write(f"step {step}: val F1@0.5 {f1:.3f}, F1 mean {metrics['f1_mean']:.3f}, "
                           f"Jaccard {metrics['jaccard_lab']:.3f}, val loss {metrics['loss']:.3f}")
-    if bar is not None:
-        bar.close()
+    bar.close()
     log.close()
     best_path = out / "best.pt"
     if cfg.arch == "unet" and sources and best_path.exists():
@@ -243,6 +239,6 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
                 post = ck["postprocessing"]
                 ck["val"] = validate(net, val, device, with_postprocessing(cfg, post))
             torch.save(ck, best_path)
-            if bar is not None:
+            if progress:
                 print(f"post-processing calibrated on training images: {ck['postprocessing']}")
     return out
