@@ -235,33 +235,51 @@ def segment(
         raise UserError("--batch-size must be at least 1")
     seg = segmenter or Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size,
                                  opts.min_contrast, opts.min_edge_area, opts.grow_area)  # fail first
-    batch_size = opts.batch_size or seg.backend.preferred_batch
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:
         on_discovered(found)
     run = Path(out)
     settings = asdict(opts)
     prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
+    frames = numbered_frames(found, opts.shard)
+    todo = pending_frames(run, frames)
+    result = segment_frames(seg, todo, run, opts, found.frames.schema)
+    result.skipped = frames.height - todo.height
+    write_manifest(run, seg.info, settings, found.pattern, found.frames.height, {
+        "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
+        "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
+        "executor": "local", "backend": result.backend})
+    return result
 
+
+def numbered_frames(found: Discovery, shard: tuple[int, int] | None = None) -> pl.DataFrame:
+    """The discovered frames with their ``ImageNumber`` (1.., global over the screen), the shard's only."""
     frames = found.frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
-    if opts.shard is not None:  # shards share one run folder: part names are unique, ImageNumbers global
-        k, n = opts.shard
+    if shard is not None:  # shards share one run folder: part names are unique, ImageNumbers global
+        k, n = shard
         frames = frames.filter((pl.col("ImageNumber") - 1) % n == k)
-    mine = frames.height
-    frames = frames.join(done_frames(run), on=["PathName_DNA", "FileName_DNA"], how="anti", maintain_order="left")
-    frames = frames.select("ImageNumber", *FRAME_COLUMNS)
+    return frames.select("ImageNumber", *FRAME_COLUMNS)
+
+
+def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None = None) -> pl.DataFrame:
+    """``frames`` less those already in the run's image or error tables (resume); ``plates``: the plates ``frames``
+    come from, when not all (only their parts are read)."""
+    done = done_frames(run, plates)
+    return frames.join(done, on=["PathName_DNA", "FileName_DNA"], how="anti", maintain_order="left")
+
+
+def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: SegmentOptions,
+                   frame_schema: dict[str, pl.DataType]) -> SegmentResult:
+    """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder ``run``: the stages of the
+    module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit)."""
+    batch_size = opts.batch_size or seg.backend.preferred_batch
     threads = opts.threads or os.cpu_count() or 1
-    writer = PartWriter(run, opts.part_frames, found.frames.schema)
+    writer = PartWriter(run, opts.part_frames, frame_schema)
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:
         scheduler = _Scheduler(seg, writer, opts, run, pool, bar)
         scheduler.run_batches(_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
-    result = SegmentResult(run, frames.height, mine - frames.height, scheduler.failed, time.time() - t_start,
-                           dict(scheduler.busy), seg.backend.description)
-    write_manifest(run, seg.info, settings, found.pattern, found.frames.height, {
-        "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
-        "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-        "backend": result.backend})
-    return result
+    return SegmentResult(run, frames.height, 0, scheduler.failed, time.time() - t_start, dict(scheduler.busy),
+                         seg.backend.description)

@@ -105,9 +105,12 @@ def write_labels(path: Path, labels: np.ndarray) -> None:
     tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
 
 
-def done_frames(run: Path, tables: Sequence[str] = ("images", "errors")) -> pl.DataFrame:
-    """``PathName_DNA``, ``FileName_DNA`` of the frames already in the run's given tables (one row each)."""
-    parts = [p for t in tables if (run / t).is_dir() for p in sorted((run / t).rglob("part-*.parquet"))]
+def done_frames(run: Path, plates: Sequence[str] | None = None) -> pl.DataFrame:
+    """``PathName_DNA``, ``FileName_DNA`` of the frames already in the run's image or error tables (one row each);
+    ``plates``: only those plates' image parts are read (a distributed worker's unit)."""
+    images = run / "images"
+    folders = [images / f"plate={p}" for p in plates] if plates is not None else [images]
+    parts = [p for f in [*folders, run / "errors"] if f.is_dir() for p in sorted(f.rglob("part-*.parquet"))]
     if not parts:
         return pl.DataFrame(schema={"PathName_DNA": pl.String, "FileName_DNA": pl.String})
     return (pl.scan_parquet(parts, hive_partitioning=False).select("PathName_DNA", "FileName_DNA").unique()

@@ -118,8 +118,19 @@ def _segment(a: argparse.Namespace):
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
                           min_contrast=a.min_contrast, min_area=a.min_area, min_edge_area=a.min_edge_area,
                           grow_area=a.grow_area, shard=parse_shard(a.shard) if a.shard else None)
-    result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
-                     on_discovered=lambda found: print(found.summary()))
+    if a.executor == "ray":
+        from nucleiscreen.engine.discover import discover
+        from nucleiscreen.engine.ray_executor import segment_on_ray
+
+        found = discover(a.sources, a.pattern, a.channel)
+        print(found.summary())
+        result = segment_on_ray(found, a.out, a.model, opts, address=a.address, workers=a.workers,
+                                gpus_per_worker=a.gpus_per_worker)
+    elif a.address or a.workers or a.gpus_per_worker:
+        raise UserError("--address, --workers and --gpus-per-worker go with --executor ray")
+    else:
+        result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
+                         on_discovered=lambda found: print(found.summary()))
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
@@ -245,6 +256,12 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
     p.add_argument("--shard", help="K/N: segment every N-th frame from the K-th (0-based) into the shared run "
                                    "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
+    p.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: work units (a plate, or 4,096 frames of one) on Ray actors that "
+                        "write into the shared run folder (the [ray] extra) (default: local)")
+    p.add_argument("--address", help="ray: the cluster to join (default: start a local Ray instance)")
+    p.add_argument("--workers", type=int, help="ray: actors, each with --threads CPUs (default: local cores / threads)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor asks for (default: 0)")
     _engine_options(p)
 
 

@@ -1,0 +1,144 @@
+"""``segment --executor ray``: one screen across the nodes and GPUs of a Ray cluster, with a single-node run's tables.
+
+The driver discovers the screen and numbers its frames once (``ImageNumber`` is global), drops the frames the run
+folder already holds (resume), and cuts the rest into *work units*: a plate, or a slice of ``unit_frames`` frames of a
+larger plate. Each of ``workers`` Ray actors loads the model once and runs the single-node pipeline
+(``pipeline.segment_frames``) on one unit at a time, writing the unit's part files into the shared run folder; the
+driver hands the next unit to whichever actor finishes, shows one progress bar for the screen, and writes the manifest
+(executor, workers, their backends) when all are done.
+
+A lost worker (a killed process, a lost node) is restarted by Ray and its unit retried (``max_restarts``,
+``max_task_retries``); the retry first drops the unit's frames already written, and part files are atomic, so no frame
+ends up twice in the image table. Without ``address`` a local Ray instance is started with ``workers`` CPUs (and
+stopped at the end). Ray is an optional extra: ``pip install -e ".[ray]"``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import polars as pl
+from tqdm import tqdm
+
+from nucleiscreen.engine.discover import Discovery
+from nucleiscreen.engine.model import load_model_info
+from nucleiscreen.engine.pipeline import (
+    SegmentOptions,
+    SegmentResult,
+    numbered_frames,
+    pending_frames,
+    segment_frames,
+)
+from nucleiscreen.engine.runfolder import prepare_run, write_manifest
+from nucleiscreen.engine.segmenter import Segmenter
+from nucleiscreen.errors import UserError
+
+UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
+
+
+class UnitWorker:
+    """A Ray actor: the model loaded once, then one work unit after another into the run folder."""
+
+    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict):
+        self.opts = SegmentOptions(**options)
+        o = self.opts
+        self.seg = Segmenter(model, o.backend, o.threads, o.min_area, o.pixel_size, o.min_contrast, o.min_edge_area,
+                             o.grow_area)
+        self.run, self.schema = Path(run), frame_schema
+
+    def segment(self, frames: pl.DataFrame) -> dict:
+        """Segment the unit's frames not yet in the run folder (a retried unit resumes); its counts and timings."""
+        todo = pending_frames(self.run, frames, frames["Metadata_Plate"].unique().to_list())
+        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema)
+        return {"frames": result.frames, "skipped": frames.height - todo.height, "failed": result.failed,
+                "busy": result.busy, "backend": result.backend, "host": os.uname().nodename, "pid": os.getpid()}
+
+
+def work_units(frames: pl.DataFrame, unit_frames: int = UNIT_FRAMES) -> Iterator[pl.DataFrame]:
+    """The frames by plate, each plate in slices of at most ``unit_frames`` frames, in ImageNumber order."""
+    for _, plate in frames.group_by("Metadata_Plate", maintain_order=True):
+        yield from plate.iter_slices(n_rows=unit_frames)
+
+
+def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, opts: SegmentOptions,
+                   address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
+                   unit_frames: int = UNIT_FRAMES) -> SegmentResult:
+    """``pipeline.segment`` with its frames spread over Ray actors (module docstring)."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs Ray: pip install 'nucleiscreen[ray]'") from None
+    if workers is not None and workers < 1:
+        raise UserError("--workers must be at least 1")
+    if gpus_per_worker < 0:
+        raise UserError("--gpus-per-worker must be 0 or more")
+    info = load_model_info(model)  # fail before starting anything
+    run = Path(out).resolve()  # the workers may start in another folder
+    settings = asdict(opts)
+    prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
+    frames = numbered_frames(found, opts.shard)
+    todo = pending_frames(run, frames)
+    units = list(work_units(todo, unit_frames))
+    threads = opts.threads or 1  # per worker: one CPU each unless asked
+    workers = workers or (max(1, (os.cpu_count() or 1) // threads) if address is None else 1)
+    started = not ray.is_initialized()
+    if started:
+        try:
+            if address is None:
+                ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        except ConnectionError as exc:
+            raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
+    try:
+        worker_opts = asdict(replace(opts, threads=threads, progress=False, overwrite=False, retry_errors=False))
+        actor = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=-1,
+                           max_task_retries=-1)(UnitWorker)
+        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema))
+                for _ in range(min(workers, max(1, len(units))))]
+        results, seconds = _dispatch(ray, pool, units, opts.progress)
+    finally:
+        if started:
+            ray.shutdown()
+    busy: dict[str, float] = {}
+    for r in results:
+        for k, v in r["busy"].items():
+            busy[k] = busy.get(k, 0.0) + v
+    result = SegmentResult(run, sum(r["frames"] for r in results),
+                           frames.height - todo.height + sum(r["skipped"] for r in results),
+                           sum(r["failed"] for r in results), seconds, busy,
+                           ", ".join(sorted({r["backend"] for r in results})))
+    write_manifest(run, info, settings, found.pattern, found.frames.height, {
+        "frames": result.frames, "skipped": result.skipped, "failed": result.failed, "seconds": round(seconds, 2),
+        "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "backend": result.backend,
+        "executor": "ray", "address": address or "local", "workers": len(pool),
+        "gpus_per_worker": gpus_per_worker, "units": len(units),
+        "worker_hosts": sorted({r["host"] for r in results})})
+    return result
+
+
+def _dispatch(ray, pool: list, units: list[pl.DataFrame], progress: bool) -> tuple[list[dict], float]:
+    """Each actor takes the next unit as soon as it is done with its last: the results, one per unit, and the
+    wall time."""
+    t0 = time.time()
+    queue = list(reversed(units))
+    running = {}
+    for worker in pool:
+        if queue:
+            unit = queue.pop()
+            running[worker.segment.remote(unit)] = (worker, unit.height)
+    results = []
+    with tqdm(total=sum(u.height for u in units), unit="frame", desc="segment (ray)", disable=not progress) as bar:
+        while running:
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            worker, n = running.pop(ref)
+            results.append(ray.get(ref))
+            bar.update(n)
+            if queue:
+                unit = queue.pop()
+                running[worker.segment.remote(unit)] = (worker, unit.height)
+    return results, time.time() - t0
