@@ -134,6 +134,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     wells = normalize_plates(wells, layout, reference, source=layout_path)
     genes = aggregate_genes(wells, rules)
     plates = plate_qc(wells, z_prime_min)
+    notes += _completeness(run_dir, images, errors)
     lost = plates.filter("no_reference")["plate"].to_list()
     if lost:
         notes.append(f"{len(lost)} plate(s) without usable reference wells (none in the layout, failed, or 0 nuclei): "
@@ -207,6 +208,26 @@ def _micronucleus_area(run_dir: Path) -> float:
         return float(settings.get("micronucleus_area", DEFAULT_MICRONUCLEUS_AREA))
     except (OSError, ValueError, TypeError, AttributeError):
         return float(DEFAULT_MICRONUCLEUS_AREA)
+
+
+def _completeness(run_dir: Path, images: pl.LazyFrame, errors: pl.LazyFrame | None) -> list[str]:
+    """A note on the plates whose frames are not all in the image or error table, against the frames per plate that
+    ``segment`` discovered (its manifest; an unfinished run, or shards not all done); none when all are there."""
+    try:
+        expected = json.loads((run_dir / "manifest.json").read_text())["discovery"]["plates"]
+    except (OSError, KeyError, ValueError):
+        return []
+    tables = [t.select("Metadata_Plate", "ImageNumber") for t in (images, errors) if t is not None]
+    done = dict(pl.concat(tables).unique().group_by("Metadata_Plate").len().collect().iter_rows())
+    missing = sorted(p for p in expected if not done.get(p))
+    short = sorted(f"{p} {done[p]}/{n}" for p, n in expected.items() if 0 < done.get(p, 0) < n)
+    if not missing and not short:
+        return []
+    parts = ([f"{len(missing)} plate(s) missing ({', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''})"]
+             if missing else []) + ([f"{len(short)} plate(s) incomplete ({', '.join(short[:10])}"
+                                     f"{' ...' if len(short) > 10 else ''} frames)"] if short else [])
+    return [f"Incomplete run: {'; '.join(parts)}; re-run `nucleiscreen segment` (or the missing shards) to finish "
+            "them."]
 
 
 def _unplaced(errors: pl.LazyFrame | None) -> int:

@@ -245,7 +245,7 @@ def segment(
     todo = pending_frames(run, frames)
     result = segment_frames(seg, todo, run, opts, found.frames.schema)
     result.skipped = frames.height - todo.height
-    write_manifest(run, seg.info, settings, found.pattern, found.frames.height, {
+    write_manifest(run, seg.info, settings, found, {
         "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
         "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
         "executor": "local", "backend": result.backend})

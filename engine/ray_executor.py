@@ -112,7 +112,7 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
                            frames.height - todo.height + sum(r["skipped"] for r in results),
                            sum(r["failed"] for r in results), seconds, busy,
                            ", ".join(sorted({r["backend"] for r in results})))
-    write_manifest(run, info, settings, found.pattern, found.frames.height, {
+    write_manifest(run, info, settings, found, {
         "frames": result.frames, "skipped": result.skipped, "failed": result.failed, "seconds": round(seconds, 2),
         "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "backend": result.backend,
         "executor": "ray", "address": address or "local", "workers": len(pool),

@@ -28,7 +28,7 @@ import polars as pl
 import tifffile
 
 import nucleiscreen
-from nucleiscreen.engine.discover import FRAME_COLUMNS
+from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
 
@@ -142,8 +142,9 @@ def prepare_run(run: Path, model: ModelInfo, settings: dict, overwrite: bool, re
         shutil.rmtree(run / "errors")
 
 
-def write_manifest(run: Path, info: ModelInfo, settings: dict, pattern: str, discovered: int, session: dict) -> None:
-    """Record the model, the settings and versions, and append this run of the command to ``sessions``."""
+def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery, session: dict) -> None:
+    """Record the model, the settings, the discovery (frames per plate: what ``analyze`` checks the tables against)
+    and versions, and append this run of the command to ``sessions``."""
     import onnxruntime
 
     path = run / "manifest.json"
@@ -154,7 +155,8 @@ def write_manifest(run: Path, info: ModelInfo, settings: dict, pattern: str, dis
         "nucleiscreen": nucleiscreen.__version__,
         "model": {"path": str(info.path), "sha256": info.sha256, "card": info.card},
         "settings": settings,
-        "discovery": {"pattern": pattern, "frames": discovered},
+        "discovery": {"pattern": found.pattern, "frames": found.frames.height,
+                      "plates": dict(found.frames.group_by("Metadata_Plate").len().sort("Metadata_Plate").iter_rows())},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__,
                      "onnxruntime": onnxruntime.__version__},
         "sessions": sessions,

@@ -285,3 +285,19 @@ def test_cli_rules_and_reference(tmp_path, capsys):
         assert main(["analyze", str(run), "--layout", str(layout), "--no-report", *bad]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error:") and "Traceback" not in err, err
+
+
+def test_analyze_names_the_plates_a_run_has_not_finished(tmp_path):
+    """Against the frames per plate that segment discovered: a run of one shard of two leaves every plate half
+    done, and analyze says so; once the other shard is in, it says nothing."""
+    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.simulate import simulate_screen
+
+    sim = simulate_screen(tmp_path / "sim", plates=2, fields=1, size=128, seed=9, masks=False)
+    run = tmp_path / "run"
+    segment([sim.images], run, options=SegmentOptions(progress=False, shard=(0, 2)))
+    notes = analyze(run, sim.layout, report=False).notes
+    incomplete = [n for n in notes if n.startswith("Incomplete run")]
+    assert len(incomplete) == 1 and "2 plate(s) incomplete" in incomplete[0] and "192/384" in incomplete[0]
+    segment([sim.images], run, options=SegmentOptions(progress=False, shard=(1, 2)))
+    assert not [n for n in analyze(run, sim.layout, report=False).notes if n.startswith("Incomplete run")]
