@@ -1,0 +1,50 @@
+"""Ray's overhead: one simulated screen segmented by ``--executor local`` and by ``--executor ray`` in the same run.
+
+Local runs one process with ``workers`` pool threads; Ray starts a local instance and ``workers`` actors of one thread
+each (the executor's defaults), and its time includes starting the instance and the actors loading the model: what a
+user waits for. Both use the shipped model on onnxruntime's CPU provider and write the same tables; the ratio of their
+frames/s is the figure to quote (absolute numbers on a shared machine are noisy).
+
+    python -m nucleiscreen.bench.ray [--plates 4] [--size 256] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from nucleiscreen.engine.discover import discover
+from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.ray_executor import segment_on_ray
+from nucleiscreen.simulate import simulate_screen
+
+
+def main(plates: int = 4, size: int = 256, workers: int = 2) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        sim = simulate_screen(Path(tmp) / "sim", plates=plates, fields=1, size=size, masks=False, progress=False)
+        found = discover([sim.images])
+        segment(found, Path(tmp) / "warm", options=SegmentOptions(progress=False, threads=1))  # caches, page cache
+        t = time.perf_counter()
+        local = segment(found, Path(tmp) / "local", options=SegmentOptions(progress=False, threads=workers))
+        t_local = time.perf_counter() - t
+        t = time.perf_counter()
+        ray = segment_on_ray(found, Path(tmp) / "ray", None, SegmentOptions(progress=False), workers=workers)
+        t_ray = time.perf_counter() - t
+    frames = found.frames.height
+    assert local.frames == ray.frames == frames and not local.failed and not ray.failed
+    print(f"{frames} frames of {size}x{size} px ({plates} plates), {workers} workers, {local.backend}")
+    print(f"local (1 process, {workers} threads): {frames / t_local:8.1f} frames/s  ({t_local:.1f} s)")
+    print(f"ray ({workers} actors, local instance): {frames / t_ray:8.1f} frames/s  ({t_ray:.1f} s, start included)")
+    print(f"ray / local: {t_local / t_ray:.2f}x (overhead {100 * (t_ray / t_local - 1):.0f} %)")
+    return {"frames": frames, "local_fps": frames / t_local, "ray_fps": frames / t_ray, "ratio": t_local / t_ray}
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--plates", type=int, default=4, help="384-well plates of one field a well (default: 4)")
+    ap.add_argument("--size", type=int, default=256, help="frame side in px (default: 256)")
+    ap.add_argument("--workers", type=int, default=2, help="threads of the local run, actors of the Ray run")
+    args = ap.parse_args()
+    main(args.plates, args.size, args.workers)
