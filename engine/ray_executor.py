@@ -84,22 +84,27 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
     threads = opts.threads or 1  # per worker: one CPU each unless asked
-    workers = workers or (max(1, (os.cpu_count() or 1) // threads) if address is None else 1)
     started = not ray.is_initialized()
     if started:
         try:
             if address is None:
-                ray.init(num_cpus=workers * threads, include_dashboard=False, log_to_driver=False)
+                ray.init(num_cpus=workers * threads if workers else None, include_dashboard=False,
+                         log_to_driver=False)
             else:
                 ray.init(address=address, log_to_driver=False)
         except ConnectionError as exc:
             raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     try:
+        if workers is None:  # as many as the cluster's CPUs (and GPUs) hold
+            total = ray.cluster_resources()
+            workers = max(1, int(total.get("CPU", 1)) // threads)
+            if gpus_per_worker:
+                workers = max(1, min(workers, int(total.get("GPU", 0) // gpus_per_worker)))
         worker_opts = asdict(replace(opts, threads=threads, progress=False, overwrite=False, retry_errors=False))
         actor = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=-1,
                            max_task_retries=-1)(UnitWorker)
         pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema))
-                for _ in range(min(workers, max(1, len(units))))]
+                for _ in range(min(workers, len(units)))]  # none when all is done (resume)
         results, seconds = _dispatch(ray, pool, units, opts.progress)
     finally:
         if started:
