@@ -1,4 +1,5 @@
-"""Ray's overhead: one simulated screen segmented by ``--executor local`` and by ``--executor ray`` in the same run.
+"""Ray's overhead: one simulated screen segmented by ``--executor local``, by ``--executor ray`` and by Ray Data's
+``map_batches`` with ``FrameSegmenter`` (when Ray Data is installed) in the same run.
 
 Local runs one process with ``workers`` pool threads; Ray starts a local instance and ``workers`` actors of one thread
 each (the executor's defaults), and its time includes starting the instance and the actors loading the model: what a
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from nucleiscreen.engine.discover import discover
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
-from nucleiscreen.engine.ray_executor import segment_on_ray
+from nucleiscreen.engine.ray_executor import FrameSegmenter, segment_on_ray
 from nucleiscreen.simulate import simulate_screen
 
 
@@ -32,6 +33,7 @@ def main(plates: int = 4, size: int = 256, workers: int = 2) -> dict:
         t = time.perf_counter()
         ray = segment_on_ray(found, Path(tmp) / "ray", None, SegmentOptions(progress=False), workers=workers)
         t_ray = time.perf_counter() - t
+        t_data = ray_data(found, workers)
     frames = found.frames.height
     assert local.frames == ray.frames == frames and not local.failed and not ray.failed
     print(f"{frames} frames of {size}x{size} px ({plates} plates), {workers} workers, {local.backend}")
@@ -40,8 +42,34 @@ def main(plates: int = 4, size: int = 256, workers: int = 2) -> dict:
           f"{ray.seconds:.1f} s from the actors' start, {t_ray - ray.seconds:.1f} s starting the instance)")
     print(f"ray / local: {t_local / t_ray:.2f}x (overhead {100 * (t_ray / t_local - 1):.0f} %; without the instance's "
           f"start {100 * (ray.seconds / t_local - 1):.0f} %)")
+    if t_data is not None:
+        print(f"ray data (map_batches, {workers} actors): {frames / t_data:8.1f} frames/s  ({t_data:.1f} s from the "
+              f"instance's start; {t_local / t_data:.2f}x local, {t_ray / t_data:.2f}x the executor)")
     return {"frames": frames, "local_fps": frames / t_local, "ray_fps": frames / t_ray, "ratio": t_local / t_ray,
-            "ratio_without_start": t_local / ray.seconds}
+            "ratio_without_start": t_local / ray.seconds, "ray_data_fps": frames / t_data if t_data else None}
+
+
+def ray_data(found, workers: int) -> float | None:
+    """Seconds for Ray Data's ``map_batches`` with ``FrameSegmenter`` on an actor pool over the same frames, the
+    instance's start included (None without Ray Data, which needs pandas: ``pip install 'ray[data]'``)."""
+    import ray
+
+    try:
+        import ray.data
+    except ImportError:
+        print("ray data: not installed (pip install 'ray[data]'): not measured")
+        return None
+    t = time.perf_counter()
+    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    try:
+        table = found.frames.to_arrow()  # blocks made here: the actors hold every CPU, none is left for a repartition
+        step = -(-table.num_rows // (4 * workers))
+        ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
+        rows = ds.map_batches(FrameSegmenter, batch_size=16, concurrency=workers, num_cpus=1).count()
+    finally:
+        ray.shutdown()
+    assert rows == found.frames.height
+    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

@@ -91,7 +91,7 @@ class SegmentResult:
     backend: str = ""
 
 
-class _Scheduler:
+class Scheduler:
     """The stages of one ``segment`` call, so that the network never waits for the host and the host never holds
     more than a few batches: the frames of batch k+1 are read on the pool while batch k is submitted, batch k-1
     is collected only after batch k was submitted (an asynchronous backend computes one while the other copies),
@@ -207,7 +207,7 @@ class _Scheduler:
             self.bar.update()
 
 
-def _batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:
+def frame_batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:
     """The frame table's rows as dicts, ``size`` at a time, made a slice at a time (not all at once)."""
     for chunk in frames.iter_slices(n_rows=size * max(1, 4096 // size)):
         rows = chunk.to_dicts()
@@ -278,8 +278,8 @@ def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: Segmen
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:
-        scheduler = _Scheduler(seg, writer, opts, run, pool, bar)
-        scheduler.run_batches(_batches(frames, batch_size), limit=2 * batch_size * threads)
+        scheduler = Scheduler(seg, writer, opts, run, pool, bar)
+        scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
     return SegmentResult(run, frames.height, 0, scheduler.failed, time.time() - t_start, dict(scheduler.busy),
                          seg.backend.description)

@@ -11,6 +11,12 @@ A lost worker (a killed process, a lost node) is restarted by Ray and its unit r
 ``max_task_retries``); the retry first drops the unit's frames already written, and part files are atomic, so no frame
 ends up twice in the image table. Without ``address`` a local Ray instance is started with ``workers`` CPUs (and
 stopped at the end). Ray is an optional extra: ``pip install -e ".[ray]"``.
+
+For pipelines already built on Ray Data, ``FrameSegmenter`` is the engine's per-frame path as a ``map_batches``
+callable class (rows of discovered frames in, image-table rows out), run by an actor pool::
+
+    ds = ray.data.from_arrow(discover(["/screen"]).frames.to_arrow())
+    table = ds.map_batches(FrameSegmenter, batch_size=16, concurrency=2, num_cpus=1).to_pandas()
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -27,8 +34,10 @@ from tqdm import tqdm
 from nucleiscreen.engine.discover import Discovery
 from nucleiscreen.engine.model import load_model_info
 from nucleiscreen.engine.pipeline import (
+    Scheduler,
     SegmentOptions,
     SegmentResult,
+    frame_batches,
     numbered_frames,
     pending_frames,
     segment_frames,
@@ -147,3 +156,43 @@ def _dispatch(ray, pool: list, units: list[pl.DataFrame], progress: bool) -> tup
                 unit = queue.pop()
                 running[worker.segment.remote(unit)] = (worker, unit.height)
     return results, time.time() - t0
+
+
+class _Rows:
+    """The ``PartWriter`` interface, keeping the rows (image rows and error rows alike) in memory."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add_frame(self, row: dict, objects) -> None:
+        self.rows.append({**row, "Stage": None, "Error": None})
+
+    def add_error(self, row: dict) -> None:
+        self.rows.append(row)
+
+
+class FrameSegmenter:
+    """The engine's per-frame path for Ray Data's ``map_batches`` (module docstring): a batch of rows with the
+    discovery's columns (``PathName_DNA``, ``FileName_DNA``, ``Metadata_*``; an ``ImageNumber`` is added when
+    missing) in, one image-table row per frame out (in ImageNumber order), with ``Stage`` and ``Error`` set for a
+    frame that failed. The model is loaded once per actor; keyword arguments are ``SegmentOptions``' (backend,
+    threads, min_contrast, ...)."""
+
+    def __init__(self, model: str | None = None, **options):
+        self.opts = SegmentOptions(**{"threads": 1, **options, "progress": False, "objects": False,
+                                      "save_labels": False})
+        o = self.opts
+        self.seg = Segmenter(model, o.backend, o.threads, o.min_area, o.pixel_size, o.min_contrast, o.min_edge_area,
+                             o.grow_area)
+        self.pool = ThreadPoolExecutor(o.threads)
+
+    def __call__(self, batch: dict) -> dict:
+        frames = pl.DataFrame({k: list(v) for k, v in batch.items()})
+        if "ImageNumber" not in frames.columns:
+            frames = frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
+        rows = _Rows()
+        size = self.opts.batch_size or self.seg.backend.preferred_batch
+        with tqdm(disable=True) as bar:
+            Scheduler(self.seg, rows, self.opts, Path("."), self.pool, bar).run_batches(
+                frame_batches(frames, size), limit=2 * size * self.opts.threads)
+        return pl.from_dicts(rows.rows, infer_schema_length=None).sort("ImageNumber").to_dict(as_series=False)

@@ -84,3 +84,23 @@ def test_without_ray_the_executor_is_one_clear_line(screen, tmp_path, monkeypatc
 def test_ray_options_need_the_ray_executor(screen, tmp_path, capsys):
     assert main(["segment", str(screen.images), "--out", str(tmp_path / "run"), "--workers", "2"]) == 2
     assert "--executor ray" in capsys.readouterr().err
+
+
+def test_ray_data_frame_segmenter_gives_the_image_rows_of_a_local_run(screen, tmp_path):
+    """FrameSegmenter is the map_batches callable (called here on one batch, as a Ray Data actor calls it)."""
+    from nucleiscreen.engine.discover import discover
+    from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
+    from nucleiscreen.engine.ray_executor import FrameSegmenter
+
+    found = discover([screen.images])
+    frames = numbered_frames(found).head(24)
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"not a tiff")
+    batch = {k: frames[k].to_numpy() for k in frames.columns}
+    batch["PathName_DNA"][3], batch["FileName_DNA"][3] = str(tmp_path), broken.name
+    out = pl.DataFrame(FrameSegmenter(batch_size=4)(batch))
+    assert out.height == 24 and out["Stage"].to_list()[3] == "decode" and out["Error"][3]
+    segment(found, tmp_path / "local", options=SegmentOptions(progress=False))
+    local = _table(tmp_path / "local", "images").head(24)
+    good = out.filter(pl.col("Error").is_null()).drop("Stage", "Error")
+    assert good.equals(local.filter(pl.col("ImageNumber") != 4).select(good.columns))
