@@ -54,6 +54,7 @@ class SegmentOptions:
     grow_area: int | None = None  # px; smaller objects grow into their bright outer ring. None: the card's, 0: none
     pixel_size: float | None = None  # um per pixel of the frames; None: the model's
     part_frames: int = 4096
+    checkpoint_seconds: float = 60.0  # parts are also written after this much work: a kill loses at most about it
     progress: bool = True
     overwrite: bool = False  # empty the run folder first
     retry_errors: bool = False  # attempt the frames of the error table again
@@ -233,6 +234,8 @@ def segment(
     opts = options or SegmentOptions()
     if opts.batch_size is not None and opts.batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if opts.checkpoint_seconds < 0:
+        raise UserError("--checkpoint-seconds must be 0 or more")
     seg = segmenter or Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size,
                                  opts.min_contrast, opts.min_edge_area, opts.grow_area)  # fail first
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
@@ -274,7 +277,7 @@ def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: Segmen
     module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit)."""
     batch_size = opts.batch_size or seg.backend.preferred_batch
     threads = opts.threads or os.cpu_count() or 1
-    writer = PartWriter(run, opts.part_frames, frame_schema)
+    writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds)
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import shutil
+import time
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
@@ -31,6 +32,8 @@ import nucleiscreen
 from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.measure import summary_schema
+from nucleiscreen.kernels.quality import QUALITY_COLUMNS
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
 RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "grow_area", "objects",
@@ -44,9 +47,16 @@ class PartWriter:
     Image and error rows are dicts; a frame's objects are a table without its frame's columns, which are added when
     the part is written (``OBJECT_KEYS``), so no per-frame table is ever widened."""
 
-    def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType]):
-        self.run, self.part_frames = run, part_frames
+    def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType],
+                 checkpoint_seconds: float = 60.0):
+        self.run, self.part_frames, self.checkpoint_seconds = run, part_frames, checkpoint_seconds
+        self.last_flush = time.monotonic()
         self.object_keys = {"ImageNumber": pl.Int64, **{k: frame_schema[k] for k in OBJECT_KEYS[1:]}}
+        # Fixed types: a part whose frames all lack a value (no nucleus off the border) must not type it Null.
+        frame = {k: frame_schema[k] for k in FRAME_COLUMNS}
+        self.schemas = {"images": {"ImageNumber": pl.Int64, **frame, **dict.fromkeys(QUALITY_COLUMNS, pl.Float64),
+                                   **summary_schema()},
+                        "errors": {**frame, "ImageNumber": pl.Int64, "Stage": pl.String, "Error": pl.String}}
         self.rows: dict[tuple[str, str], list] = defaultdict(list)
         self.token = uuid.uuid4().hex[:8]
         self.count = 0
@@ -63,17 +73,25 @@ class PartWriter:
             # row was written, so their objects are on disk too.
             self.flush(("objects", plate))
             self.flush(("images", plate))
+        self._checkpoint()
 
     def add_error(self, row: dict) -> None:
         self.rows[("errors", "")].append(row)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Everything buffered goes out after ``checkpoint_seconds`` of work: a killed run loses at most that."""
+        if time.monotonic() - self.last_flush >= self.checkpoint_seconds:
+            self.flush()
 
     def flush(self, key: tuple[str, str] | None = None) -> None:
+        if key is None:
+            self.last_flush = time.monotonic()
         for k in [key] if key else sorted(self.rows, key=lambda k: k[0] == "images"):  # image rows last
             items = self.rows.pop(k, [])
             if items:
-                # (dict rows: None in the first rows must not fix a column's type, so infer over all of them)
                 self._write(*k, self._objects(items) if k[0] == "objects"
-                            else pl.from_dicts(items, infer_schema_length=None))
+                            else pl.from_dicts(items, schema=self.schemas[k[0]]))
 
     def _objects(self, items: list[tuple[tuple, pl.DataFrame]]) -> pl.DataFrame:
         """One table of the buffered frames' objects, each row followed by its frame's ``OBJECT_KEYS``."""

@@ -116,6 +116,13 @@ def object_schema(channel: str = "DNA", solidity: bool = False) -> dict[str, pl.
     return schema
 
 
+def summary_schema(channel: str = "DNA") -> dict[str, pl.DataType]:
+    """Names and dtypes of the ``summarize_frame`` values, in order (the image table's columns after the frame's)."""
+    return {"Count_Nuclei": pl.Int64, "Count_Micronuclei": pl.Int64, "Count_Nuclei_NonBorder": pl.Int64,
+            "Total_Nuclei_AreaShape_Area": pl.Int64, "Mean_Nuclei_AreaShape_Area": pl.Float64,
+            "Median_Nuclei_AreaShape_Area": pl.Float64, f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": pl.Float64}
+
+
 # --- tables ------------------------------------------------------------------------------------------------------
 
 

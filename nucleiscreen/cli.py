@@ -117,7 +117,8 @@ def _segment(a: argparse.Namespace):
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
                           min_contrast=a.min_contrast, min_area=a.min_area, min_edge_area=a.min_edge_area,
-                          grow_area=a.grow_area, shard=parse_shard(a.shard) if a.shard else None)
+                          grow_area=a.grow_area, shard=parse_shard(a.shard) if a.shard else None,
+                          checkpoint_seconds=a.checkpoint_seconds)
     if a.executor == "ray":
         from nucleiscreen.engine.discover import discover
         from nucleiscreen.engine.ray_executor import segment_on_ray
@@ -256,6 +257,9 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
     p.add_argument("--shard", help="K/N: segment every N-th frame from the K-th (0-based) into the shared run "
                                    "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
+    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                   help="write the tables' parts at least this often, so a killed run loses at most about this much "
+                        "work (default: 60)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process; ray: work units (a plate, or 4,096 frames of one) on Ray actors that "
                         "write into the shared run folder (the [ray] extra) (default: local)")

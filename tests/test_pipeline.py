@@ -308,3 +308,17 @@ def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
             in_flight = event
         else:
             in_flight = None if in_flight and in_flight[1] == event[1] else in_flight
+
+
+def test_parts_are_written_every_checkpoint_seconds(screen, tmp_path):
+    """With --checkpoint-seconds 0 every frame's rows go to disk at once (a kill loses nothing finished); the tables
+    are those of a run with the default."""
+    run = tmp_path / "run"
+    segment([screen.images], run, options=SegmentOptions(progress=False, checkpoint_seconds=0, objects=True))
+    parts = list((run / "images").rglob("part-*.parquet"))
+    assert len(parts) >= 300  # 384 frames, about one part each (a frame finished with its batch: several at once)
+    ref = tmp_path / "ref"
+    segment([screen.images], ref, options=SegmentOptions(progress=False, objects=True))
+    assert _images(run).sort("ImageNumber").equals(_images(ref).sort("ImageNumber"))
+    with pytest.raises(UserError, match="checkpoint-seconds"):
+        segment([screen.images], tmp_path / "bad", options=SegmentOptions(progress=False, checkpoint_seconds=-1))
