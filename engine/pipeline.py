@@ -236,8 +236,7 @@ def segment(
         raise UserError("--batch-size must be at least 1")
     if opts.checkpoint_seconds < 0:
         raise UserError("--checkpoint-seconds must be 0 or more")
-    seg = segmenter or Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size,
-                                 opts.min_contrast, opts.min_edge_area, opts.grow_area)  # fail first
+    seg = segmenter or make_segmenter(model, opts)  # fail first
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:
         on_discovered(found)
@@ -253,6 +252,12 @@ def segment(
         "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
         "executor": "local", "backend": result.backend})
     return result
+
+
+def make_segmenter(model: str | Path | None, opts: SegmentOptions) -> Segmenter:
+    """The Segmenter that ``opts`` describe (backend, threads, post-processing overrides, pixel size)."""
+    return Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast,
+                     opts.min_edge_area, opts.grow_area)
 
 
 def numbered_frames(found: Discovery, shard: tuple[int, int] | None = None) -> pl.DataFrame:

@@ -38,12 +38,12 @@ from nucleiscreen.engine.pipeline import (
     SegmentOptions,
     SegmentResult,
     frame_batches,
+    make_segmenter,
     numbered_frames,
     pending_frames,
     segment_frames,
 )
 from nucleiscreen.engine.runfolder import prepare_run, write_manifest
-from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 
 UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
@@ -54,9 +54,7 @@ class UnitWorker:
 
     def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict):
         self.opts = SegmentOptions(**options)
-        o = self.opts
-        self.seg = Segmenter(model, o.backend, o.threads, o.min_area, o.pixel_size, o.min_contrast, o.min_edge_area,
-                             o.grow_area)
+        self.seg = make_segmenter(model, self.opts)
         self.run, self.schema = Path(run), frame_schema
 
     def segment(self, frames: pl.DataFrame) -> dict:
@@ -181,10 +179,8 @@ class FrameSegmenter:
     def __init__(self, model: str | None = None, **options):
         self.opts = SegmentOptions(**{"threads": 1, **options, "progress": False, "objects": False,
                                       "save_labels": False})
-        o = self.opts
-        self.seg = Segmenter(model, o.backend, o.threads, o.min_area, o.pixel_size, o.min_contrast, o.min_edge_area,
-                             o.grow_area)
-        self.pool = ThreadPoolExecutor(o.threads)
+        self.seg = make_segmenter(model, self.opts)
+        self.pool = ThreadPoolExecutor(self.opts.threads)
 
     def __call__(self, batch: dict) -> dict:
         frames = pl.DataFrame({k: list(v) for k, v in batch.items()})
