@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from nucleiscreen.engine.discover import discover
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
 from nucleiscreen.engine.ray_executor import FrameSegmenter, segment_on_ray
 from nucleiscreen.simulate import simulate_screen
 
@@ -62,7 +62,7 @@ def ray_data(found, workers: int) -> float | None:
     t = time.perf_counter()
     ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     try:
-        table = found.frames.to_arrow()  # blocks made here: the actors hold every CPU, none is left for a repartition
+        table = numbered_frames(found).to_arrow()  # blocks made here: the actors hold every CPU, none left to split
         step = -(-table.num_rows // (4 * workers))
         ds = ray.data.from_arrow([table.slice(i, step) for i in range(0, table.num_rows, step)])
         rows = ds.map_batches(FrameSegmenter, batch_size=16, concurrency=workers, num_cpus=1).count()

@@ -15,7 +15,7 @@ stopped at the end). Ray is an optional extra: ``pip install -e ".[ray]"``.
 For pipelines already built on Ray Data, ``FrameSegmenter`` is the engine's per-frame path as a ``map_batches``
 callable class (rows of discovered frames in, image-table rows out), run by an actor pool::
 
-    ds = ray.data.from_arrow(discover(["/screen"]).frames.to_arrow())
+    ds = ray.data.from_arrow(numbered_frames(discover(["/screen"])).to_arrow())  # ImageNumbers of the screen
     table = ds.map_batches(FrameSegmenter, batch_size=16, concurrency=2, num_cpus=1).to_pandas()
 """
 
@@ -171,10 +171,10 @@ class _Rows:
 
 class FrameSegmenter:
     """The engine's per-frame path for Ray Data's ``map_batches`` (module docstring): a batch of rows with the
-    discovery's columns (``PathName_DNA``, ``FileName_DNA``, ``Metadata_*``; an ``ImageNumber`` is added when
-    missing) in, one image-table row per frame out (in ImageNumber order), with ``Stage`` and ``Error`` set for a
-    frame that failed. The model is loaded once per actor; keyword arguments are ``SegmentOptions``' (backend,
-    threads, min_contrast, ...)."""
+    discovery's columns (``PathName_DNA``, ``FileName_DNA``, ``Metadata_*``, and ``ImageNumber`` as
+    ``pipeline.numbered_frames`` gives it; without one the frames are numbered within the batch) in, one image-table
+    row per frame out (in ImageNumber order), with ``Stage`` and ``Error`` set for a frame that failed. The model is
+    loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, min_contrast, ...)."""
 
     def __init__(self, model: str | None = None, **options):
         self.opts = SegmentOptions(**{"threads": 1, **options, "progress": False, "objects": False,
