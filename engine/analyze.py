@@ -34,6 +34,7 @@ from nucleiscreen.engine.layout import read_layout
 from nucleiscreen.engine.plates import normalize_plates
 from nucleiscreen.engine.qc import Z_PRIME_MIN, FrameQC, plate_qc
 from nucleiscreen.engine.report import example_frames, write_report
+from nucleiscreen.engine.runfolder import object_parts
 from nucleiscreen.engine.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
@@ -115,7 +116,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
         raise UserError(f"no image table under {run_dir / 'images'}: run `nucleiscreen segment` first")
     images = _scan(image_files)
     errors = _scan(sorted((run_dir / "errors").glob("part-*.parquet")))
-    objects = _scan(sorted((run_dir / "objects").glob("plate=*/part-*.parquet")))
+    objects = _scan(object_parts(run_dir))  # committed parts only (engine/runfolder.py)
     layout = read_layout(layout_path)
 
     notes = []

@@ -30,9 +30,12 @@ from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
 from nucleiscreen.engine.readers import FrameReadError
 from nucleiscreen.engine.runfolder import (
     PartWriter,
+    RunLock,
     done_frames,
     error_row,
+    new_token,
     prepare_run,
+    remove_orphan_objects,
     write_labels,
     write_manifest,
 )
@@ -242,15 +245,18 @@ def segment(
         on_discovered(found)
     run = Path(out)
     settings = asdict(opts)
-    prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
-    frames = numbered_frames(found, opts.shard)
-    todo = pending_frames(run, frames)
-    result = segment_frames(seg, todo, run, opts, found.frames.schema)
-    result.skipped = frames.height - todo.height
-    write_manifest(run, seg.info, settings, found, {
-        "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
-        "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-        "executor": "local", "backend": result.backend})
+    token = new_token()
+    with RunLock(run, opts.shard, token):
+        prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
+        remove_orphan_objects(run)
+        frames = numbered_frames(found, opts.shard)
+        todo = pending_frames(run, frames)
+        result = segment_frames(seg, todo, run, opts, found.frames.schema, token)
+        result.skipped = frames.height - todo.height
+        write_manifest(run, seg.info, settings, found, {
+            "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
+            "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
+            "executor": "local", "backend": result.backend})
     return result
 
 
@@ -277,12 +283,12 @@ def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None
 
 
 def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: SegmentOptions,
-                   frame_schema: dict[str, pl.DataType]) -> SegmentResult:
+                   frame_schema: dict[str, pl.DataType], token: str | None = None) -> SegmentResult:
     """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder ``run``: the stages of the
     module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit)."""
     batch_size = opts.batch_size or seg.backend.preferred_batch
     threads = opts.threads or os.cpu_count() or 1
-    writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds)
+    writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds, token)
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:

@@ -43,7 +43,7 @@ from nucleiscreen.engine.pipeline import (
     pending_frames,
     segment_frames,
 )
-from nucleiscreen.engine.runfolder import prepare_run, write_manifest
+from nucleiscreen.engine.runfolder import RunLock, new_token, prepare_run, remove_orphan_objects, write_manifest
 from nucleiscreen.errors import UserError
 
 UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
@@ -85,8 +85,15 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
         raise UserError("--gpus-per-worker must be 0 or more")
     info = load_model_info(model)  # fail before starting anything
     run = Path(out).resolve()  # the workers may start in another folder
+    with RunLock(run, opts.shard, new_token()):
+        return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames)
+
+
+def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions, address: str | None,
+                    workers: int | None, gpus_per_worker: float, unit_frames: int) -> SegmentResult:
     settings = asdict(opts)
     prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
+    remove_orphan_objects(run)
     frames = numbered_frames(found, opts.shard)
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
@@ -116,6 +123,7 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
     finally:
         if started:
             ray.shutdown()
+    remove_orphan_objects(run)  # of workers lost mid-unit (their units were done again by others)
     busy: dict[str, float] = {}
     for r in results:
         for k, v in r["busy"].items():

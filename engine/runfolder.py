@@ -18,6 +18,8 @@ import json
 import os
 import platform
 import shutil
+import socket
+import sys
 import time
 import uuid
 from collections import defaultdict
@@ -48,7 +50,7 @@ class PartWriter:
     the part is written (``OBJECT_KEYS``), so no per-frame table is ever widened."""
 
     def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType],
-                 checkpoint_seconds: float = 60.0):
+                 checkpoint_seconds: float = 60.0, token: str | None = None):
         self.run, self.part_frames, self.checkpoint_seconds = run, part_frames, checkpoint_seconds
         self.last_flush = time.monotonic()
         self.object_keys = {"ImageNumber": pl.Int64, **{k: frame_schema[k] for k in OBJECT_KEYS[1:]}}
@@ -58,7 +60,7 @@ class PartWriter:
                                    **summary_schema()},
                         "errors": {**frame, "ImageNumber": pl.Int64, "Stage": pl.String, "Error": pl.String}}
         self.rows: dict[tuple[str, str], list] = defaultdict(list)
-        self.token = uuid.uuid4().hex[:8]
+        self.token = token or new_token()  # in every part name: which writer wrote it
         self.count = 0
 
     def add_frame(self, row: dict, objects: pl.DataFrame | None) -> None:
@@ -69,10 +71,7 @@ class PartWriter:
         images = self.rows[("images", plate)]
         images.append(row)
         if len(images) >= self.part_frames:  # memory stays flat however many frames
-            # A plate's objects go out with its image rows, objects first: resuming skips only frames whose image
-            # row was written, so their objects are on disk too.
-            self.flush(("objects", plate))
-            self.flush(("images", plate))
+            self.flush(plate)
         self._checkpoint()
 
     def add_error(self, row: dict) -> None:
@@ -84,14 +83,21 @@ class PartWriter:
         if time.monotonic() - self.last_flush >= self.checkpoint_seconds:
             self.flush()
 
-    def flush(self, key: tuple[str, str] | None = None) -> None:
-        if key is None:
+    def flush(self, plate: str | None = None) -> None:
+        """Write the buffered rows of ``plate`` (None: of every plate, and the error rows)."""
+        if plate is None:
             self.last_flush = time.monotonic()
-        for k in [key] if key else sorted(self.rows, key=lambda k: k[0] == "images"):  # image rows last
-            items = self.rows.pop(k, [])
-            if items:
-                self._write(*k, self._objects(items) if k[0] == "objects"
-                            else pl.from_dicts(items, schema=self.schemas[k[0]]))
+        for p in [plate] if plate is not None else sorted({k[1] for k in self.rows if k[0] == "images"}):
+            # One commit: the objects part first, then the image part of the same name. Readers take an objects
+            # part only beside its image part, so a crash between the two leaves no object rows of unwritten frames.
+            self.count += 1
+            objects = self.rows.pop(("objects", p), [])
+            if objects:
+                self._write("objects", p, self._objects(objects))
+            self._write("images", p, pl.from_dicts(self.rows.pop(("images", p)), schema=self.schemas["images"]))
+        if plate is None and self.rows.get(("errors", "")):
+            self.count += 1
+            self._write("errors", "", pl.from_dicts(self.rows.pop(("errors", "")), schema=self.schemas["errors"]))
 
     def _objects(self, items: list[tuple[tuple, pl.DataFrame]]) -> pl.DataFrame:
         """One table of the buffered frames' objects, each row followed by its frame's ``OBJECT_KEYS``."""
@@ -103,11 +109,91 @@ class PartWriter:
     def _write(self, table: str, plate: str, df: pl.DataFrame) -> None:
         folder = self.run / table / f"plate={plate}" if table != "errors" else self.run / table
         folder.mkdir(parents=True, exist_ok=True)
-        self.count += 1
         name = f"part-{self.token}-{self.count:05d}.parquet"
         tmp = folder / f".{name}.tmp"
         df.write_parquet(tmp)
         os.replace(tmp, folder / name)
+
+
+def new_token() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+def object_parts(run: Path) -> list[Path]:
+    """The run's object parts that were committed: those beside an image part of the same name and plate."""
+    parts = sorted((run / "objects").glob("plate=*/part-*.parquet"))
+    return [p for p in parts if (run / "images" / p.parent.name / p.name).exists()]
+
+
+def remove_orphan_objects(run: Path) -> int:
+    """Delete the object parts of writers that died between an object part and its image part (their frames are
+    segmented again on resume), except those of runs still holding a lock on the folder; how many were removed."""
+    live = {lock.get("token") for lock in _locks(run)}
+    orphans = [p for p in (run / "objects").glob("plate=*/part-*.parquet")
+               if not (run / "images" / p.parent.name / p.name).exists() and p.name.split("-")[1] not in live]
+    for p in orphans:
+        p.unlink(missing_ok=True)
+    return len(orphans)
+
+
+class RunLock:
+    """One ``segment`` (or one shard of it) at a time on a run folder: ``RUN/.locks/<shard>.json`` names the holder
+    (host, pid, start, writer token). A second run of the same shard is refused with one line naming the holder; a
+    lock whose process is gone (same host) is taken over with a notice; shards K/N of one folder run side by side,
+    from several hosts too (the lock is a file made with O_EXCL on the shared file system)."""
+
+    def __init__(self, run: Path, shard: tuple[int, int] | None, token: str):
+        self.path = run / ".locks" / (f"shard-{shard[0]}-of-{shard[1]}.json" if shard else "all.json")
+        self.token = token
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
+              "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = _read_lock(self.path)
+                if holder is not None and not _gone(holder):
+                    raise UserError(f"{self.path.parent.parent} is being segmented ({self.path.stem}) by pid "
+                                    f"{holder.get('pid')} on {holder.get('host')} since {holder.get('started')}: "
+                                    f"wait for it, or remove {self.path} if that process is gone") from None
+                print(f"note: taking over the lock of a run that is gone ({holder or 'unreadable lock'})",
+                      file=sys.stderr)
+                self.path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as fh:
+                json.dump(me, fh)
+            return self
+        raise UserError(f"could not take the lock {self.path}: another run took it meanwhile")
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+def _locks(run: Path) -> list[dict]:
+    return [lock for p in (run / ".locks").glob("*.json") if (lock := _read_lock(p)) is not None]
+
+
+def _read_lock(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _gone(holder: dict) -> bool:
+    """Whether the lock's process is known to be gone: on this host, no such pid (another host's cannot be told)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, KeyError, ValueError, TypeError):
+        return False
+    return False
 
 
 def error_row(rec: dict, stage: str, error: str) -> dict:

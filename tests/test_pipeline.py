@@ -322,3 +322,40 @@ def test_parts_are_written_every_checkpoint_seconds(screen, tmp_path):
     assert _images(run).sort("ImageNumber").equals(_images(ref).sort("ImageNumber"))
     with pytest.raises(UserError, match="checkpoint-seconds"):
         segment([screen.images], tmp_path / "bad", options=SegmentOptions(progress=False, checkpoint_seconds=-1))
+
+
+def test_objects_commit_with_their_image_rows_and_orphans_are_ignored_then_removed(screen, tmp_path):
+    """A plate's object part and image part share one name (objects first); an object part without its image part
+    (a writer killed between the two) is ignored by analyze and removed by the next segment."""
+    import shutil
+
+    from nucleiscreen.engine.runfolder import object_parts
+
+    run = tmp_path / "run"
+    segment([screen.images], run, options=SegmentOptions(progress=False, objects=True, part_frames=100))
+    parts = sorted((run / "objects").rglob("part-*.parquet"))
+    assert parts and object_parts(run) == parts
+    orphan = parts[0].with_name("part-deadbeef-00001.parquet")
+    shutil.copy(parts[0], orphan)
+    assert orphan not in object_parts(run)
+    res = segment([screen.images], run, options=SegmentOptions(progress=False, objects=True, part_frames=100))
+    assert res.frames == 0 and not orphan.exists() and object_parts(run) == parts
+
+
+def test_a_second_run_of_the_same_shard_is_refused_and_a_stale_lock_taken_over(screen, tmp_path, capsys):
+    import json
+    import os
+    import socket
+
+    run = tmp_path / "run"
+    lock = run / ".locks" / "all.json"
+    lock.parent.mkdir(parents=True)
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "token": "x",
+                                "started": "2026-01-01T00:00:00+00:00"}))  # this process: alive
+    with pytest.raises(UserError, match=f"pid {os.getpid()} on {socket.gethostname()}"):
+        segment([screen.images], run, options=SegmentOptions(progress=False))
+    # another shard of the same folder is not held by it
+    assert segment([screen.images], run, options=SegmentOptions(progress=False, shard=(0, 8))).frames == 48
+    lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "token": "y"}))  # no such pid
+    assert segment([screen.images], run, options=SegmentOptions(progress=False)).frames == 384 - 48
+    assert "taking over the lock" in capsys.readouterr().err and not lock.exists()
