@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import defaultdict, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -93,6 +93,7 @@ class SegmentResult:
     seconds: float
     busy: dict[str, float] = field(default_factory=dict)
     backend: str = ""
+    failed_by: dict[str, int] = field(default_factory=dict)  # failed frames by stage (decode, infer, postprocess)
 
 
 class Scheduler:
@@ -106,7 +107,7 @@ class Scheduler:
         self.seg, self.writer, self.opts, self.run, self.pool, self.bar = seg, writer, opts, run, pool, bar
         self.busy: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()  # stages run on several threads; += on a dict entry is not atomic
-        self.failed = 0
+        self.failed_by: Counter[str] = Counter()  # failed frames by stage
         self.inflight: tuple[list, Pending] | None = None  # a batch submitted to the network, not yet collected
         self.post: deque[tuple[dict, Future]] = deque()  # frames being post-processed, oldest first
 
@@ -149,7 +150,7 @@ class Scheduler:
 
     # -- the main thread --------------------------------------------------------------------------------------------
     def _fail(self, rec: dict, stage: str, error: str) -> None:
-        self.failed += 1
+        self.failed_by[stage] += 1
         self.writer.add_error(error_row(rec, stage, error))
         self.bar.update()
 
@@ -203,7 +204,7 @@ class Scheduler:
             try:
                 row, objects = fut.result()
             except Exception as exc:  # a kernel failing on one frame must not stop the screen
-                self.failed += 1
+                self.failed_by["postprocess"] += 1
                 self.writer.add_error(error_row(rec, "postprocess", f"{type(exc).__name__}: {exc}"))
             else:
                 self.writer.add_frame(row, objects)
@@ -256,7 +257,7 @@ def segment(
         write_manifest(run, seg.info, settings, found, {
             "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
             "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-            "executor": "local", "backend": result.backend})
+            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend})
     return result
 
 
@@ -295,5 +296,5 @@ def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: Segmen
         scheduler = Scheduler(seg, writer, opts, run, pool, bar)
         scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
-    return SegmentResult(run, frames.height, 0, scheduler.failed, time.time() - t_start, dict(scheduler.busy),
-                         seg.backend.description)
+    return SegmentResult(run, frames.height, 0, scheduler.failed_by.total(), time.time() - t_start,
+                         dict(scheduler.busy), seg.backend.description, dict(scheduler.failed_by))

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, replace
@@ -61,7 +62,7 @@ class UnitWorker:
         """Segment the unit's frames not yet in the run folder (a retried unit resumes); its counts and timings."""
         todo = pending_frames(self.run, frames, frames["Metadata_Plate"].unique().to_list())
         result = segment_frames(self.seg, todo, self.run, self.opts, self.schema)
-        return {"frames": result.frames, "skipped": frames.height - todo.height, "failed": result.failed,
+        return {"frames": result.frames, "skipped": frames.height - todo.height, "failed_by": result.failed_by,
                 "busy": result.busy, "backend": result.backend, "host": os.uname().nodename, "pid": os.getpid()}
 
 
@@ -124,17 +125,18 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
         if started:
             ray.shutdown()
     remove_orphan_objects(run)  # of workers lost mid-unit (their units were done again by others)
-    busy: dict[str, float] = {}
+    busy, failed_by = Counter(), Counter()
     for r in results:
-        for k, v in r["busy"].items():
-            busy[k] = busy.get(k, 0.0) + v
+        busy.update(r["busy"])
+        failed_by.update(r["failed_by"])
     result = SegmentResult(run, sum(r["frames"] for r in results),
                            frames.height - todo.height + sum(r["skipped"] for r in results),
-                           sum(r["failed"] for r in results), seconds, busy,
-                           ", ".join(sorted({r["backend"] for r in results})))
+                           failed_by.total(), seconds, dict(busy), ", ".join(sorted({r["backend"] for r in results})),
+                           dict(failed_by))
     write_manifest(run, info, settings, found, {
         "frames": result.frames, "skipped": result.skipped, "failed": result.failed, "seconds": round(seconds, 2),
-        "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "backend": result.backend,
+        "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "failed_by_stage": result.failed_by,
+        "backend": result.backend,
         "executor": "ray", "address": address or "local", "workers": len(pool),
         "gpus_per_worker": gpus_per_worker, "units": len(units),
         "worker_hosts": sorted({r["host"] for r in results})})

@@ -135,12 +135,16 @@ def _segment(a: argparse.Namespace):
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
+    if result.failed:
+        stages = ", ".join(f"{k} {v}" for k, v in sorted(result.failed_by.items()))
+        print(f"failed frames by stage: {stages}; each is a row of {result.run / 'errors'} with its reason "
+              "(--retry-errors attempts them again)")
     print(f"run folder: {result.run}")
     return result
 
 
-def cmd_segment(a: argparse.Namespace) -> None:
-    _segment(a)
+def cmd_segment(a: argparse.Namespace) -> int:
+    return 1 if _segment(a).failed and a.fail_on_error else 0
 
 
 def _print_analysis(res) -> None:
@@ -171,7 +175,7 @@ def cmd_analyze(a: argparse.Namespace) -> None:
     _print_analysis(analyze(a.run, a.layout, a.out, **_analysis_options(a)))
 
 
-def cmd_run(a: argparse.Namespace) -> None:
+def cmd_run(a: argparse.Namespace) -> int:
     from nucleiscreen.engine.analyze import analyze
     from nucleiscreen.engine.layout import read_layout
 
@@ -180,6 +184,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     read_layout(a.layout)  # a broken layout should fail before hours of segmentation, not after
     result = _segment(a)
     _print_analysis(analyze(result.run, a.layout, **_analysis_options(a)))
+    return 1 if result.failed and a.fail_on_error else 0
 
 
 def cmd_demo(a: argparse.Namespace) -> None:
@@ -257,6 +262,8 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
     p.add_argument("--shard", help="K/N: segment every N-th frame from the K-th (0-based) into the shared run "
                                    "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
+    p.add_argument("--fail-on-error", action="store_true",
+                   help="exit 1 when any frame failed (default: 0 once every frame is in the image or error table)")
     p.add_argument("--checkpoint-seconds", type=float, default=60.0,
                    help="write the tables' parts at least this often, so a killed run loses at most about this much "
                         "work (default: 60)")
@@ -418,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.func(args)
+        code = args.func(args)
     except UserError as exc:
         if args.debug:
             raise
@@ -430,7 +437,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # the output piped into a reader that stopped early (| head): quiet, like other tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
         return 141
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -112,3 +112,16 @@ def test_run_segments_and_analyzes(capsys, tmp_path):
     assert "pattern: cx7 (384 frames" in out and "Controls" in out and "Plates" in out
     assert {p.name for p in (tmp_path / "r" / "analysis").iterdir()} >= {
         "wells.parquet", "genes.parquet", "plates.parquet", "hits.csv", "report.html"}
+
+
+def test_segment_summary_names_failed_frames_by_stage_and_fail_on_error_exits_1(tmp_path, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    img, _ = __import__("nucleiscreen.simulate", fromlist=["synth_frame"]).synth_frame(
+        np.random.default_rng(0), (96, 96))
+    tifffile.imwrite(frames / "P_A01f00d0.tif", img)
+    (frames / "P_A02f00d0.tif").write_bytes(b"not a tiff")
+    assert main(["--quiet", "segment", str(frames), "--out", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "(0 already done, 1 failed)" in out and "failed frames by stage: decode 1" in out
+    assert main(["--quiet", "segment", str(frames), "--out", str(tmp_path / "run2"), "--fail-on-error"]) == 1
