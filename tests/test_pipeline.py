@@ -359,3 +359,28 @@ def test_a_second_run_of_the_same_shard_is_refused_and_a_stale_lock_taken_over(s
     lock.write_text(json.dumps({"host": socket.gethostname(), "pid": 2**22 + 12345, "token": "y"}))  # no such pid
     assert segment([screen.images], run, options=SegmentOptions(progress=False)).frames == 384 - 48
     assert "taking over the lock" in capsys.readouterr().err and not lock.exists()
+
+
+def test_a_run_killed_after_checkpoints_does_not_recompute_what_they_wrote(tmp_path):
+    """--checkpoint-seconds bounds the loss of a kill: the frames of the parts written before it are skipped on
+    resume (not segmented again), and the tables end with one row per frame."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = simulate_screen(tmp_path / "sim", plates=2, fields=1, size=96, seed=7, masks=False)
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "nucleiscreen", "--quiet", "segment", str(sim.images), "--out",
+                             str(run), "--checkpoint-seconds", "0.3", "--batch-size", "4"])
+    deadline = time.time() + 120
+    while len(list((run / "images").rglob("part-*.parquet"))) < 2 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    written = set(_images(run)["ImageNumber"].to_list())
+    assert len(list((run / "images").rglob("part-*.parquet"))) >= 2 and 0 < len(written) < 768
+    res = segment([sim.images], run, options=SegmentOptions(progress=False))
+    assert res.skipped == len(written) and res.frames == 768 - len(written)  # the checkpointed frames were not redone
+    df = _images(run)
+    assert df.height == 768 and df["ImageNumber"].n_unique() == 768
