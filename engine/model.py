@@ -19,6 +19,7 @@ from nucleiscreen.kernels.normalize import Normalization
 
 CARD_KEY = "nucleiscreen"
 DEFAULT_MODEL = "unet-small.onnx"
+CLASSES = ("background", "interior", "boundary")  # the network's output channels, in order
 
 
 def default_model_path() -> Path:
@@ -79,4 +80,35 @@ def load_model_info(path: str | Path | None = None) -> ModelInfo:
     raw = meta.custom_metadata_map.get(CARD_KEY)
     if raw is None:
         raise UserError(f"{p} has no nucleiscreen model card: export it with `nucleiscreen export`")
-    return ModelInfo(p, json.loads(raw), hashlib.sha256(data).hexdigest())
+    try:
+        card = json.loads(raw)
+    except ValueError:
+        card = None
+    check_card(card, p)
+    return ModelInfo(p, card, hashlib.sha256(data).hexdigest())
+
+
+def check_card(card, path: Path) -> None:
+    """Refuse, with one line, a model card that lacks what the engine reads: the normalization, the three classes
+    the post-processing expects, and well-formed optional fields."""
+    def bad(what: str) -> UserError:
+        return UserError(f"{path}: its model card {what}: export the model with `nucleiscreen export`")
+
+    if not isinstance(card, dict):
+        raise bad("is not a JSON object")
+    if not isinstance(card.get("normalization"), dict):
+        raise bad("lacks 'normalization' (how to scale the frames)")
+    try:
+        Normalization.from_dict(card["normalization"])
+    except (TypeError, ValueError) as exc:
+        raise bad(f"has an unusable 'normalization' ({exc})") from None
+    if card.get("classes") != list(CLASSES):
+        raise bad(f"has classes {card.get('classes')!r}; the engine needs {list(CLASSES)}")
+    multiple = card.get("spatial_multiple", 1)
+    if not isinstance(multiple, int) or multiple < 1:
+        raise bad(f"has spatial_multiple {multiple!r}; expected a positive integer")
+    px = card.get("pixel_size_um")
+    if px is not None and not (isinstance(px, (int, float)) and px > 0):
+        raise bad(f"has pixel_size_um {px!r}; expected a positive number or none")
+    if not isinstance(card.get("postprocessing", {}), dict) or not isinstance(card.get("input", {}), dict):
+        raise bad("has a 'postprocessing' or 'input' that is not a JSON object")

@@ -27,7 +27,7 @@ import polars as pl
 from tqdm import tqdm
 
 from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
-from nucleiscreen.engine.readers import FrameReadError
+from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import (
     PartWriter,
     RunLock,
@@ -39,8 +39,8 @@ from nucleiscreen.engine.runfolder import (
     write_labels,
     write_manifest,
 )
-from nucleiscreen.engine.segmenter import Frame, Pending, Segmenter
-from nucleiscreen.errors import UserError
+from nucleiscreen.engine.segmenter import Frame, FrameCheckError, Pending, Segmenter
+from nucleiscreen.errors import StorageError, UserError
 
 
 @dataclass
@@ -103,8 +103,9 @@ class Scheduler:
     and the class maps go to the pool for post-processing; finished frames are written oldest first."""
 
     def __init__(self, seg: Segmenter, writer: PartWriter, opts: SegmentOptions, run: Path, pool: ThreadPoolExecutor,
-                 bar):
+                 bar, shapes: dict[str, tuple[int, int]] | None = None):
         self.seg, self.writer, self.opts, self.run, self.pool, self.bar = seg, writer, opts, run, pool, bar
+        self.shapes = shapes or {}  # each plate's frame size (``plate_shapes``); a frame of another is refused
         self.busy: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()  # stages run on several threads; += on a dict entry is not atomic
         self.failed_by: Counter[str] = Counter()  # failed frames by stage
@@ -127,12 +128,13 @@ class Scheduler:
         with self._lock:
             self.busy[stage] += time.perf_counter() - since
 
-    def _load(self, rec: dict) -> tuple[dict, Frame | str]:
+    def _load(self, rec: dict) -> tuple[dict, Frame | FrameReadError]:
         t = time.perf_counter()
         try:
-            frame = self.seg.load(Path(rec["PathName_DNA"]) / rec["FileName_DNA"])
+            frame = self.seg.load(Path(rec["PathName_DNA"]) / rec["FileName_DNA"],
+                                  self.shapes.get(rec["Metadata_Plate"]))
         except FrameReadError as exc:
-            frame = str(exc)
+            frame = exc
         self._spent("decode", t)
         return rec, frame
 
@@ -144,7 +146,11 @@ class Scheduler:
         if opts.save_labels:
             folder = self.run / "labels" / f"plate={rec['Metadata_Plate']}"
             folder.mkdir(parents=True, exist_ok=True)
-            write_labels(folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif"), labels)
+            path = folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif")
+            try:
+                write_labels(path, labels)
+            except OSError as exc:  # a full disk is not this frame's fault: stop the run (it resumes)
+                raise StorageError(path, exc) from exc
         self._spent("postprocess", t)
         return {**rec, **frame.quality, **summary}, objects
 
@@ -154,12 +160,12 @@ class Scheduler:
         self.writer.add_error(error_row(rec, stage, error))
         self.bar.update()
 
-    def _network(self, loaded: list[tuple[dict, Frame | str]]) -> None:
+    def _network(self, loaded: list[tuple[dict, Frame | FrameReadError]]) -> None:
         """Submit the readable frames of one batch in groups of one input shape and dtype (a batch is one array)."""
         groups: dict[tuple, list] = defaultdict(list)
         for rec, frame in loaded:
-            if isinstance(frame, str):
-                self._fail(rec, "decode", frame)
+            if isinstance(frame, FrameReadError):
+                self._fail(rec, "check" if isinstance(frame, FrameCheckError) else "decode", str(frame))
             else:
                 groups[frame.input.shape, frame.input.dtype].append((rec, frame))
         for (size, _), items in groups.items():
@@ -203,6 +209,8 @@ class Scheduler:
             t = time.perf_counter()
             try:
                 row, objects = fut.result()
+            except StorageError:
+                raise
             except Exception as exc:  # a kernel failing on one frame must not stop the screen
                 self.failed_by["postprocess"] += 1
                 self.writer.add_error(error_row(rec, "postprocess", f"{type(exc).__name__}: {exc}"))
@@ -250,14 +258,15 @@ def segment(
     with RunLock(run, opts.shard, token):
         prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
         remove_orphan_objects(run)
+        shapes = plate_shapes(numbered_frames(found))  # from the screen's frames, alike for every shard
         frames = numbered_frames(found, opts.shard)
         todo = pending_frames(run, frames)
-        result = segment_frames(seg, todo, run, opts, found.frames.schema, token)
+        result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes)
         result.skipped = frames.height - todo.height
         write_manifest(run, seg.info, settings, found, {
             "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
             "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend})
+            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend}, shapes)
     return result
 
 
@@ -276,6 +285,24 @@ def numbered_frames(found: Discovery, shard: tuple[int, int] | None = None) -> p
     return frames.select("ImageNumber", *FRAME_COLUMNS)
 
 
+def plate_shapes(frames: pl.DataFrame, sample: int = 5) -> dict[str, tuple[int, int]]:
+    """Each plate's frame size (rows, columns): the most common among its first ``sample`` readable frames in
+    ImageNumber order (ties: the earliest frame's), so that every run, shard and resume of a screen agrees on it."""
+    shapes = {}
+    for (plate,), rows in frames.sort("ImageNumber").group_by("Metadata_Plate", maintain_order=True):
+        seen = []
+        for path, name in rows.select("PathName_DNA", "FileName_DNA").iter_rows():
+            try:
+                seen.append(read_frame(Path(path) / name).shape)
+            except FrameReadError:
+                continue
+            if len(seen) == sample:
+                break
+        if seen:
+            shapes[plate] = max(seen, key=lambda s: (seen.count(s), -seen.index(s)))
+    return shapes
+
+
 def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None = None) -> pl.DataFrame:
     """``frames`` less those already in the run's image or error tables (resume); ``plates``: the plates ``frames``
     come from, when not all (only their parts are read)."""
@@ -284,16 +311,18 @@ def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None
 
 
 def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: SegmentOptions,
-                   frame_schema: dict[str, pl.DataType], token: str | None = None) -> SegmentResult:
+                   frame_schema: dict[str, pl.DataType], token: str | None = None,
+                   shapes: dict[str, tuple[int, int]] | None = None) -> SegmentResult:
     """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder ``run``: the stages of the
-    module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit)."""
+    module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit).
+    ``shapes``: each plate's frame size (``plate_shapes``), to refuse a frame of another."""
     batch_size = opts.batch_size or seg.backend.preferred_batch
     threads = opts.threads or os.cpu_count() or 1
     writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds, token)
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:
-        scheduler = Scheduler(seg, writer, opts, run, pool, bar)
+        scheduler = Scheduler(seg, writer, opts, run, pool, bar, shapes)
         scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
     return SegmentResult(run, frames.height, 0, scheduler.failed_by.total(), time.time() - t_start,

@@ -42,6 +42,7 @@ from nucleiscreen.engine.pipeline import (
     make_segmenter,
     numbered_frames,
     pending_frames,
+    plate_shapes,
     segment_frames,
 )
 from nucleiscreen.engine.runfolder import RunLock, new_token, prepare_run, remove_orphan_objects, write_manifest
@@ -53,15 +54,15 @@ UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 p
 class UnitWorker:
     """A Ray actor: the model loaded once, then one work unit after another into the run folder."""
 
-    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict):
+    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict, shapes: dict):
         self.opts = SegmentOptions(**options)
         self.seg = make_segmenter(model, self.opts)
-        self.run, self.schema = Path(run), frame_schema
+        self.run, self.schema, self.shapes = Path(run), frame_schema, shapes
 
     def segment(self, frames: pl.DataFrame) -> dict:
         """Segment the unit's frames not yet in the run folder (a retried unit resumes); its counts and timings."""
         todo = pending_frames(self.run, frames, frames["Metadata_Plate"].unique().to_list())
-        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema)
+        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema, shapes=self.shapes)
         return {"frames": result.frames, "skipped": frames.height - todo.height, "failed_by": result.failed_by,
                 "busy": result.busy, "backend": result.backend, "host": os.uname().nodename, "pid": os.getpid()}
 
@@ -95,6 +96,7 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
     settings = asdict(opts)
     prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
     remove_orphan_objects(run)
+    shapes = plate_shapes(numbered_frames(found))
     frames = numbered_frames(found, opts.shard)
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
@@ -118,7 +120,7 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
         worker_opts = asdict(replace(opts, threads=threads, progress=False, overwrite=False, retry_errors=False))
         actor = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=-1,
                            max_task_retries=-1)(UnitWorker)
-        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema))
+        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema), shapes)
                 for _ in range(min(workers, len(units)))]  # none when all is done (resume)
         results, seconds = _dispatch(ray, pool, units, opts.progress)
     finally:
@@ -139,7 +141,7 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
         "backend": result.backend,
         "executor": "ray", "address": address or "local", "workers": len(pool),
         "gpus_per_worker": gpus_per_worker, "units": len(units),
-        "worker_hosts": sorted({r["host"] for r in results})})
+        "worker_hosts": sorted({r["host"] for r in results})}, shapes)
     return result
 
 

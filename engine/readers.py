@@ -1,7 +1,24 @@
 """Decode one frame from disk: TIFF, PNG and the Cellomics ``.C01`` / ``.DIB`` format of the CellInsight CX7.
 
 Every reader returns one 2-D array (rows x columns) and raises :class:`FrameReadError` for a file it
-cannot decode, so the engine can record the frame in its error table and go on with the next one.
+cannot decode, so the engine can record the frame in its error table and go on with the next one. Float frames are
+returned as stored, NaN and infinities included: the engine checks their content.
+
+``.c01`` and ``.dib`` files are read by their suffix. ``.tif``, ``.tiff`` and ``.png`` files by their first bytes:
+a PNG named ``.tif`` (or a TIFF named ``.png``) is read as what it is, since both are lossless and their signatures
+unambiguous, while a JPEG under any of these names is refused: its pixels are lossy, not a microscope's counts.
+
+What a header claims is checked before any pixel buffer is allocated, so a corrupt header fails its frame instead of
+stopping the run with a MemoryError (or, worse, yielding a frame of the wrong shape):
+
+- a frame of more than ``MAX_FRAME_BYTES`` (2 GiB) of pixels is refused whatever the file's size;
+- uncompressed pixels (TIFF, DIB) must lie inside the file; compressed ones must fit the file's size times the most
+  their codec can inflate: 1032:1 for deflate (C01, PNG), 65536:1 for any TIFF codec (deflate 1032:1, LZW under
+  4096:1, PackBits 64:1, zstd 32768:1);
+- a TIFF must list every strip or tile its shape needs (tifffile would fill missing ones with zeros);
+- a C01 starts with the marker 16, and its stream and a DIB hold exactly the pixels the header describes: more would
+  mean a header that understates the frame, which would be cut silently to the wrong shape. Bytes after the end of a
+  C01's zlib stream are ignored (the stream's checksum covers header and pixels).
 
 The Cellomics layout follows Bio-Formats' ``CellomicsReader``. A ``.DIB`` file is a 52-byte
 little-endian header followed by the pixels; a ``.C01`` file is a 4-byte marker (the integer 16,
@@ -24,6 +41,7 @@ big-endian) followed by one zlib stream that inflates to a ``.DIB``::
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import zlib
@@ -35,6 +53,7 @@ import tifffile
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "MAX_FRAME_BYTES",
     "CellomicsHeader",
     "FrameReadError",
     "read_c01",
@@ -47,13 +66,25 @@ __all__ = [
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".c01", ".dib"})
 """Lower-case file suffixes :func:`read_frame` decodes."""
 
+MAX_FRAME_BYTES = 2**31
+"""The most pixel data one file may decode to (a CX7 frame is 8 MiB); a header that claims more is refused."""
+
 C01_MARKER = 16
 HEADER_BYTES = 52
 _HEADER = struct.Struct("<4xiihhi4xiiii")  # the 40 bytes of fields in the table above
 _PIXEL_TYPES = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
-# Deflate never inflates more than 1032:1, so a header that claims more pixels than that is corrupt
-# (and must not make us allocate gigabytes).
+# The most a codec inflates its input, so a header that claims more pixels than file size x ratio is corrupt (and must
+# not make us allocate gigabytes). Deflate (C01, PNG): 1032:1. TIFF's codecs: deflate; LZW under 4096:1 (a 9-12 bit
+# code stands for at most 4096 bytes); PackBits 64:1; zstd 32768:1 (an RLE block: a 3-byte header and 1 byte for
+# 128 KiB). Measured on a blank 2048^2 uint16 frame in one strip: zstd -19 15,900:1, LZMA 5,200:1.
 _MAX_DEFLATE_RATIO = 1032
+_MAX_TIFF_RATIO = 2**16
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_TIFF_SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+_JPEG_SIGNATURE = b"\xff\xd8\xff"
+# PNG colour type: (samples per pixel, allowed bit depths); palette images decode to RGB(A), 4 samples at most
+_PNG_COLOUR_TYPES = {0: (1, (1, 2, 4, 8, 16)), 2: (3, (8, 16)), 3: (1, (1, 2, 4, 8)), 4: (2, (8, 16)), 6: (4, (8, 16))}
 
 
 class FrameReadError(ValueError):
@@ -133,20 +164,21 @@ def read_frame(path: str | os.PathLike, out: np.ndarray | None = None) -> np.nda
     Raises
     ------
     FrameReadError
-        The file is missing, cannot be decoded, is a stack of frames, has several different colour
-        channels, or does not fit ``out``.
+        The file is missing, cannot be decoded, is truncated, claims more pixels than it can hold (see
+        the module docstring), is a JPEG, is a stack of frames, has several different colour channels,
+        or does not fit ``out``.
     """
     suffix = os.path.splitext(path)[1].lower()
     try:
         if suffix in (".tif", ".tiff"):
-            return _read_tiff(path, out)
+            return _read_tiff(path, out, suffix)
         if suffix == ".png":
-            return _fill(_single_channel(imagecodecs.png_decode(_read_bytes(path)), path), out, path)
+            return _read_png(path, out, suffix)
         if suffix == ".c01":
             return read_c01(path, out=out)
         if suffix == ".dib":
             return read_dib(path, out=out)
-    except (FrameReadError, MemoryError):
+    except (FrameReadError, MemoryError):  # MemoryError: the machine, not the file (claims are checked first)
         raise
     except Exception as exc:  # every decoder has its own exception types; all mean "cannot decode"
         raise FrameReadError(f"{path}: cannot decode {suffix} file ({type(exc).__name__}: {exc})") from exc
@@ -175,7 +207,8 @@ def read_c01(path: str | os.PathLike, plane: int = 0, out: np.ndarray | None = N
     Raises
     ------
     FrameReadError
-        Missing file, broken zlib stream, unsupported bits per pixel, pixel data shorter than the
+        Missing file, no C01 marker, broken or truncated zlib stream, invalid header (width, height or
+        planes not positive, bits per pixel not 8, 16 or 32), pixel data shorter or longer than the
         header says, or ``plane`` out of range.
     """
     dib = _inflate(_read_bytes(path), path)
@@ -187,13 +220,13 @@ def read_dib(path: str | os.PathLike, plane: int = 0, out: np.ndarray | None = N
 
     Parameters, returns and errors as :func:`read_c01`.
     """
-    try:
-        dib = np.fromfile(path, dtype=np.uint8)
-    except FileNotFoundError:
-        raise FrameReadError(f"{path}: file not found") from None
-    except OSError as exc:
-        raise FrameReadError(f"{path}: cannot read ({exc.strerror or exc})") from exc
-    return _plane(dib, _parse_header(dib, path), plane, out, path)
+    with _open(path) as fh:
+        header = _parse_header(fh.read(HEADER_BYTES), path)
+        _check_length(os.fstat(fh.fileno()).st_size, header, path)  # before allocating what the header claims
+        fh.seek(0)
+        dib = np.empty(header.total_bytes, np.uint8)
+        dib = dib[: fh.readinto(dib)]
+    return _plane(dib, header, plane, out, path)
 
 
 def read_c01_header(path: str | os.PathLike) -> CellomicsHeader:
@@ -209,10 +242,7 @@ def read_c01_header(path: str | os.PathLike) -> CellomicsHeader:
             return _parse_header(fh.read(HEADER_BYTES), path)
     with _open(path) as fh:
         start = fh.read(4 + 1024)
-    head = _inflate_header(start, path)
-    if head is None:
-        raise FrameReadError(f"{path}: the zlib stream ends before the {HEADER_BYTES}-byte header")
-    return _parse_header(head, path)
+    return _parse_header(_inflate_header(start, path), path)
 
 
 def write_c01(
@@ -298,8 +328,10 @@ def _plain_tiff(path: str | os.PathLike) -> np.ndarray | None:
     plain = (bits in (8, 16) and width and height and offsets and counts and len(offsets) == len(counts)
              and tag("compression", 1) == 1 and tag("samples", 1) == 1 and tag("photometric", 1) == 1
              and tag("sample_format", 1) == 1 and tag("planar", 1) == 1 and _TIFF_TAGS["tile_width"] not in tags)
-    nbytes = (width or 0) * (height or 0) * bits // 8
-    if not plain or sum(counts) != nbytes or offsets[0] + nbytes > size \
+    if not plain:
+        return None
+    nbytes = width * height * bits // 8
+    if sum(counts) != nbytes or offsets[0] + nbytes > size \
             or any(offsets[i + 1] != offsets[i] + counts[i] for i in range(len(offsets) - 1)):
         return None
     dtype = np.dtype(order + ("u1" if bits == 8 else "u2"))
@@ -332,10 +364,54 @@ def _tiff_tags(buf: memoryview, order: str, ifd: int, size: int) -> dict[int, tu
     return tags
 
 
-def _read_tiff(path: str | os.PathLike, out: np.ndarray | None) -> np.ndarray:
+def _read_tiff(path: str | os.PathLike, out: np.ndarray | None, suffix: str) -> np.ndarray:
     image = _plain_tiff(path)
     if image is not None:
         return _fill(image, out, path)
+    with _open(path) as fh:
+        head = fh.read(len(_PNG_SIGNATURE))
+    if _file_format(head, path, suffix) == "png":
+        return _read_png(path, out, suffix)
+    return _read_tifffile(path, out)
+
+
+def _read_png(path: str | os.PathLike, out: np.ndarray | None, suffix: str) -> np.ndarray:
+    data = _read_bytes(path)
+    if _file_format(data[: len(_PNG_SIGNATURE)], path, suffix) == "tiff":
+        return _read_tifffile(path, out)
+    _check_png_header(data, path)
+    return _fill(_single_channel(imagecodecs.png_decode(data), path), out, path)
+
+
+def _file_format(head: bytes, path: str | os.PathLike, suffix: str) -> str:
+    """"tiff" or "png" by a file's first 8 bytes; FrameReadError for a JPEG or anything else."""
+    if head.startswith(_PNG_SIGNATURE):
+        return "png"
+    if head[:4] in _TIFF_SIGNATURES:
+        return "tiff"
+    if head.startswith(_JPEG_SIGNATURE):
+        raise FrameReadError(f"{path}: a JPEG file (lossy) named {suffix}; nucleiscreen reads TIFF, PNG and C01")
+    what = "an empty file" if not head else f"it starts with {head!r}"
+    raise FrameReadError(f"{path}: cannot decode {suffix} file: not a {suffix[1:4].upper()} file ({what})")
+
+
+def _check_png_header(data: bytes, path: str | os.PathLike) -> None:
+    """Check a PNG's IHDR chunk (the first, right after the signature) and refuse a claim its file cannot hold."""
+    if len(data) < 33 or data[8:16] != b"\x00\x00\x00\x0dIHDR":
+        raise FrameReadError(f"{path}: cannot decode PNG file: no IHDR chunk after the signature (truncated?)")
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    samples, depths = _PNG_COLOUR_TYPES.get(colour, (0, ()))
+    if not (0 < width < 2**31 and 0 < height < 2**31) or depth not in depths:
+        raise FrameReadError(
+            f"{path}: invalid PNG header (width {width}, height {height}, bit depth {depth}, colour type {colour})"
+        )
+    what = f"{width}x{height} pixels (width x height), {samples} sample(s) of {depth} bits"
+    _check_claim(path, what, width * height * (4 if colour == 3 else samples) * (2 if depth == 16 else 1))
+    # the zlib stream inflates to the pixels at their stored depth (plus a filter byte a row): at most 1032:1
+    _check_claim(path, what, height * ((width * samples * depth + 7) // 8), len(data), _MAX_DEFLATE_RATIO)
+
+
+def _read_tifffile(path: str | os.PathLike, out: np.ndarray | None) -> np.ndarray:
     try:
         tif = tifffile.TiffFile(path)
     except FileNotFoundError:
@@ -345,6 +421,7 @@ def _read_tiff(path: str | os.PathLike, out: np.ndarray | None) -> np.ndarray:
         stacked = sum(1 for p in tif.pages[1:] if p.shape == page.shape) if len(tif.pages) > 1 else 0
         if stacked:
             raise FrameReadError(f"{path}: a stack of {stacked + 1} frames; nucleiscreen reads one frame per file")
+        _check_tiff_page(page, tif.filehandle.size, path)
         if (
             out is not None
             and page.is_contiguous
@@ -359,6 +436,39 @@ def _read_tiff(path: str | os.PathLike, out: np.ndarray | None) -> np.ndarray:
     if image.dtype.kind == "f" and image.dtype != np.float32:
         image = image.astype(np.float32)
     return _fill(_single_channel(image, path), out, path)
+
+
+def _check_tiff_page(page: tifffile.TiffPage, size: int, path: str | os.PathLike) -> None:
+    """Refuse a page whose pixels the file cannot hold, before tifffile allocates them (module docstring)."""
+    if page.dtype is None:
+        return  # an unsupported pixel type: tifffile says so
+    what = (f"{page.imagewidth}x{page.imagelength} pixels (width x height), {page.samplesperpixel} sample(s) of "
+            f"{page.dtype}")
+    compressed = page.compression != 1
+    _check_claim(path, what, page.nbytes, size, _MAX_TIFF_RATIO if compressed else 1)
+    needed, listed = math.prod(page.chunked), len(page.dataoffsets)
+    if listed < needed:  # tifffile would fill the missing ones with zeros
+        raise FrameReadError(
+            f"{path}: truncated or corrupt, {what} need {needed} strips or tiles, the file lists {listed}"
+        )
+    if any(offset + count > size for offset, count in zip(page.dataoffsets, page.databytecounts)):
+        raise FrameReadError(f"{path}: truncated, the pixel data runs past the end of the file ({size} bytes)")
+
+
+def _check_claim(path: str | os.PathLike, what: str, nbytes: int, available: int | None = None, ratio: int = 1) -> None:
+    """Refuse a header whose ``nbytes`` of pixels (``what``) exceed ``MAX_FRAME_BYTES`` or, when ``available`` is
+    given, ``available`` bytes of file at ``ratio``:1 compression (1: uncompressed)."""
+    if nbytes > MAX_FRAME_BYTES:
+        raise FrameReadError(
+            f"{path}: the header claims {what}, {nbytes} bytes of pixels, more than nucleiscreen reads "
+            f"({MAX_FRAME_BYTES}); a corrupt header"
+        )
+    if available is not None and nbytes > available * ratio:
+        how = f" even at {ratio}:1 compression" if ratio > 1 else ""
+        raise FrameReadError(
+            f"{path}: truncated or corrupt, the header claims {what}, {nbytes} bytes of pixels, more than "
+            f"{available} bytes of file hold{how}"
+        )
 
 
 def _single_channel(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
@@ -393,37 +503,47 @@ def _fill(image: np.ndarray, out: np.ndarray | None, path: str | os.PathLike) ->
 
 
 def _inflate(data: bytes, path: str | os.PathLike) -> np.ndarray:
-    """Inflate the zlib stream after a C01's 4-byte marker into a writable uint8 array."""
+    """Inflate the zlib stream after a C01's 4-byte marker into a writable uint8 array: the header's size, or one byte
+    more when the stream holds more (``_plane`` refuses both that and a shorter one)."""
+    header = _parse_header(_inflate_header(data, path), path)
+    stream = memoryview(data)[4:]
+    size = header.total_bytes
+    _check_claim(path, _describe(header), size - HEADER_BYTES, len(stream), _MAX_DEFLATE_RATIO)
+    # The header gives the exact inflated size, so libdeflate can inflate in one call into a
+    # buffer we own (2-3x faster than zlib.decompress, and the pixels come back writable).
+    dib = np.empty(size, dtype=np.uint8)
+    try:
+        if len(imagecodecs.deflate_decode(stream, out=dib)) == size:
+            return dib
+    except imagecodecs.DeflateError:
+        pass  # inflate again with zlib below for a precise diagnosis
+    inflater = zlib.decompressobj()
+    try:
+        dib = inflater.decompress(stream, size + 1)  # bounded: a stream may inflate to 1032 times its size
+    except zlib.error as exc:
+        raise FrameReadError(f"{path}: corrupt C01 zlib stream ({exc})") from None
+    if len(dib) < size and not inflater.eof:
+        raise FrameReadError(
+            f"{path}: truncated, the zlib stream breaks off after {max(len(dib) - HEADER_BYTES, 0)} of the "
+            f"{size - HEADER_BYTES} bytes of pixel data the header ({_describe(header)}) needs"
+        )
+    return np.frombuffer(dib, dtype=np.uint8).copy()
+
+
+def _inflate_header(data: bytes, path: str | os.PathLike) -> bytes:
+    """Check a C01's marker and inflate the first 52 bytes of its stream."""
     if len(data) < 6:
         raise FrameReadError(f"{path}: {len(data)} bytes, too short for a C01 file")
-    stream = memoryview(data)[4:]
-    head = _inflate_header(data, path)
-    if head is not None:
-        # The header gives the exact inflated size, so libdeflate can inflate in one call into a
-        # buffer we own (2-3x faster than zlib.decompress, and the pixels come back writable).
-        size = _parse_header(head, path).total_bytes
-        if size <= _MAX_DEFLATE_RATIO * len(stream):
-            dib = np.empty(size, dtype=np.uint8)
-            try:
-                if len(imagecodecs.deflate_decode(stream, out=dib)) == size:
-                    return dib
-            except imagecodecs.DeflateError:
-                pass  # inflate again with zlib below for a precise diagnosis
-    try:
-        return np.frombuffer(zlib.decompress(stream), dtype=np.uint8).copy()
-    except zlib.error as exc:
-        raise FrameReadError(f"{path}: corrupt or truncated C01 zlib stream ({exc})") from None
-
-
-def _inflate_header(data: bytes, path: str | os.PathLike) -> bytes | None:
-    """Inflate the first 52 bytes of a C01's stream; None when the stream ends before them."""
+    marker = int.from_bytes(data[:4], "big")
+    if marker != C01_MARKER:
+        raise FrameReadError(f"{path}: not a C01 file, bytes 0-3 read {marker}, not the C01 marker {C01_MARKER}")
     try:
         head = zlib.decompressobj().decompress(memoryview(data)[4 : 4 + 1024], HEADER_BYTES)
     except zlib.error as exc:
-        marker = int.from_bytes(data[:4], "big")
-        note = "" if marker == C01_MARKER else f"; bytes 0-3 read {marker}, not the C01 marker {C01_MARKER}"
-        raise FrameReadError(f"{path}: not a C01 file, no zlib stream after byte 4 ({exc}{note})") from None
-    return head if len(head) == HEADER_BYTES else None
+        raise FrameReadError(f"{path}: corrupt C01 file, no zlib stream after the marker ({exc})") from None
+    if len(head) < HEADER_BYTES:
+        raise FrameReadError(f"{path}: truncated, the zlib stream ends before the {HEADER_BYTES}-byte header")
+    return head
 
 
 def _parse_header(dib, path: str | os.PathLike) -> CellomicsHeader:
@@ -437,20 +557,35 @@ def _parse_header(dib, path: str | os.PathLike) -> CellomicsHeader:
         )
     if header.bits_per_pixel not in _PIXEL_TYPES:
         raise FrameReadError(f"{path}: {header.bits_per_pixel} bits per pixel is not supported (8, 16 or 32)")
+    _check_claim(path, _describe(header), header.total_bytes - HEADER_BYTES)
     return header
+
+
+def _describe(header: CellomicsHeader) -> str:
+    return (f"{header.width}x{header.height} pixels (width x height), {header.planes} plane(s) of "
+            f"{header.bits_per_pixel} bits")
+
+
+def _check_length(length: int, header: CellomicsHeader, path: str | os.PathLike) -> None:
+    """Refuse a DIB of ``length`` bytes that holds less or more pixel data than its header describes."""
+    need = header.total_bytes - HEADER_BYTES
+    if length - HEADER_BYTES < need:
+        note = f" (compression field {header.compression}: compressed pixels are not supported)"
+        raise FrameReadError(
+            f"{path}: truncated, {length - HEADER_BYTES} bytes of pixel data where the header "
+            f"({_describe(header)}) needs {need}{note if header.compression else ''}"
+        )
+    if length - HEADER_BYTES > need:
+        raise FrameReadError(
+            f"{path}: more pixel data than the header ({_describe(header)}) describes ({need} bytes); a corrupt header"
+        )
 
 
 def _plane(
     dib: np.ndarray, header: CellomicsHeader, plane: int, out: np.ndarray | None, path: str | os.PathLike
 ) -> np.ndarray:
     """Cut plane ``plane`` out of an inflated DIB, as (height, width) pixels of the header's type."""
-    if len(dib) < header.total_bytes:
-        note = f" (compression field {header.compression}: compressed pixels are not supported)"
-        raise FrameReadError(
-            f"{path}: truncated, {len(dib) - HEADER_BYTES} bytes of pixel data where the header "
-            f"({header.width}x{header.height}, {header.planes} plane(s), {header.bits_per_pixel} bits) "
-            f"needs {header.total_bytes - HEADER_BYTES}{note if header.compression else ''}"
-        )
+    _check_length(len(dib), header, path)
     if not 0 <= plane < header.planes:
         raise FrameReadError(f"{path}: plane {plane} requested, the file has {header.planes}")
     start = HEADER_BYTES + plane * header.plane_bytes

@@ -33,7 +33,7 @@ import tifffile
 import nucleiscreen
 from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery
 from nucleiscreen.engine.model import ModelInfo
-from nucleiscreen.errors import UserError
+from nucleiscreen.errors import StorageError, UserError
 from nucleiscreen.kernels.measure import summary_schema
 from nucleiscreen.kernels.quality import QUALITY_COLUMNS
 
@@ -108,11 +108,15 @@ class PartWriter:
 
     def _write(self, table: str, plate: str, df: pl.DataFrame) -> None:
         folder = self.run / table / f"plate={plate}" if table != "errors" else self.run / table
-        folder.mkdir(parents=True, exist_ok=True)
         name = f"part-{self.token}-{self.count:05d}.parquet"
         tmp = folder / f".{name}.tmp"
-        df.write_parquet(tmp)
-        os.replace(tmp, folder / name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            df.write_parquet(tmp)
+            os.replace(tmp, folder / name)
+        except OSError as exc:  # a full disk: no half part stays; the rows not written are segmented on resume
+            tmp.unlink(missing_ok=True)
+            raise StorageError(folder / name, exc) from exc
 
 
 def new_token() -> str:
@@ -147,7 +151,7 @@ class RunLock:
         self.token = token
 
     def __enter__(self) -> RunLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_folder(self.path.parent)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "token": self.token,
               "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
         for _ in range(2):
@@ -246,9 +250,20 @@ def prepare_run(run: Path, model: ModelInfo, settings: dict, overwrite: bool, re
         shutil.rmtree(run / "errors")
 
 
-def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery, session: dict) -> None:
-    """Record the model, the settings, the discovery (frames per plate: what ``analyze`` checks the tables against)
-    and versions, and append this run of the command to ``sessions``."""
+def make_folder(path: Path) -> None:
+    """``mkdir -p``, or one line saying why not (a file in the way, no permission, a read-only file system)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"cannot make the folder {path}: a file is in the way; give --out a folder") from None
+    except OSError as exc:
+        raise UserError(f"cannot make the folder {path}: {exc.strerror or exc}") from None
+
+
+def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery, session: dict,
+                   shapes: dict[str, tuple[int, int]] | None = None) -> None:
+    """Record the model, the settings, the discovery (frames per plate: what ``analyze`` checks the tables against;
+    each plate's frame size, ``shapes``) and versions, and append this run of the command to ``sessions``."""
     import onnxruntime
 
     path = run / "manifest.json"
@@ -260,11 +275,16 @@ def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery,
         "model": {"path": str(info.path), "sha256": info.sha256, "card": info.card},
         "settings": settings,
         "discovery": {"pattern": found.pattern, "frames": found.frames.height,
-                      "plates": dict(found.frames.group_by("Metadata_Plate").len().sort("Metadata_Plate").iter_rows())},
+                      "plates": dict(found.frames.group_by("Metadata_Plate").len().sort("Metadata_Plate").iter_rows()),
+                      "frame_size": {p: f"{w}x{h}" for p, (h, w) in sorted((shapes or {}).items())}},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__,
                      "onnxruntime": onnxruntime.__version__},
         "sessions": sessions,
     }
     tmp = run / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(path, exc) from exc

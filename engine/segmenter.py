@@ -36,6 +36,10 @@ from nucleiscreen.kernels.resize import resize
 RAW_DTYPES = (np.uint8, np.uint16)  # what a backend with ``raw_input`` normalizes itself
 
 
+class FrameCheckError(FrameReadError):
+    """A frame that decodes but cannot be segmented: non-finite pixels, no signal, or not its plate's size."""
+
+
 @dataclass
 class Frame:
     """A decoded frame and what the network and the post-processing need of it."""
@@ -55,6 +59,27 @@ class Pending:
     n: int
     size: tuple[int, int]  # the inputs' size (before padding)
     shape: tuple[int, int] | None  # the raw frames' shape, when the class maps must be resized back to it
+
+
+def check(raw: np.ndarray, hist: np.ndarray | None, shape: tuple[int, int] | None, name: str) -> None:
+    """Refuse a decoded frame that cannot be segmented: not 2-D, of another size than its plate's frames (another
+    binning or a stray file: its nuclei would be of another size), with NaN or infinite pixels, or of one value only
+    (blank, or saturated throughout; a partly saturated frame is segmented and its ``PercentMaximal`` tells)."""
+    if raw.ndim != 2:
+        raise FrameCheckError(f"{name}: not a 2-D frame (shape {raw.shape})")
+    if shape is not None and raw.shape != tuple(shape):
+        raise FrameCheckError(f"{name}: a {raw.shape[1]}x{raw.shape[0]} frame; its plate's frames are "
+                              f"{shape[1]}x{shape[0]}")
+    if raw.dtype.kind == "f":
+        bad = raw.size - int(np.count_nonzero(np.isfinite(raw)))
+        if bad:
+            raise FrameCheckError(f"{name}: {bad} NaN or infinite pixels")
+    if raw.size == 0:
+        raise FrameCheckError(f"{name}: an empty frame")
+    if np.count_nonzero(hist) == 1 if hist is not None else raw.min() == raw.max():
+        value = raw.flat[0]
+        what = "blank" if value == 0 else "saturated" if hist is not None and value == hist.size - 1 else "flat"
+        raise FrameCheckError(f"{name}: {what}, every pixel is {value}")
 
 
 class Segmenter:
@@ -106,12 +131,12 @@ class Segmenter:
                      "grow_level": float(post.get("grow_level", 0.5))}
 
     # -- frames in ----------------------------------------------------------------------------------------------------
-    def load(self, path: str | Path) -> Frame:
-        """Read and prepare one frame; ``FrameReadError`` for a file that is not one 2-D frame."""
+    def load(self, path: str | Path, shape: tuple[int, int] | None = None) -> Frame:
+        """Read and prepare one frame; ``FrameReadError`` for a file that is not one 2-D frame, ``FrameCheckError``
+        for one that is but cannot be segmented (see ``check``). ``shape``: the frame size of its plate."""
         raw = read_frame(path)
-        if raw.ndim != 2:
-            raise FrameReadError(f"{Path(path).name}: not a 2-D frame")
-        hist = histogram(raw)  # one pass for the quality values and the normalization range
+        hist = histogram(raw)  # one pass for the checks, the quality values and the normalization range
+        check(raw, hist, shape, Path(path).name)
         quality = frame_quality(raw, hist)
         rescale = normalization_range(raw, self.norm, hist) if hist is not None else None
         x = raw if self.raw_input and hist is not None else self.prepare(raw, hist)

@@ -278,8 +278,10 @@ class _AsyncBackend:
 def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
     """With submit/collect, batch k+1 is submitted before batch k is collected (the GPU path's overlap), a frame
     size change drains the batch in flight first, and the results equal the synchronous path's."""
+    import nucleiscreen.engine.pipeline as pipeline
     import nucleiscreen.engine.segmenter as segmenter
 
+    monkeypatch.setattr(pipeline, "plate_shapes", lambda frames: {})  # sizes mixed in one plate on purpose
     sim = simulate_screen(tmp_path / "sim", plates=1, fields=1, size=96, seed=6, masks=False)
     big = sorted(sim.images.rglob("*.tif"))[:6]
     for p in big:  # a few frames of another size: their own batches
