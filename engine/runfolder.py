@@ -20,6 +20,7 @@ import platform
 import shutil
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -143,12 +144,18 @@ def remove_orphan_objects(run: Path) -> int:
 class RunLock:
     """One ``segment`` (or one shard of it) at a time on a run folder: ``RUN/.locks/<shard>.json`` names the holder
     (host, pid, start, writer token). A second run of the same shard is refused with one line naming the holder; a
-    lock whose process is gone (same host) is taken over with a notice; shards K/N of one folder run side by side,
-    from several hosts too (the lock is a file made with O_EXCL on the shared file system)."""
+    lock whose process is gone is taken over with a notice: on the same host when its pid is gone, from any host
+    when its heartbeat (the holder touches the file every ``HEARTBEAT`` seconds) is older than ``STALE`` seconds.
+    Shards K/N of one folder run side by side, from several hosts too (the lock is a file made with O_EXCL on the
+    shared file system)."""
+
+    HEARTBEAT = 30.0
+    STALE = 600.0  # generous: clocks of the hosts sharing a file system differ, and a stalled NFS server pauses all
 
     def __init__(self, run: Path, shard: tuple[int, int] | None, token: str):
         self.path = run / ".locks" / (f"shard-{shard[0]}-of-{shard[1]}.json" if shard else "all.json")
         self.token = token
+        self._stop = threading.Event()
 
     def __enter__(self) -> RunLock:
         make_folder(self.path.parent)
@@ -159,7 +166,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = _read_lock(self.path)
-                if holder is not None and not _gone(holder):
+                if holder is not None and not _gone(holder, _age(self.path), self.STALE):
                     raise UserError(f"{self.path.parent.parent} is being segmented ({self.path.stem}) by pid "
                                     f"{holder.get('pid')} on {holder.get('host')} since {holder.get('started')}: "
                                     f"wait for it, or remove {self.path} if that process is gone") from None
@@ -169,10 +176,19 @@ class RunLock:
                 continue
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
+            threading.Thread(target=self._beat, name="run-lock heartbeat", daemon=True).start()
             return self
         raise UserError(f"could not take the lock {self.path}: another run took it meanwhile")
 
+    def _beat(self) -> None:
+        while not self._stop.wait(self.HEARTBEAT):
+            try:
+                os.utime(self.path)
+            except OSError:  # the folder went away or the file server hiccuped: try again at the next beat
+                pass
+
     def __exit__(self, *exc) -> None:
+        self._stop.set()
         self.path.unlink(missing_ok=True)
 
 
@@ -187,8 +203,19 @@ def _read_lock(path: Path) -> dict | None:
         return None
 
 
-def _gone(holder: dict) -> bool:
-    """Whether the lock's process is known to be gone: on this host, no such pid (another host's cannot be told)."""
+def _age(path: Path) -> float:
+    """Seconds since the lock file was last touched (0 when it cannot be told)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _gone(holder: dict, age: float, stale: float) -> bool:
+    """Whether the lock's process is known to be gone: on this host, no such pid; on any host, no heartbeat for
+    ``stale`` seconds (``age``: since the last one)."""
+    if age > stale:
+        return True
     if holder.get("host") != socket.gethostname():
         return False
     try:
