@@ -14,6 +14,7 @@ image or error tables are skipped. The frame table is walked in slices, so memor
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -36,9 +37,11 @@ from nucleiscreen.engine.runfolder import (
     new_token,
     prepare_run,
     remove_orphan_objects,
+    write_json,
     write_labels,
     write_manifest,
 )
+from nucleiscreen.engine.scale import ScaleEstimate, plate_scales
 from nucleiscreen.engine.segmenter import Frame, FrameCheckError, Pending, Segmenter
 from nucleiscreen.errors import StorageError, UserError
 
@@ -55,7 +58,8 @@ class SegmentOptions:
     min_contrast: float | None = None  # the faint-object filter's threshold; None: the model card's, 0: no filter
     min_edge_area: int | None = None  # px; objects touching the frame's edge with fewer are dropped. None: the card's
     grow_area: int | None = None  # px; smaller objects grow into their bright outer ring. None: the card's, 0: none
-    pixel_size: float | None = None  # um per pixel of the frames; None: the model's
+    pixel_size: float | str | None = None  # um per pixel of the frames; None: the model's; "auto": estimated per
+    # plate (engine/scale.py)
     part_frames: int = 4096
     checkpoint_seconds: float = 60.0  # parts are also written after this much work: a kill loses at most about it
     progress: bool = True
@@ -94,6 +98,7 @@ class SegmentResult:
     busy: dict[str, float] = field(default_factory=dict)
     backend: str = ""
     failed_by: dict[str, int] = field(default_factory=dict)  # failed frames by stage (decode, infer, postprocess)
+    scales: dict[str, ScaleEstimate] = field(default_factory=dict)  # --pixel-size auto: each plate's
 
 
 class Scheduler:
@@ -103,9 +108,11 @@ class Scheduler:
     and the class maps go to the pool for post-processing; finished frames are written oldest first."""
 
     def __init__(self, seg: Segmenter, writer: PartWriter, opts: SegmentOptions, run: Path, pool: ThreadPoolExecutor,
-                 bar, shapes: dict[str, tuple[int, int]] | None = None):
+                 bar, shapes: dict[str, tuple[int, int]] | None = None, scales: dict[str, float] | None = None):
         self.seg, self.writer, self.opts, self.run, self.pool, self.bar = seg, writer, opts, run, pool, bar
         self.shapes = shapes or {}  # each plate's frame size (``plate_shapes``); a frame of another is refused
+        # the Segmenter of each plate whose frames are resized for inference (--pixel-size auto)
+        self.segs = {plate: seg.at_scale(s) for plate, s in (scales or {}).items() if s != seg.scale}
         self.busy: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()  # stages run on several threads; += on a dict entry is not atomic
         self.failed_by: Counter[str] = Counter()  # failed frames by stage
@@ -131,8 +138,8 @@ class Scheduler:
     def _load(self, rec: dict) -> tuple[dict, Frame | FrameReadError]:
         t = time.perf_counter()
         try:
-            frame = self.seg.load(Path(rec["PathName_DNA"]) / rec["FileName_DNA"],
-                                  self.shapes.get(rec["Metadata_Plate"]))
+            frame = self._seg(rec).load(Path(rec["PathName_DNA"]) / rec["FileName_DNA"],
+                                        self.shapes.get(rec["Metadata_Plate"]))
         except FrameReadError as exc:
             frame = exc
         self._spent("decode", t)
@@ -141,8 +148,8 @@ class Scheduler:
     def _postprocess(self, rec: dict, frame: Frame, classes) -> tuple[dict, pl.DataFrame | None]:
         t = time.perf_counter()
         opts = self.opts
-        labels, summary, objects = self.seg.measure(classes, frame.raw, opts.objects, opts.save_labels,
-                                                    opts.micronucleus_area, frame.rescale)
+        labels, summary, objects = self._seg(rec).measure(classes, frame.raw, opts.objects, opts.save_labels,
+                                                          opts.micronucleus_area, frame.rescale)
         if opts.save_labels:
             folder = self.run / "labels" / f"plate={rec['Metadata_Plate']}"
             folder.mkdir(parents=True, exist_ok=True)
@@ -153,6 +160,9 @@ class Scheduler:
                 raise StorageError(path, exc) from exc
         self._spent("postprocess", t)
         return {**rec, **frame.quality, **summary}, objects
+
+    def _seg(self, rec: dict) -> Segmenter:
+        return self.segs.get(rec["Metadata_Plate"], self.seg)
 
     # -- the main thread --------------------------------------------------------------------------------------------
     def _fail(self, rec: dict, stage: str, error: str) -> None:
@@ -236,11 +246,13 @@ def segment(
     pattern: str = "auto",
     channel: int | None = None,
     on_discovered: Callable[[Discovery], None] | None = None,
+    on_scale: Callable[[str, ScaleEstimate], None] | None = None,
     segmenter: Segmenter | None = None,
 ) -> SegmentResult:
     """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring).
 
-    ``on_discovered`` is called with the discovery before any frame is read (the CLI prints its summary).
+    ``on_discovered`` is called with the discovery before any frame is read (the CLI prints its summary),
+    ``on_scale`` with each plate's scale estimated with ``--pixel-size auto``.
     ``segmenter``: a Segmenter made by the caller (a benchmark's own backend), in place of the one ``model`` and
     ``options`` describe."""
     opts = options or SegmentOptions()
@@ -260,20 +272,40 @@ def segment(
         remove_orphan_objects(run)
         shapes = plate_shapes(numbered_frames(found))  # from the screen's frames, alike for every shard
         frames = numbered_frames(found, opts.shard)
+        scales = run_scales(seg, run, frames, opts, on_scale)
         todo = pending_frames(run, frames)
-        result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes)
-        result.skipped = frames.height - todo.height
+        result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes,
+                                {p: e.scale for p, e in scales.items()})
+        result.skipped, result.scales = frames.height - todo.height, scales
         write_manifest(run, seg.info, settings, found, {
             "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
             "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend}, shapes)
+            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend,
+            **({"scales": {p: e.as_dict() for p, e in sorted(scales.items())}} if scales else {})}, shapes)
     return result
 
 
 def make_segmenter(model: str | Path | None, opts: SegmentOptions) -> Segmenter:
     """The Segmenter that ``opts`` describe (backend, threads, post-processing overrides, pixel size)."""
-    return Segmenter(model, opts.backend, opts.threads, opts.min_area, opts.pixel_size, opts.min_contrast,
-                     opts.min_edge_area, opts.grow_area)
+    if isinstance(opts.pixel_size, str) and opts.pixel_size != "auto":
+        raise UserError(f"--pixel-size takes a number of um or auto, not {opts.pixel_size!r}")
+    return Segmenter(model, opts.backend, opts.threads, opts.min_area,
+                     None if opts.pixel_size == "auto" else opts.pixel_size, opts.min_contrast, opts.min_edge_area,
+                     opts.grow_area)
+
+
+def run_scales(seg: Segmenter, run: Path, frames: pl.DataFrame, opts: SegmentOptions,
+               on_scale: Callable[[str, ScaleEstimate], None] | None = None) -> dict[str, ScaleEstimate]:
+    """With ``--pixel-size auto``, the scale of each plate of ``frames``: estimated once (``engine/scale.py``) and
+    kept in ``RUN/scales.json``, so that resumes and other shards use the same; {} otherwise."""
+    if opts.pixel_size != "auto":
+        return {}
+    path = run / "scales.json"
+    known = json.loads(path.read_text()) if path.exists() else {}
+    scales = plate_scales(seg, frames, known, on_scale)
+    if set(scales) - set(known):
+        write_json(path, {p: e.as_dict() for p, e in sorted(scales.items())})
+    return scales
 
 
 def numbered_frames(found: Discovery, shard: tuple[int, int] | None = None) -> pl.DataFrame:
@@ -312,17 +344,19 @@ def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None
 
 def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: SegmentOptions,
                    frame_schema: dict[str, pl.DataType], token: str | None = None,
-                   shapes: dict[str, tuple[int, int]] | None = None) -> SegmentResult:
+                   shapes: dict[str, tuple[int, int]] | None = None,
+                   scales: dict[str, float] | None = None) -> SegmentResult:
     """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder ``run``: the stages of the
     module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit).
-    ``shapes``: each plate's frame size (``plate_shapes``), to refuse a frame of another."""
+    ``shapes``: each plate's frame size (``plate_shapes``), to refuse a frame of another; ``scales``: each plate's
+    scale (``run_scales``) where it is not the Segmenter's."""
     batch_size = opts.batch_size or seg.backend.preferred_batch
     threads = opts.threads or os.cpu_count() or 1
     writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds, token)
     t_start = time.time()
     with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
                                                    disable=not opts.progress) as bar:
-        scheduler = Scheduler(seg, writer, opts, run, pool, bar, shapes)
+        scheduler = Scheduler(seg, writer, opts, run, pool, bar, shapes, scales)
         scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads)
     writer.flush()
     return SegmentResult(run, frames.height, 0, scheduler.failed_by.total(), time.time() - t_start,

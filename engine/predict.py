@@ -11,6 +11,7 @@ from tqdm import tqdm
 from nucleiscreen.engine.discover import discover_images
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import write_labels
+from nucleiscreen.engine.scale import sample_scale
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import measure
@@ -18,11 +19,12 @@ from nucleiscreen.kernels.measure import measure
 
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
             threads: int | None = None, batch_size: int | None = None, progress: bool = False,
-            pixel_size: float | None = None, min_contrast: float | None = None,
+            pixel_size: float | str | None = None, min_contrast: float | None = None,
             min_area: int | None = None, min_edge_area: int | None = None,
-            grow_area: int | None = None) -> list[Path]:
+            grow_area: int | None = None, on_scale=None) -> list[Path]:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
-    image; returns the label paths."""
+    image; returns the label paths. ``pixel_size="auto"``: one scale for all the images, estimated from a sample of
+    them (``engine/scale.py``) and given to ``on_scale("", estimate)``."""
     paths = discover_images(images)
     stems = defaultdict(list)
     for p in paths:
@@ -30,8 +32,14 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     clashes = [v for v in stems.values() if len(v) > 1]
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
-    seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=pixel_size, min_contrast=min_contrast,
-                    min_edge_area=min_edge_area, grow_area=grow_area)
+    auto = pixel_size == "auto"
+    seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=None if auto else pixel_size,
+                    min_contrast=min_contrast, min_edge_area=min_edge_area, grow_area=grow_area)
+    if auto:
+        estimate = sample_scale(seg, paths)
+        seg = seg.at_scale(estimate.scale)
+        if on_scale is not None:
+            on_scale("", estimate)
     batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

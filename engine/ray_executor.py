@@ -43,6 +43,7 @@ from nucleiscreen.engine.pipeline import (
     numbered_frames,
     pending_frames,
     plate_shapes,
+    run_scales,
     segment_frames,
 )
 from nucleiscreen.engine.runfolder import RunLock, new_token, prepare_run, remove_orphan_objects, write_manifest
@@ -54,15 +55,16 @@ UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 p
 class UnitWorker:
     """A Ray actor: the model loaded once, then one work unit after another into the run folder."""
 
-    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict, shapes: dict):
+    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict, shapes: dict, scales: dict):
         self.opts = SegmentOptions(**options)
         self.seg = make_segmenter(model, self.opts)
-        self.run, self.schema, self.shapes = Path(run), frame_schema, shapes
+        self.run, self.schema, self.shapes, self.scales = Path(run), frame_schema, shapes, scales
 
     def segment(self, frames: pl.DataFrame) -> dict:
         """Segment the unit's frames not yet in the run folder (a retried unit resumes); its counts and timings."""
         todo = pending_frames(self.run, frames, frames["Metadata_Plate"].unique().to_list())
-        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema, shapes=self.shapes)
+        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema, shapes=self.shapes,
+                                scales=self.scales)
         return {"frames": result.frames, "skipped": frames.height - todo.height, "failed_by": result.failed_by,
                 "busy": result.busy, "backend": result.backend, "host": os.uname().nodename, "pid": os.getpid()}
 
@@ -75,8 +77,8 @@ def work_units(frames: pl.DataFrame, unit_frames: int = UNIT_FRAMES) -> Iterator
 
 def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, opts: SegmentOptions,
                    address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                   unit_frames: int = UNIT_FRAMES) -> SegmentResult:
-    """``pipeline.segment`` with its frames spread over Ray actors (module docstring)."""
+                   unit_frames: int = UNIT_FRAMES, on_scale=None) -> SegmentResult:
+    """``pipeline.segment`` with its frames spread over Ray actors (module docstring); ``on_scale`` as there."""
     try:
         import ray
     except ImportError:
@@ -88,16 +90,19 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
     info = load_model_info(model)  # fail before starting anything
     run = Path(out).resolve()  # the workers may start in another folder
     with RunLock(run, opts.shard, new_token()):
-        return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames)
+        return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames, on_scale)
 
 
 def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions, address: str | None,
-                    workers: int | None, gpus_per_worker: float, unit_frames: int) -> SegmentResult:
+                    workers: int | None, gpus_per_worker: float, unit_frames: int, on_scale) -> SegmentResult:
     settings = asdict(opts)
     prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
     remove_orphan_objects(run)
     shapes = plate_shapes(numbered_frames(found))
     frames = numbered_frames(found, opts.shard)
+    scales = {}
+    if opts.pixel_size == "auto":  # estimated once, on the driver, with whatever backend it has
+        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, frames, opts, on_scale)
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
     threads = opts.threads or 1  # per worker: one CPU each unless asked
@@ -120,7 +125,8 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
         worker_opts = asdict(replace(opts, threads=threads, progress=False, overwrite=False, retry_errors=False))
         actor = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=-1,
                            max_task_retries=-1)(UnitWorker)
-        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema), shapes)
+        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema), shapes,
+                              {p: e.scale for p, e in scales.items()})
                 for _ in range(min(workers, len(units)))]  # none when all is done (resume)
         results, seconds = _dispatch(ray, pool, units, opts.progress)
     finally:
@@ -134,14 +140,15 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
     result = SegmentResult(run, sum(r["frames"] for r in results),
                            frames.height - todo.height + sum(r["skipped"] for r in results),
                            failed_by.total(), seconds, dict(busy), ", ".join(sorted({r["backend"] for r in results})),
-                           dict(failed_by))
+                           dict(failed_by), scales)
     write_manifest(run, info, settings, found, {
         "frames": result.frames, "skipped": result.skipped, "failed": result.failed, "seconds": round(seconds, 2),
         "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "failed_by_stage": result.failed_by,
         "backend": result.backend,
         "executor": "ray", "address": address or "local", "workers": len(pool),
         "gpus_per_worker": gpus_per_worker, "units": len(units),
-        "worker_hosts": sorted({r["host"] for r in results})}, shapes)
+        "worker_hosts": sorted({r["host"] for r in results}),
+        **({"scales": {p: e.as_dict() for p, e in sorted(scales.items())}} if scales else {})}, shapes)
     return result
 
 

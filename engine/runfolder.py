@@ -245,11 +245,13 @@ def done_frames(run: Path, plates: Sequence[str] | None = None) -> pl.DataFrame:
     ``plates``: only those plates' image parts are read (a distributed worker's unit)."""
     images = run / "images"
     folders = [images / f"plate={p}" for p in plates] if plates is not None else [images]
-    parts = [p for f in [*folders, run / "errors"] if f.is_dir() for p in sorted(f.rglob("part-*.parquet"))]
-    if not parts:
+    key = ["PathName_DNA", "FileName_DNA"]
+    tables = [pl.scan_parquet(parts, hive_partitioning=False).select(key)  # one scan per table: their columns differ
+              for group in (folders, [run / "errors"])
+              if (parts := [p for f in group if f.is_dir() for p in sorted(f.rglob("part-*.parquet"))])]
+    if not tables:
         return pl.DataFrame(schema={"PathName_DNA": pl.String, "FileName_DNA": pl.String})
-    return (pl.scan_parquet(parts, hive_partitioning=False).select("PathName_DNA", "FileName_DNA").unique()
-            .collect())
+    return pl.concat(tables).unique().collect()
 
 
 def prepare_run(run: Path, model: ModelInfo, settings: dict, overwrite: bool, retry_errors: bool) -> None:
@@ -308,9 +310,14 @@ def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery,
                      "onnxruntime": onnxruntime.__version__},
         "sessions": sessions,
     }
-    tmp = run / ".manifest.json.tmp"
+    write_json(path, manifest)
+
+
+def write_json(path: Path, data) -> None:
+    """Write ``data`` as JSON atomically (temporary name, then rename); ``StorageError`` when it cannot be."""
+    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        tmp.write_text(json.dumps(manifest, indent=2, default=str))
+        tmp.write_text(json.dumps(data, indent=2, default=str))
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)

@@ -14,6 +14,7 @@ treated the same way everywhere:
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,37 +99,47 @@ class Segmenter:
         model_px = self.info.card.get("pixel_size_um")
         if pixel_size is not None and pixel_size <= 0:
             raise UserError(f"--pixel-size must be positive, got {pixel_size}")
-        self.scale = pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02 \
-            else 1.0
+        for name, value in (("--min-area", min_area), ("--min-edge-area", min_edge_area), ("--grow-area", grow_area)):
+            if value is not None and value < 0:
+                raise UserError(f"{name} must be 0 or more pixels, got {value}")
+        if min_contrast is not None and not 0 <= min_contrast < 1:
+            raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
+        self.overrides = {"min_area": min_area, "min_contrast": min_contrast, "min_edge_area": min_edge_area,
+                          "grow_area": grow_area}
+        self._set_scale(pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02
+                        else 1.0)
+
+    def at_scale(self, scale: float) -> Segmenter:
+        """This segmenter (same model, backend and overrides) for frames resized by ``scale`` before inference: a
+        plate whose nuclei are ``1 / scale`` times the model's size (``engine/scale.py``)."""
+        other = copy.copy(self)
+        other._set_scale(scale)
+        return other
+
+    def _set_scale(self, scale: float) -> None:
+        self.scale = scale
         # Raw frames go to a backend that normalizes on its device (only uint8/uint16 ones at the model's scale).
         self.raw_input = bool(getattr(self.backend, "raw_input", False)) and self.scale == 1.0
         # Post-processing runs on the class map at the frame's own size, so the card's lengths and areas (in model
         # pixels) are converted to frame pixels; a --min-area given here is in frame pixels already.
-        post, s = self.info.postprocessing, self.scale
+        post, s, given = self.info.postprocessing, self.scale, self.overrides
         self.post_args = {}
         if "max_grow" in post:
             self.post_args["max_grow"] = math.ceil(post["max_grow"] / s)
         if "min_area" in post:
             self.post_args["min_area"] = max(1, round(post["min_area"] / s**2))
-        if min_area is not None:
-            if min_area < 0:
-                raise UserError(f"--min-area must be 0 or more pixels, got {min_area}")
-            self.post_args["min_area"] = min_area
-        if min_contrast is not None and not 0 <= min_contrast < 1:
-            raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
+        if given["min_area"] is not None:
+            self.post_args["min_area"] = given["min_area"]
         # the faint-object filter (kernels/contrast.py)
-        self.min_contrast = float(post.get("min_contrast", 0.0) if min_contrast is None else min_contrast)
+        self.min_contrast = float(post.get("min_contrast", 0.0) if given["min_contrast"] is None
+                                  else given["min_contrast"])
         self.contrast_area = max(1, round(int(post.get("contrast_area", DEFAULT_CONTRAST_AREA)) / s**2))
         self.contrast_ring = (round(INNER / s), max(round(OUTER / s), round(INNER / s) + 1))
-        if min_edge_area is not None and min_edge_area < 0:
-            raise UserError(f"--min-edge-area must be 0 or more pixels, got {min_edge_area}")
-        self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if min_edge_area is None \
-            else min_edge_area
+        self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if given["min_edge_area"] is None \
+            else given["min_edge_area"]
         # the growth of small objects into their bright outer ring (kernels/contrast.py)
-        if grow_area is not None and grow_area < 0:
-            raise UserError(f"--grow-area must be 0 or more pixels, got {grow_area}")
-        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2) if grow_area is None else grow_area,
-                     "grow_level": float(post.get("grow_level", 0.5))}
+        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2) if given["grow_area"] is None
+                     else given["grow_area"], "grow_level": float(post.get("grow_level", 0.5))}
 
     # -- frames in ----------------------------------------------------------------------------------------------------
     def load(self, path: str | Path, shape: tuple[int, int] | None = None) -> Frame:

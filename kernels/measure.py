@@ -79,6 +79,8 @@ Objects under ``micronucleus_area`` pixels are micronuclei (including nuclear fr
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import polars as pl
 
@@ -410,3 +412,21 @@ def segment_and_summarize(
     """
     runs, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
     return labels, _frame_summary(runs, intensity, micronucleus_area, channel, labels)
+
+
+def typical_area(labels: Sequence[np.ndarray]) -> tuple[float | None, int]:
+    """The typical nucleus area of some label images and how many nuclei it was taken over: the median area of the
+    whole nuclei (off the frame border, at least 0.3 x the median of all such objects, so that micronuclei and
+    fragments do not count); None when there are none. The model card's ``nucleus_area_px`` is this on the model's
+    training frames, and ``--pixel-size auto`` compares a plate's with it (``engine/scale.py``)."""
+    areas = []
+    for lab in labels:
+        counts = np.bincount(lab.ravel())
+        counts[0] = 0
+        counts[np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]])] = 0
+        areas.append(counts[counts > 0])
+    a = np.concatenate(areas) if areas else np.zeros(0, np.int64)
+    if a.size == 0:
+        return None, 0
+    a = a[a >= 0.3 * np.median(a)]
+    return float(np.median(a)), int(a.size)

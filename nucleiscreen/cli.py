@@ -106,7 +106,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
                       pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area,
-                      min_edge_area=a.min_edge_area, grow_area=a.grow_area)
+                      min_edge_area=a.min_edge_area, grow_area=a.grow_area, on_scale=_print_scale)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -126,12 +126,12 @@ def _segment(a: argparse.Namespace):
         found = discover(a.sources, a.pattern, a.channel)
         print(found.summary())
         result = segment_on_ray(found, a.out, a.model, opts, address=a.address, workers=a.workers,
-                                gpus_per_worker=a.gpus_per_worker)
+                                gpus_per_worker=a.gpus_per_worker, on_scale=_print_scale)
     elif a.address or a.workers or a.gpus_per_worker:
         raise UserError("--address, --workers and --gpus-per-worker go with --executor ray")
     else:
         result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
-                         on_discovered=lambda found: print(found.summary()))
+                         on_discovered=lambda found: print(found.summary()), on_scale=_print_scale)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
@@ -206,6 +206,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.kernels import main as bench_kernels
 
         bench_kernels(threads=a.threads)
+    elif a.what == "reliability":
+        from nucleiscreen.bench.reliability import main as bench_reliability
+
+        bench_reliability()  # 3 plates of 96^2 frames, 10 kills; python -m nucleiscreen.bench.reliability for more
     else:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
@@ -215,12 +219,30 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parser
+def _pixel_size(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of um or auto, not {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _print_scale(plate: str, estimate) -> None:
+    print(f"scale of {plate or 'the images'}: {estimate.scale:.3f} ({estimate.note})")
+
+
 def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: bool = True) -> None:
     p.add_argument("--model", help="ONNX model file (default: the U-Net shipped with nucleiscreen)")
     if pixel_size:
-        p.add_argument("--pixel-size", type=float,
-                       help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen); "
-                            "frames are resized to the model's pixel size for inference")
+        p.add_argument("--pixel-size", type=_pixel_size, default="auto",
+                       help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen): frames "
+                            "are resized to the model's pixel size for inference. auto (the default): estimated "
+                            "from the nuclei of a sample of frames, once per plate (segment, run) or for all the "
+                            "images (predict), and kept when within 5%% of the model's")
     p.add_argument("--min-contrast", type=float,
                    help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
                         "pixel size) whose mean exceeds the background around them by less than this (fraction of "
@@ -408,8 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "frames/s per core with a network that costs nothing, on 1 core and on all. gpu: "
                                    "the torch backend on CUDA, inference alone and end to end (skips without a GPU). "
                                    "kernels: post-processing against OpenCV and scikit-image (needs the [bench] "
-                                   "extra).")
-    p.add_argument("what", nargs="?", default="pipeline", choices=["pipeline", "host", "gpu", "kernels"],
+                                   "extra). reliability: a simulated screen with bad frames, SIGKILLed 10 times, "
+                                   "then checked for lost, doubled and orphaned rows (a few minutes).")
+    p.add_argument("what", nargs="?", default="pipeline",
+                   choices=["pipeline", "host", "gpu", "kernels", "reliability"],
                    help="what to measure (default: pipeline)")
     p.add_argument("--frames", type=int,
                    help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end)")

@@ -46,6 +46,11 @@ def _huge_tiff(good: np.ndarray) -> bytes:
     return bytes(data)
 
 
+def _eight_bit(good: np.ndarray) -> np.ndarray:
+    """The frame scaled to 8 bits, as a conversion for a figure would (dim frames would not survive ``>> 8``)."""
+    return (good.astype(np.float64) * (255 / max(1, int(good.max())))).astype(np.uint8)
+
+
 def _float_with(value: float) -> Callable[[np.ndarray], bytes]:
     def make(good: np.ndarray) -> bytes:
         image = good.astype(np.float32) / 65535
@@ -69,8 +74,8 @@ TIFF_FAULTS = (
     Fault("truncated", lambda good: _tiff(good)[: good.nbytes // 2], "decode", "truncated"),
     Fault("random bytes", lambda good: np.random.default_rng(1).bytes(4096), "decode", "not a TIF"),
     Fault("PNG named .tif", lambda good: imagecodecs.png_encode(good), None, ""),
-    Fault("JPEG named .tif", lambda good: imagecodecs.jpeg8_encode((good >> 8).astype(np.uint8)), "decode", "JPEG"),
-    Fault("8-bit", lambda good: _tiff((good >> 8).astype(np.uint8)), None, ""),
+    Fault("JPEG named .tif", lambda good: imagecodecs.jpeg8_encode(_eight_bit(good)), "decode", "JPEG"),
+    Fault("8-bit", lambda good: _tiff(_eight_bit(good)), None, ""),
     Fault("RGB, equal channels", lambda good: _tiff(np.repeat(good[..., None], 3, axis=2), photometric="rgb"),
           None, ""),
     Fault("RGB", lambda good: _tiff(np.stack([good, good // 2, good // 3], axis=2), photometric="rgb"),

@@ -257,6 +257,8 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
         "spatial_multiple": model.multiple,
         "test_time_augmentation": tta,  # dihedral transforms averaged inside the graph (1: none)
         "pixel_size_um": PIXEL_SIZE_UM,
+        # the typical nucleus area (px) of the model's output on its training frames: what --pixel-size auto matches
+        "nucleus_area_px": ck.get("postprocessing", {}).get("nucleus_area_px"),
         "normalization": cfg["norm"],
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
                            "solid_area": cfg.get("solid_area", 0),

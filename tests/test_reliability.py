@@ -55,8 +55,10 @@ def test_every_bad_frame_is_isolated_with_its_stage_and_reason(tmp_path, capsys,
         assert row["ImageQuality_PercentMaximal_DNA"][0] >= 18  # segmented, and the QC column says why to look
     out = capsys.readouterr().out
     assert f"{len(refused)} failed" in out
+    assert main(["--quiet", "segment", str(tmp_path / "sim" / "images"), "--out", str(run)]) == 0  # all done
+    assert f"({len(frames)} already done" in capsys.readouterr().out
     manifest = json.loads((run / "manifest.json").read_text())
-    by_stage = manifest["sessions"][-1]["failed_by_stage"]
+    by_stage = manifest["sessions"][0]["failed_by_stage"]
     assert by_stage == {s: sum(f.stage == s for f in refused.values()) for s in {f.stage for f in refused.values()}}
 
 

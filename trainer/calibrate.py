@@ -9,6 +9,7 @@ import torch
 
 from nucleiscreen.kernels.contrast import filter_faint
 from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA, instances_from_classes
+from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.network import class_argmax
 from nucleiscreen.trainer.data import Sample
 from nucleiscreen.trainer.hover import hover_instances
@@ -120,4 +121,7 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
             "f1_mean_without_growth": growth[0, 0.5],
             "f1_mean_by_grow_area_and_level": {ai: {li: growth[ai, li] for li in GROW_LEVEL_CHOICES}
                                                for ai in GROW_AREA_CHOICES[1:]},
-            "images": len(samples)}
+            "images": len(samples),
+            # the typical nucleus area of the calibrated output: the model card's nucleus_area_px (--pixel-size auto)
+            "nucleus_area_px": typical_area([unet_instances(class_map(out, b), g, s.image, c, a, e, ga, gl)
+                                             for s, out in zip(samples, logits)])[0]}
