@@ -34,8 +34,13 @@ def cmd_train(a: argparse.Namespace) -> None:
     from nucleiscreen.trainer import require_torch
 
     require_torch()
+    if a.finetune:
+        return _finetune(a)
+    if a.model is not None:
+        raise UserError("--model goes with --finetune")
     if (a.config is None) == (a.sweep is None):
-        raise UserError("give either --config FILE (one training) or --sweep FILE (several, then model selection)")
+        raise UserError("give either --config FILE (one training), --sweep FILE (several, then model selection) or "
+                        "--finetune DIR (a shipped model on your annotations)")
     if a.sweep:
         given = [f"--{k}" for k in ("out", "steps", "device") if getattr(a, k) is not None] + \
             (["--restart"] if a.restart else [])
@@ -57,6 +62,23 @@ def cmd_train(a: argparse.Namespace) -> None:
             raw[key] = getattr(a, key)
     out = train(TrainConfig.from_dict(raw), resume=not a.restart, progress=not a.quiet)
     print(f"checkpoints and log in {out} (best.pt: the best validation score, last.pt: the last step)")
+
+
+def _finetune(a: argparse.Namespace) -> None:
+    from nucleiscreen.trainer.finetune import finetune
+
+    if a.config or a.sweep or a.score_only or a.restart or a.device:
+        raise UserError("--finetune takes --model, --out, --steps only")
+    if not a.out:
+        raise UserError("--finetune needs --out MODEL.onnx, the fine-tuned model to write")
+    r = finetune(a.finetune, a.out, model=a.model, steps=300 if a.steps is None else a.steps, progress=not a.quiet)
+    names = ", ".join(r.held_out)
+    print(f"fine-tuned on {len(r.train)} frame(s) in {r.seconds / 60:.1f} min"
+          + (f" (resized by {r.scale:.3f} to the model's nucleus size)" if r.scale != 1 else ""))
+    for label, m in (("starting model", r.before), ("fine-tuned", r.after)):
+        print(f"held-out ({names}), {label}: F1@0.5 {m['f1']['0.50']:.3f}  @0.7 {m['f1']['0.70']:.3f}  "
+              f"@0.9 {m['f1']['0.90']:.3f}")
+    print(f"model: {r.model} (use it with --model)")
 
 
 def cmd_evaluate(a: argparse.Namespace) -> None:
@@ -351,7 +373,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", help="JSON sweep file (trainer/configs/sweep.json)")
     p.add_argument("--score-only", action="store_true",
                    help="with --sweep: do not train, only score the existing checkpoints and rewrite the table")
-    p.add_argument("--out", help="override the config's output folder")
+    p.add_argument("--finetune", metavar="DIR",
+                   help="fine-tune a shipped model (--model) on your annotated frames: DIR holds images/ and masks/ "
+                        "(or labels/), or images beside their masks (<name>_masks.tif, Cellpose's <name>_cp_masks.png)"
+                        "; a fifth is held out, --out names the .onnx to write; --steps (default 300)")
+    p.add_argument("--model", help="with --finetune: the ONNX model to start from (default: the shipped one)")
+    p.add_argument("--out", help="override the config's output folder (--finetune: the .onnx file to write)")
     p.add_argument("--steps", type=int, help="override the number of steps")
     p.add_argument("--device", help="cpu, cuda or auto (default: the config's)")
     p.add_argument("--restart", action="store_true", help="ignore OUT/last.pt and start from scratch")
