@@ -4,7 +4,7 @@ Every reader returns one 2-D array (rows x columns) and raises :class:`FrameRead
 cannot decode, so the engine can record the frame in its error table and go on with the next one. Float frames are
 returned as stored, NaN and infinities included: the engine checks their content.
 
-``.c01`` and ``.dib`` files are read by their suffix. ``.tif``, ``.tiff`` and ``.png`` files by their first bytes:
+``.c01`` and ``.dib`` files are read by their suffix, ``.tif``, ``.tiff`` and ``.png`` files by their first bytes:
 a PNG named ``.tif`` (or a TIFF named ``.png``) is read as what it is, since both are lossless and their signatures
 unambiguous, while a JPEG under any of these names is refused: its pixels are lossy, not a microscope's counts.
 
@@ -391,8 +391,9 @@ def _file_format(head: bytes, path: str | os.PathLike, suffix: str) -> str:
         return "tiff"
     if head.startswith(_JPEG_SIGNATURE):
         raise FrameReadError(f"{path}: a JPEG file (lossy) named {suffix}; nucleiscreen reads TIFF, PNG and C01")
+    expected = "PNG" if suffix == ".png" else "TIFF"
     what = "an empty file" if not head else f"it starts with {head!r}"
-    raise FrameReadError(f"{path}: cannot decode {suffix} file: not a {suffix[1:4].upper()} file ({what})")
+    raise FrameReadError(f"{path}: cannot decode {suffix} file: not a {expected} file ({what})")
 
 
 def _check_png_header(data: bytes, path: str | os.PathLike) -> None:
@@ -477,8 +478,8 @@ def _single_channel(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         return image
     if image.ndim == 3 and 2 <= image.shape[-1] <= 4:
         colours = image[..., :3] if image.shape[-1] >= 3 else image[..., :1]  # drop alpha
-        first = colours[..., 0]
-        if all(np.array_equal(first, colours[..., k]) for k in range(1, colours.shape[-1])):
+        first, nan = colours[..., 0], colours.dtype.kind in "fc"  # (NaN pixels: equal when NaN in every channel)
+        if all(np.array_equal(first, colours[..., k], equal_nan=nan) for k in range(1, colours.shape[-1])):
             return np.ascontiguousarray(first)
         raise FrameReadError(
             f"{path}: {colours.shape[-1]} different colour channels; "
@@ -503,8 +504,9 @@ def _fill(image: np.ndarray, out: np.ndarray | None, path: str | os.PathLike) ->
 
 
 def _inflate(data: bytes, path: str | os.PathLike) -> np.ndarray:
-    """Inflate the zlib stream after a C01's 4-byte marker into a writable uint8 array: the header's size, or one byte
-    more when the stream holds more (``_plane`` refuses both that and a shorter one)."""
+    """Inflate the zlib stream after a C01's 4-byte marker into a writable uint8 array: the DIB the header describes,
+    or what the stream holds when it ends early, or one byte more than the header's size when it holds more (``_plane``
+    refuses both)."""
     header = _parse_header(_inflate_header(data, path), path)
     stream = memoryview(data)[4:]
     size = header.total_bytes

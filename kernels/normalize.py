@@ -102,7 +102,9 @@ def histogram(frame: np.ndarray) -> np.ndarray | None:
 def percentiles(frame: np.ndarray, low: float = 0.1, high: float = 99.9,
                 hist: np.ndarray | None = None) -> tuple[float, float]:
     """Lower percentiles ``low`` and ``high`` (in %) of a 2-D frame; from its ``histogram`` for uint8 and uint16
-    frames (given, or made here)."""
+    frames (given, or made here). ValueError for an empty frame, which has none."""
+    if frame.size == 0:
+        raise ValueError(f"an empty frame (shape {frame.shape}) has no percentiles")
     if hist is None:
         hist = histogram(frame)
     if hist is not None:

@@ -55,3 +55,12 @@ def test_bad_input():
         normalize(np.zeros((2, 3, 4), np.uint16))
     with pytest.raises(ValueError, match="dtype"):
         normalize(np.zeros((3, 4), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0)])
+def test_empty_frame_is_a_value_error(dtype, shape):
+    """Found by tests/test_fuzz.py: a float frame raised IndexError, an integer one normalized from lo = -1."""
+    for call in (normalize, percentiles):
+        with pytest.raises(ValueError, match=r"an empty frame \(shape .*\) has no percentiles"):
+            call(np.zeros(shape, dtype))

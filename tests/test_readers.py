@@ -1,5 +1,7 @@
 """Frame readers: Cellomics C01/DIB (round trip and hand-built files), TIFF, PNG, and their errors."""
 
+import io
+import struct
 import zlib
 from pathlib import Path
 
@@ -385,3 +387,239 @@ def test_unsupported_and_undecodable(tmp_path):
     with pytest.raises(FrameReadError, match=r"fake\.png: cannot decode"):
         read_frame(fake_png)
     assert issubclass(FrameReadError, ValueError)
+
+
+# --- hardening: what a header claims, formats under another name, broken Cellomics files ---------------------------
+
+
+def patch_tiff_tags(data: bytes, **values: int) -> bytes:
+    """The TIFF ``data`` with tags of the first page (by tifffile name) set to ``values`` in place."""
+    data = bytearray(data)
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        tags = tif.pages.first.tags
+        order = tif.byteorder
+        for name, value in values.items():
+            tag = tags[name]
+            struct.pack_into(order + ("H" if tag.dtype == 3 else "I"), data, tag.valueoffset, value)
+    return bytes(data)
+
+
+def tiff_bytes(image: np.ndarray, **options) -> bytes:
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, image, **options)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("compression", [None, "zlib", "zstd"])
+@pytest.mark.parametrize(
+    ("width", "height", "reason"),
+    [
+        (100_000, 100_000, r"the header claims 100000x100000 pixels .* more than nucleiscreen reads \(2147483648\)"),
+        (5_000, 5_000, r"truncated or corrupt, the header claims 5000x5000 pixels .* more than \d+ bytes of file hold"),
+    ],
+)
+def test_tiff_header_claiming_a_huge_frame_is_refused_before_allocating(tmp_path, compression, width, height, reason):
+    path = tmp_path / "huge.tif"
+    path.write_bytes(patch_tiff_tags(tiff_bytes(np.ones((4, 4), np.uint16), compression=compression),
+                                     ImageWidth=width, ImageLength=height, RowsPerStrip=height))
+    with pytest.raises(FrameReadError, match=rf"huge\.tif: {reason}"):
+        read_frame(path)
+
+
+def test_compressed_tiff_with_strips_missing_is_refused(tmp_path, rng):
+    """tifffile fills the strips a header claims but the file lacks with zeros (tests/test_fuzz.py catches it)."""
+    image = rng.integers(1, 4000, (13, 21)).astype(np.uint16)
+    path = tmp_path / "f.tif"
+    path.write_bytes(patch_tiff_tags(tiff_bytes(image, compression="zstd"), ImageLength=14))
+    with pytest.raises(FrameReadError, match=r"f\.tif: truncated or corrupt, 21x14 pixels .* need 2 strips or tiles, "
+                                             r"the file lists 1"):
+        read_frame(path)
+
+
+def test_compressed_tiff_cut_inside_its_pixels_is_truncated(tmp_path, rng):
+    path = tmp_path / "f.tif"
+    path.write_bytes(tiff_bytes(rng.integers(0, 4000, (64, 64)).astype(np.uint16), compression="zlib")[:-50])
+    with pytest.raises(FrameReadError, match=r"f\.tif: truncated, the pixel data runs past the end of the file"):
+        read_frame(path)
+
+
+def test_blank_compressed_frames_are_within_the_ratio_bound(tmp_path):
+    """The most compressible real frame, blank, in one strip: zstd at its best and LZMA stay under the 65536:1 bound."""
+    blank = np.zeros((2048, 2048), np.uint16)
+    for compression, level in (("zstd", 19), ("lzma", None), ("zlib", 9), ("lzw", None), ("packbits", None)):
+        path = tmp_path / f"{compression}.tif"
+        args = {"compressionargs": {"level": level}} if level else {}
+        tifffile.imwrite(path, blank, compression=compression, rowsperstrip=2048, **args)
+        assert not read_frame(path).any()
+
+
+def test_plain_tiff_bits_tag_of_another_type_goes_to_tifffile(tmp_path, rng):
+    """A BitsPerSample entry the fast path does not read (here of type BYTE) sends the file to tifffile, whose
+    diagnosis the user gets (the fast path raised TypeError: 'int' * 'NoneType')."""
+    from nucleiscreen.engine.readers import _plain_tiff
+
+    image = rng.integers(0, 200, (5, 7)).astype(np.uint8)
+    data = bytearray(tiff_bytes(image))
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        entry = tif.pages.first.tags["BitsPerSample"].offset
+    struct.pack_into("<H", data, entry + 2, 1)  # SHORT -> BYTE: the value 8 reads the same
+    path = tmp_path / "f.tif"
+    path.write_bytes(bytes(data))
+    assert _plain_tiff(path) is None
+    with pytest.raises(FrameReadError, match=r"f\.tif: cannot decode \.tif file \(ValueError: invalid literal"):
+        read_frame(path)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_float_tiff_with_nan_and_inf_is_returned_as_stored(tmp_path, dtype, compression):
+    image = np.linspace(0, 1, 30).reshape(5, 6).astype(dtype)
+    image[0, :3] = np.nan, np.inf, -np.inf
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, image, compression=compression)
+    got = read_frame(path)
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, image.astype(np.float32))  # (NaN equals NaN here)
+    rgb = tmp_path / "rgb.tif"
+    tifffile.imwrite(rgb, np.stack([image] * 3, axis=-1), photometric="rgb")
+    np.testing.assert_array_equal(read_frame(rgb), image.astype(np.float32))  # equal channels, NaN included
+
+
+def test_png_named_tif_is_read_and_tiff_named_png_too(tmp_path, rng):
+    image = rng.integers(0, 65535, (9, 11)).astype(np.uint16)
+    png = tmp_path / "frame.tif"
+    png.write_bytes(imagecodecs.png_encode(image))
+    np.testing.assert_array_equal(read_frame(png), image)
+    tif = tmp_path / "frame.png"
+    tif.write_bytes(tiff_bytes(image, compression="zlib"))
+    np.testing.assert_array_equal(read_frame(tif), image)
+
+
+@pytest.mark.parametrize("name", ["frame.tif", "frame.TIFF", "frame.png"])
+def test_jpeg_under_a_lossless_name_is_refused(tmp_path, rng, name):
+    path = tmp_path / name
+    path.write_bytes(imagecodecs.jpeg8_encode(rng.integers(0, 255, (16, 16)).astype(np.uint8)))
+    suffix = Path(name).suffix.lower()
+    with pytest.raises(FrameReadError, match=rf"{name}: a JPEG file \(lossy\) named \{suffix}; nucleiscreen reads "
+                                             r"TIFF, PNG and C01$"):
+        read_frame(path)
+
+
+def test_not_a_tiff_or_png_says_what_it_starts_with(tmp_path):
+    empty = tmp_path / "empty.tif"
+    empty.write_bytes(b"")
+    with pytest.raises(FrameReadError, match=r"empty\.tif: cannot decode \.tif file: not a TIFF file \(an empty"):
+        read_frame(empty)
+    text = tmp_path / "text.png"
+    text.write_bytes(b"hello, world")
+    with pytest.raises(FrameReadError, match=r"text\.png: cannot decode \.png file: not a PNG file \(it starts with "
+                                             r"b'hello, w'\)"):
+        read_frame(text)
+
+
+def png_with_ihdr(width: int, height: int, depth: int = 16, colour: int = 0) -> bytes:
+    data = bytearray(imagecodecs.png_encode(np.ones((4, 4), np.uint16)))
+    struct.pack_into(">IIBB", data, 16, width, height, depth, colour)
+    struct.pack_into(">I", data, 29, zlib.crc32(data[12:29]))
+    return bytes(data)
+
+
+@pytest.mark.parametrize(
+    ("ihdr", "reason"),
+    [
+        ((100_000, 100_000), r"the header claims 100000x100000 pixels .* more than nucleiscreen reads"),
+        ((5_000, 5_000), r"truncated or corrupt, the header claims 5000x5000 pixels .* even at 1032:1 compression"),
+        ((0, 4), r"invalid PNG header \(width 0, height 4, bit depth 16, colour type 0\)"),
+        ((4, 4, 16, 3), r"invalid PNG header \(.* bit depth 16, colour type 3\)"),  # palettes have 1-8 bits
+        ((4, 4, 8, 5), r"invalid PNG header \(.* colour type 5\)"),
+    ],
+)
+def test_png_header_is_checked_before_decoding(tmp_path, ihdr, reason):
+    path = tmp_path / "f.png"
+    path.write_bytes(png_with_ihdr(*ihdr))
+    with pytest.raises(FrameReadError, match=rf"f\.png: {reason}"):
+        read_frame(path)
+    cut = tmp_path / "cut.png"
+    cut.write_bytes(png_with_ihdr(*ihdr)[:20])
+    with pytest.raises(FrameReadError, match=r"cut\.png: cannot decode PNG file: no IHDR chunk"):
+        read_frame(cut)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        (4, -5, r"invalid Cellomics header \(width -5, height 10, planes 1\)"),
+        (8, 0, r"invalid Cellomics header \(width 10, height 0, planes 1\)"),
+        (8, -1, r"invalid Cellomics header \(width 10, height -1, planes 1\)"),
+        (12, 0, r"invalid Cellomics header \(width 10, height 10, planes 0\)"),
+        (12, -3, r"invalid Cellomics header \(width 10, height 10, planes -3\)"),
+        (14, 24, r"24 bits per pixel is not supported \(8, 16 or 32\)"),
+        (8, 5, r"more pixel data than the header \(10x5 pixels .*\) describes \(100 bytes\); a corrupt header"),
+    ],
+)
+def test_c01_and_dib_with_a_bad_header(tmp_path, field, value, reason):
+    dib = bytearray(dib_bytes(np.ones((10, 10), np.uint16)))
+    struct.pack_into("<h" if field in (12, 14) else "<i", dib, field, value)
+    for name, data in (("f.C01", c01_bytes(bytes(dib))), ("f.dib", bytes(dib))):
+        path = tmp_path / name
+        path.write_bytes(data)
+        with pytest.raises(FrameReadError, match=rf"{name.replace('.', '[.]')}: {reason}"):
+            read_frame(path)
+
+
+def test_c01_header_claiming_more_than_the_stream_can_hold(tmp_path):
+    dib = bytearray(dib_bytes(np.ones((10, 10), np.uint16)))
+    struct.pack_into("<ii", dib, 4, 20_000, 20_000)  # 800 MB from a stream of a few dozen bytes
+    path = tmp_path / "f.C01"
+    path.write_bytes(c01_bytes(bytes(dib)))
+    with pytest.raises(FrameReadError, match=r"truncated or corrupt, the header claims 20000x20000 pixels .* even at "
+                                             r"1032:1 compression"):
+        read_frame(path)
+    struct.pack_into("<ii", dib, 4, 100_000, 100_000)
+    for name, data in (("big.C01", c01_bytes(bytes(dib))), ("big.dib", bytes(dib))):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FrameReadError, match=r"claims 100000x100000 pixels .* more than nucleiscreen reads"):
+            read_frame(tmp_path / name)
+        with pytest.raises(FrameReadError, match=r"more than nucleiscreen reads"):
+            read_c01_header(tmp_path / name)
+
+
+def test_c01_wrong_marker_stream_cut_and_trailing_bytes(tmp_path, rng):
+    image = rng.integers(0, 65535, (40, 50), dtype=np.uint16)
+    good = c01_bytes(dib_bytes(image))
+    marker = tmp_path / "marker.C01"
+    marker.write_bytes(b"\x00\x00\x00\x07" + good[4:])  # an intact stream behind another marker
+    for read in (read_frame, read_c01_header):
+        with pytest.raises(FrameReadError, match=r"marker\.C01: not a C01 file, bytes 0-3 read 7, not the C01 marker"):
+            read(marker)
+    cut = tmp_path / "cut.C01"
+    cut.write_bytes(good[: len(good) * 3 // 4])
+    with pytest.raises(FrameReadError, match=r"cut\.C01: truncated, the zlib stream breaks off after \d+ of the 4000 "
+                                             r"bytes of pixel data the header \(50x40 pixels"):
+        read_frame(cut)
+    headless = tmp_path / "headless.C01"
+    headless.write_bytes(good[:12])
+    for read in (read_frame, read_c01_header):
+        with pytest.raises(FrameReadError, match=r"headless\.C01: truncated, the zlib stream ends before the 52-byte"):
+            read(headless)
+    # bytes after the end of the zlib stream: ignored (its checksum covers header and pixels)
+    trailing = tmp_path / "trailing.C01"
+    trailing.write_bytes(good + b"\x00" * 100)
+    np.testing.assert_array_equal(read_frame(trailing), image)
+    # pixel data beyond what the header describes, in the stream or in a DIB: refused
+    extra = dib_bytes(image) + b"\x01\x02"
+    for name, data in (("extra.C01", c01_bytes(extra)), ("extra.dib", extra)):
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(FrameReadError, match=rf"{name.split('.')[0]}\.\w+: more pixel data than the header"):
+            read_frame(tmp_path / name)
+
+
+def test_dib_directory_and_short_file(tmp_path):
+    folder = tmp_path / "d.dib"
+    folder.mkdir()
+    with pytest.raises(FrameReadError, match=r"d\.dib: a folder, not an image file"):
+        read_frame(folder)
+    short = tmp_path / "s.dib"
+    short.write_bytes(b"\x34\x00\x00\x00" * 3)
+    with pytest.raises(FrameReadError, match=r"s\.dib: 12 bytes, shorter than the 52-byte Cellomics header"):
+        read_frame(short)
