@@ -102,10 +102,13 @@ def sample_scale(seg, paths: Sequence[Path]) -> ScaleEstimate:
         except FrameReadError:
             continue
         sample.append(raw)
-    sample = [sample[i] for i in sample_rows(len(sample))]
+    return frames_scale(seg, [sample[i] for i in sample_rows(len(sample))])
 
+
+def frames_scale(seg, frames: Sequence[np.ndarray]) -> ScaleEstimate:
+    """The ``ScaleEstimate`` of some raw frames, segmented with the Segmenter ``seg`` at trial scales."""
     def segment_at(scale: float) -> list[np.ndarray]:
         s = seg.at_scale(scale)
-        return [s.instances(s.classes([s.prepare(raw)], raw.shape)[0], raw) for raw in sample]
+        return [s.instances(s.classes([s.prepare(raw)], raw.shape)[0], raw) for raw in frames]
 
     return estimate_scale(segment_at, seg.info.card.get("nucleus_area_px"))

@@ -128,7 +128,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 
     written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
                       pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area,
-                      min_edge_area=a.min_edge_area, grow_area=a.grow_area, on_scale=_print_scale)
+                      min_edge_area=a.min_edge_area, grow_area=a.grow_area, on_scale=_print_image_scale)
     print(f"wrote {len(written)} label image(s) to {a.out}")
 
 
@@ -253,8 +253,13 @@ def _pixel_size(text: str) -> float | str:
     return value
 
 
-def _print_scale(plate: str, estimate) -> None:
-    print(f"scale of {plate or 'the images'}: {estimate.scale:.3f} ({estimate.note})")
+def _print_scale(name: str, estimate) -> None:
+    print(f"scale of {name}: {estimate.scale:.3f} ({estimate.note})")
+
+
+def _print_image_scale(name: str, estimate) -> None:
+    if estimate.scale != 1.0:  # predict: only the images resized
+        _print_scale(name, estimate)
 
 
 def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: bool = True) -> None:

@@ -84,8 +84,10 @@ def _files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_annotations(pairs: list[tuple[Path, Path]], info, target: Target) -> tuple[list[Sample], float]:
-    """Normalized samples at the model's nucleus size, and the factor they were resized by."""
+def load_annotations(pairs: list[tuple[Path, Path]], info, target: Target,
+                     per_image: bool = False) -> tuple[list[Sample], float]:
+    """Normalized samples at the model's nucleus size, and the factor they were resized by (one for the folder, as
+    one microscope took it; ``per_image``: each image's own, for collections such as DSB 2018, reported as 1.0)."""
     raws, labels = [], []
     for image, mask in pairs:
         try:
@@ -100,17 +102,29 @@ def load_annotations(pairs: list[tuple[Path, Path]], info, target: Target) -> tu
                             "a mask is an integer label image, one id per nucleus")
         raws.append(raw)
         labels.append(lab.astype(np.int32))
-    area, _ = typical_area(labels)
-    model_area = info.card.get("nucleus_area_px")
-    factor = float(np.clip(np.sqrt(model_area / area), 0.25, 4.0)) if model_area and area else 1.0
-    factor = 1.0 if abs(factor - 1) <= 0.05 else factor
+    folder = _factor(labels, info)
     samples = []
     for (image, _), raw, lab in zip(pairs, raws, labels):
         x = normalize(raw, info.normalization)
+        factor = _factor([lab], info) if per_image else folder
         if factor != 1.0:
             x, lab = _rescale(x, lab, factor)
         samples.append(make_sample(image.stem, x, lab, target))
-    return samples, factor
+    return samples, 1.0 if per_image else folder
+
+
+def _factor(labels: list[np.ndarray], info) -> float:
+    """The factor that gives these labels' nuclei the model's typical area (1.0 within 5 %, or when unknown)."""
+    area, _ = typical_area(labels)
+    model_area = info.card.get("nucleus_area_px")
+    factor = float(np.clip(np.sqrt(model_area / area), 0.25, 4.0)) if model_area and area else 1.0
+    return 1.0 if abs(factor - 1) <= 0.05 else factor
+
+
+def model_target(info) -> Target:
+    """The training targets of the model's card (its boundary band and solid small objects)."""
+    post = info.postprocessing
+    return Target(width=int(post.get("boundary_width", 2)), solid_area=int(post.get("solid_area", 0)))
 
 
 class Logits(OnnxModule):
@@ -137,13 +151,28 @@ def finetune(folder: str | Path, out: str | Path, model: str | Path | None = Non
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise UserError(f"--out must name the .onnx file to write, not {out}")
-    post = info.postprocessing
-    target = Target(width=int(post.get("boundary_width", 2)), solid_area=int(post.get("solid_area", 0)))
     pairs = find_annotations(folder)
-    samples, factor = load_annotations(pairs, info, target)
+    samples, factor = load_annotations(pairs, info, model_target(info))
     order = np.random.default_rng(seed).permutation(len(samples))
     n_held = max(1, round(0.2 * len(samples)))
     held, train = [samples[i] for i in sorted(order[:n_held])], [samples[i] for i in sorted(order[n_held:])]
+    net, before, after, post = train_onnx(info, [(train, 1.0)], held, train, steps, batch, crop, lr, seed, threads,
+                                          progress)
+    write_model(info, net, post, out, {
+        "finetuned_from": {"path": str(info.path), "sha256": info.sha256},
+        "frames": [p[0].name for p in pairs], "held_out": [s.name for s in held], "steps": steps, "batch": batch,
+        "crop": crop, "lr": lr, "seed": seed, "resized_by": round(factor, 4)}, after)
+    return FinetuneResult(out, [s.name for s in train], [s.name for s in held], before, after, time.time() - t0,
+                          factor)
+
+
+def train_onnx(info, sources: list[tuple[list[Sample], float]], held: list[Sample], calibration: list[Sample],
+               steps: int, batch: int = 4, crop: int = 256, lr: float = 3e-4, seed: int = 0,
+               threads: int | None = None, progress: bool = True,
+               sim_fraction: float = 0.0) -> tuple[Logits, dict, dict, dict]:
+    """Train the model file's weights on crops of ``sources`` (samples, weight) and ``sim_fraction`` simulated
+    frames; the post-processing is calibrated again on ``calibration``. Returns the network, ``validate``'s figures
+    on ``held`` before and after, and the new post-processing."""
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -152,32 +181,27 @@ def finetune(folder: str | Path, out: str | Path, model: str | Path | None = Non
     cfg = TrainConfig(crop=crop, batch=batch, model=UNetConfig(**info.card.get("model", {})))
     if cfg.model.multiple != info.multiple:
         raise UserError(f"{info.path}: its card's model does not match its spatial_multiple; re-export it")
+    post = info.postprocessing
     before = validate(net, held, device, with_postprocessing(cfg, post))
-    crop = min(crop, *(min(s.image.shape) for s in train)) // info.multiple * info.multiple
+    crop = min(crop, *(min(s.image.shape) for group, _ in sources for s in group)) // info.multiple * info.multiple
     if crop < info.multiple:
         raise UserError(f"the training frames are smaller than {info.multiple} px at the model's scale")
-    stream = CropStream([(train, 1.0)], crop, batch, 0.0, info.normalization, seed, target, Deformation())
+    stream = CropStream(sources, crop, batch, sim_fraction, info.normalization, seed, model_target(info), Deformation())
     weights = torch.tensor(cfg.class_weights, device=device)
     opt = torch.optim.AdamW([p for p in net.parameters()], lr=lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + np.cos(np.pi * min(k, steps) / steps)))
     net.train()
     for _ in tqdm(range(steps), desc="fine-tune", unit="step", disable=not progress):
         x, cls, small, _ = stream.next()
-        x, cls, small = x.to(device), cls.to(device), small.to(device)
-        loss = loss_fn(net(x), cls, weights, cfg.dice, small, cfg.small_weight)
+        loss = loss_fn(net(x.to(device)), cls.to(device), weights, cfg.dice, small.to(device), cfg.small_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
     net.eval()
-    new_post = calibrate_postprocessing(net, train, device, info.multiple)
+    new_post = calibrate_postprocessing(net, calibration, device, info.multiple)
     after = validate(net, held, device, with_postprocessing(cfg, new_post))
-    write_model(info, net, new_post, out, {
-        "finetuned_from": {"path": str(info.path), "sha256": info.sha256},
-        "frames": [p[0].name for p in pairs], "held_out": [s.name for s in held], "steps": steps, "batch": batch,
-        "crop": crop, "lr": lr, "seed": seed, "resized_by": round(factor, 4)}, after)
-    return FinetuneResult(out, [s.name for s in train], [s.name for s in held], before, after, time.time() - t0,
-                          factor)
+    return net, before, after, new_post
 
 
 def write_model(info, net: Logits, post: dict, out: Path, training: dict, metrics: dict) -> None:
