@@ -12,8 +12,9 @@ finish. Then the second folder's tables are checked against the catalogue and th
 - bad frames isolated: planted faults found in the error table at their stage with their reason (and the faults that
   are real frames found in the image table);
 - frames differing from the reference: frames whose nucleus count or total area differs from the undisturbed run's;
-- work lost per kill: seconds of work between the last part committed before the kill (or the run's start of work,
-  when it took its lock) and the kill: bounded by about S plus one batch.
+- work lost per kill: the frames the killed run had segmented (its label images exist, ``--save-labels``) but not
+  committed, done again on resume; and those frames in seconds of the undisturbed run's pace: bounded by about S
+  plus what is in flight (a batch being read, one at the network, the post-processing queue).
 
     python -m nucleiscreen.bench.reliability [--plates 3] [--kills 10] [--size 96] [--format tif] [--seed 0]
 """
@@ -40,7 +41,7 @@ from nucleiscreen.simulate import simulate_screen
 
 def _segment(images: Path, run: Path, checkpoint: float) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "nucleiscreen", "--quiet", "segment", str(images), "--out", str(run), "--objects",
-           "--checkpoint-seconds", str(checkpoint), "--threads", "1"]
+           "--save-labels", "--checkpoint-seconds", str(checkpoint), "--threads", "1"]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
@@ -49,9 +50,13 @@ def _table(run: Path, name: str, parts: list[Path] | None = None) -> pl.DataFram
     return pl.read_parquet(parts, hive_partitioning=False) if parts else pl.DataFrame()
 
 
-def _last_commit(run: Path) -> float:
-    """The time of the newest part in the run folder (0 when none)."""
-    return max((p.stat().st_mtime for p in run.rglob("part-*.parquet")), default=0.0)
+def _lost(run: Path, since: float) -> int:
+    """Frames a killed run segmented (its label images, written as each frame is done, are newer than ``since``)
+    whose rows it had not committed: the work the kill threw away, done again on resume."""
+    images = _table(run, "images")
+    committed = {Path(n).stem for n in images["FileName_DNA"]} if images.height else set()
+    return sum(1 for p in run.glob("labels/*/*_labels.tif")
+               if p.stat().st_mtime >= since and p.name[:-len("_labels.tif")] not in committed)
 
 
 def _done(run: Path) -> int:
@@ -59,23 +64,20 @@ def _done(run: Path) -> int:
 
 
 def run_with_kills(images: Path, run: Path, total: int, kills: int, work_seconds: float, startup: float,
-                   checkpoint: float, rng: np.random.Generator) -> list[float]:
-    """Run segment into ``run`` and SIGKILL it ``kills`` times, then let it finish; the work lost at each kill."""
+                   checkpoint: float, rng: np.random.Generator) -> list[int]:
+    """Run segment into ``run`` and SIGKILL it ``kills`` times, then let it finish; the frames lost at each kill."""
     lost = []
     while len(lost) < kills:
         left = work_seconds * (1 - _done(run) / total)
         delay = startup + rng.uniform(0.1, 1.0) * left / (kills - len(lost) + 2)
+        t0 = time.time()
         proc = _segment(images, run, checkpoint)
-        t0, working = time.time(), None  # working: when the run took its lock (model loaded, frames found)
-        while proc.poll() is None and time.time() - t0 < delay:
-            if working is None and (run / ".locks" / "all.json").exists():
-                working = time.time()
-            time.sleep(0.02)
-        if proc.poll() is None:
+        try:
+            proc.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            killed = time.time()
-            lost.append(killed - max(_last_commit(run), working or killed))
+            lost.append(_lost(run, t0))
             continue
         raise RuntimeError(f"the run finished before kill {len(lost) + 1}: lower --kills or raise --plates "
                            f"({proc.stderr.read().strip()})")
@@ -141,8 +143,10 @@ def main(plates: int = 3, kills: int = 10, size: int = 96, fmt: str = "tif", see
         startup = max(0.5, min(p.stat().st_mtime for p in (root / "ref").rglob("part-*.parquet")) - t0 - checkpoint)
         lost = run_with_kills(sim.images, root / "run", len(frames), kills, max(wall - startup, 1.0), startup,
                               checkpoint, rng)
+        pace = max(wall - startup, 1.0) / len(frames)  # seconds of work per frame, undisturbed
         result = {"kills survived": len(lost), **check(root / "run", root / "ref", frames, planted),
-                  "work lost per kill, s (mean / max)": f"{np.mean(lost):.2f} / {np.max(lost):.2f}",
+                  "frames lost per kill (mean / max)": f"{np.mean(lost):.1f} / {np.max(lost)}",
+                  "work lost per kill, s (mean / max)": f"{np.mean(lost) * pace:.2f} / {np.max(lost) * pace:.2f}",
                   "checkpoint seconds": checkpoint, "undisturbed run, s": round(wall, 1)}
     print(f"reliability: {plates} plate(s) of {size}^2 {fmt.upper()} frames, {len(planted)} bad frames planted, "
           f"{kills} SIGKILLs")

@@ -41,6 +41,7 @@ big-endian) followed by one zlib stream that inflates to a ``.DIB``::
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import struct
@@ -50,6 +51,10 @@ from dataclasses import dataclass
 import imagecodecs
 import numpy as np
 import tifffile
+
+# tifffile logs what it finds wrong in a header (ERROR lines in the middle of a progress bar); the engine reports a
+# bad frame itself, as one row of the error table, so tifffile's own log lines are dropped.
+logging.getLogger("tifffile").addFilter(lambda record: False)
 
 __all__ = [
     "IMAGE_SUFFIXES",
