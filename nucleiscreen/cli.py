@@ -241,13 +241,13 @@ def cmd_bench(a: argparse.Namespace) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ parser
-def _pixel_size(text: str) -> float | str:
-    if text == "auto":
-        return text
+def _pixel_size(text: str) -> float | str | None:
+    if text in ("auto", "model"):
+        return text if text == "auto" else None  # model: the model's own scale, no estimate
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of um or auto, not {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number of um, auto or model, not {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
@@ -268,8 +268,8 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
         p.add_argument("--pixel-size", type=_pixel_size, default="auto",
                        help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen): frames "
                             "are resized to the model's pixel size for inference. auto (the default): estimated "
-                            "from the nuclei of a sample of frames, once per plate (segment, run) or for all the "
-                            "images (predict), and kept when within 5%% of the model's")
+                            "from the nuclei of a sample of frames, once per plate (segment, run) or per image "
+                            "(predict), and kept when within 5%% of the model's; model: the model's scale")
     p.add_argument("--min-contrast", type=float,
                    help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
                         "pixel size) whose mean exceeds the background around them by less than this (fraction of "
