@@ -3,7 +3,7 @@
 A simulated screen (``--plates`` plates of 384 single-field wells, ``--size``^2 frames, TIFF or C01) gets the faults of
 ``nucleiscreen/faults.py`` planted in every plate. ``segment --objects --checkpoint-seconds S`` runs once undisturbed
 into a reference folder, then again into a second folder, SIGKILLed at ``--kills`` random moments (each run started
-after a kill resumes the folder; the kill times are drawn so that each run gets some work done) and finally left to
+after a kill resumes the folder, and is killed once it has segmented a random share of what is left) and finally left to
 finish. Then the second folder's tables are checked against the catalogue and the reference run:
 
 - rows lost: frames in neither the image nor the error table; rows duplicated: frames in them more than once;
@@ -63,24 +63,29 @@ def _done(run: Path) -> int:
     return sum(_table(run, name).height for name in ("images", "errors"))
 
 
-def run_with_kills(images: Path, run: Path, total: int, kills: int, work_seconds: float, startup: float,
-                   checkpoint: float, rng: np.random.Generator) -> list[int]:
-    """Run segment into ``run`` and SIGKILL it ``kills`` times, then let it finish; the frames lost at each kill."""
+def _segmented_since(run: Path, since: float) -> int:
+    """Frames segmented since ``since``: their label images are written as each frame is done."""
+    return sum(1 for p in run.glob("labels/*/*_labels.tif") if p.stat().st_mtime >= since)
+
+
+def run_with_kills(images: Path, run: Path, total: int, kills: int, checkpoint: float,
+                   rng: np.random.Generator) -> list[int]:
+    """Run segment into ``run`` and SIGKILL it ``kills`` times, then let it finish; the frames lost at each kill.
+    Each run is killed once it has segmented a random share of what is left (watched through its label images),
+    so every kill lands mid-work whatever the machine's speed."""
     lost = []
     while len(lost) < kills:
-        left = work_seconds * (1 - _done(run) / total)
-        delay = startup + rng.uniform(0.1, 1.0) * left / (kills - len(lost) + 2)
+        target = max(1, round(rng.uniform(0.1, 1.0) * (total - _done(run)) / (kills - len(lost) + 1)))
         t0 = time.time()
         proc = _segment(images, run, checkpoint)
-        try:
-            proc.wait(timeout=delay)
-        except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            lost.append(_lost(run, t0))
-            continue
-        raise RuntimeError(f"the run finished before kill {len(lost) + 1}: lower --kills or raise --plates "
-                           f"({proc.stderr.read().strip()})")
+        while proc.poll() is None and _segmented_since(run, t0) < target:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the run finished before kill {len(lost) + 1}: lower --kills or raise --plates "
+                               f"({proc.stderr.read().strip()})")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        lost.append(_lost(run, t0))
     proc = _segment(images, run, checkpoint)
     _, err = proc.communicate()
     if proc.returncode != 0:
@@ -141,8 +146,7 @@ def main(plates: int = 3, kills: int = 10, size: int = 96, fmt: str = "tif", see
         wall = time.time() - t0
         # interpreter, imports, model and discovery before the first frame: the first commit less one checkpoint
         startup = max(0.5, min(p.stat().st_mtime for p in (root / "ref").rglob("part-*.parquet")) - t0 - checkpoint)
-        lost = run_with_kills(sim.images, root / "run", len(frames), kills, max(wall - startup, 1.0), startup,
-                              checkpoint, rng)
+        lost = run_with_kills(sim.images, root / "run", len(frames), kills, checkpoint, rng)
         pace = max(wall - startup, 1.0) / len(frames)  # seconds of work per frame, undisturbed
         result = {"kills survived": len(lost), **check(root / "run", root / "ref", frames, planted),
                   "frames lost per kill (mean / max)": f"{np.mean(lost):.1f} / {np.max(lost)}",

@@ -27,6 +27,12 @@ def default_model_path() -> Path:
     return Path(str(resources.files("nucleiscreen") / "models" / DEFAULT_MODEL))
 
 
+def shipped_models() -> dict[str, Path]:
+    """The model files shipped inside the package, by name (``unet-small``, ``unet-small-int8``)."""
+    folder = default_model_path().parent
+    return {p.stem: p for p in sorted(folder.glob("*.onnx"))}
+
+
 @dataclass(frozen=True)
 class ModelInfo:
     path: Path
@@ -61,8 +67,10 @@ def load_model_info(path: str | Path | None = None) -> ModelInfo:
     import onnxruntime as ort
 
     p = Path(path) if path is not None else default_model_path()
+    if not p.is_file() and str(path).removesuffix(".onnx") in shipped_models():
+        p = shipped_models()[str(path).removesuffix(".onnx")]  # a shipped model by name
     if not p.is_file():
-        raise UserError(f"model file not found: {p}")
+        raise UserError(f"model file not found: {p} (shipped models: {', '.join(shipped_models())})")
     data = p.read_bytes()
     if p.suffix == ".pt":
         try:

@@ -32,6 +32,7 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
+from nucleiscreen.engine.backends import CPU_MODEL
 from nucleiscreen.engine.discover import Discovery
 from nucleiscreen.engine.model import load_model_info
 from nucleiscreen.engine.pipeline import (
@@ -87,7 +88,10 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
         raise UserError("--workers must be at least 1")
     if gpus_per_worker < 0:
         raise UserError("--gpus-per-worker must be 0 or more")
-    info = load_model_info(model)  # fail before starting anything
+    # fail before starting anything; one model for every worker: without --model, the INT8 variant on CPU workers
+    # with --backend auto (as a local run on a CPU), the FP32 model on GPU workers
+    cpu_default = model is None and opts.backend == "auto" and not gpus_per_worker
+    info = load_model_info(CPU_MODEL if cpu_default else model)
     run = Path(out).resolve()  # the workers may start in another folder
     with RunLock(run, opts.shard, new_token()):
         return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames, on_scale)

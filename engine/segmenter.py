@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nucleiscreen.engine.backends import Backend, create_backend
+from nucleiscreen.engine.backends import Backend, auto_model, create_backend
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
@@ -89,7 +89,10 @@ class Segmenter:
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str | Backend = "auto",
                  threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
                  min_contrast: float | None = None, min_edge_area: int | None = None, grow_area: int | None = None):
-        self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
+        if model is None and isinstance(backend, str):
+            self.info = auto_model(backend)  # the shipped model this machine runs best
+        else:
+            self.info = model if isinstance(model, ModelInfo) else load_model_info(model)
         # a backend's name, or a backend object (a benchmark's own)
         self.backend = create_backend(backend, self.info, threads=threads) if isinstance(backend, str) else backend
         self.norm = self.info.normalization

@@ -97,6 +97,19 @@ def cmd_evaluate(a: argparse.Namespace) -> None:
         print(f"wrote {a.json}")
 
 
+def cmd_quantize(a: argparse.Namespace) -> None:
+    from nucleiscreen.engine.discover import discover_images
+
+    try:
+        import onnx  # noqa: F401 (onnxruntime's quantization tools read and write the graph with it)
+    except ImportError:
+        raise UserError("quantize needs the onnx package: pip install onnx (or the [torch] extra)") from None
+    from nucleiscreen.trainer.quantize import quantize_model
+
+    path = quantize_model(a.model, a.out, discover_images([a.calibration]))
+    print(f"wrote {path} (INT8, for --backend onnxruntime on the CPU)")
+
+
 def cmd_export(a: argparse.Namespace) -> None:
     from nucleiscreen.trainer import require_torch
 
@@ -228,6 +241,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.kernels import main as bench_kernels
 
         bench_kernels(threads=a.threads)
+    elif a.what == "cpu":
+        from nucleiscreen.bench.cpu import main as bench_cpu
+
+        bench_cpu(frames=a.frames or 10)
     elif a.what == "reliability":
         from nucleiscreen.bench.reliability import main as bench_reliability
 
@@ -399,6 +416,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON")
     p.set_defaults(func=cmd_evaluate)
 
+    p = add("quantize", help="write the INT8 version of an ONNX model file for the CPU",
+            description="Static post-training quantization with onnxruntime (QDQ, int8 weights per channel, uint8 "
+                        "activations, MinMax ranges over the calibration frames; the head folded before its "
+                        "up-sampling, the first convolution, the refinement branch and the head kept in FP32). The "
+                        "shipped unet-small-int8 is this on the lab's 30 training frames.")
+    p.add_argument("model", help="the FP32 ONNX model file (or a shipped model's name)")
+    p.add_argument("--calibration", required=True,
+                   help="folder of raw training frames (never validation ones) at the model's pixel size")
+    p.add_argument("--out", required=True, help="INT8 ONNX file to write")
+    p.set_defaults(func=cmd_quantize)
+
     p = add("export", help="export a checkpoint to ONNX with its model card (needs [train])",
                        description="Export a trained checkpoint to ONNX: input 'image' Nx1xHxW, output 'classes' uint8 "
                                    "NxHxW (ArgMax in the graph), the model card in the metadata.")
@@ -462,10 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "frames/s per core with a network that costs nothing, on 1 core and on all. gpu: "
                                    "the torch backend on CUDA, inference alone and end to end (skips without a GPU). "
                                    "kernels: post-processing against OpenCV and scikit-image (needs the [bench] "
-                                   "extra). reliability: a simulated screen with bad frames, SIGKILLed 10 times, "
-                                   "then checked for lost, doubled and orphaned rows (a few minutes).")
+                                   "extra). cpu: the classic pipeline, the FP32 and the INT8 model side by "
+                                   "side, core-s per frame and F1 on the lab's validation frames (needs [train]). "
+                                   "reliability: a simulated screen with bad frames, SIGKILLed 10 times, then "
+                                   "checked for lost, doubled and orphaned rows (a few minutes).")
     p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["pipeline", "host", "gpu", "kernels", "reliability"],
+                   choices=["pipeline", "host", "gpu", "kernels", "cpu", "reliability"],
                    help="what to measure (default: pipeline)")
     p.add_argument("--frames", type=int,
                    help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end)")

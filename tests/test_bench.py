@@ -2,6 +2,7 @@
 are noisy, and speed is measured by running them, not by the tests)."""
 
 import numpy as np
+import pytest
 
 from nucleiscreen.bench.host import ReplayBackend
 from nucleiscreen.bench.host import main as bench_host
@@ -20,3 +21,18 @@ def test_replay_backend_returns_each_frames_recorded_map():
     backend = ReplayBackend(maps)
     out = backend.collect_raw(backend.submit_raw(frames[::-1]))
     assert out.shape == (2, 4, 5) and out[0, 0, 0] == 1 and out[1, 0, 0] == 0
+
+
+def test_bench_cpu_puts_the_three_cpu_paths_side_by_side(capsys):
+    from nucleiscreen.bench.cpu import VAL, main
+
+    if not (VAL / "images").is_dir():
+        pytest.skip("the lab's validation frames are not in ../shared/data")
+    rows = main(frames=1, repeats=1)
+    assert list(rows) == ["classic (Otsu + watershed)", "unet-small FP32", "unet-small-int8 (INT8)"]
+    assert rows["classic (Otsu + watershed)"]["x_classic"] == 1.0
+    for row in rows.values():
+        assert row["core_s_per_frame"] > 0 and 0 < row["f1_0.5"] <= 1
+    # the INT8 variant keeps the FP32 model's accuracy (on the whole validation set: within 0.002)
+    assert abs(rows["unet-small-int8 (INT8)"]["f1_0.5"] - rows["unet-small FP32"]["f1_0.5"]) <= 0.02
+    assert "| unet-small-int8 (INT8) |" in capsys.readouterr().out

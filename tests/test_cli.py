@@ -7,7 +7,8 @@ import tifffile
 
 from nucleiscreen.cli import build_parser, main
 
-COMMANDS = ["simulate", "train", "evaluate", "export", "predict", "segment", "analyze", "run", "demo", "bench"]
+COMMANDS = ["simulate", "train", "evaluate", "export", "quantize", "predict", "segment", "analyze", "run", "demo",
+            "bench"]
 
 
 def test_every_subcommand_has_help(capsys):
