@@ -11,7 +11,7 @@ from tqdm import tqdm
 from nucleiscreen.engine.discover import discover_images
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import write_labels
-from nucleiscreen.engine.scale import frames_scale
+from nucleiscreen.engine.scale import KEEP_IMAGE, frames_scale
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import measure
@@ -24,8 +24,8 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
             grow_area: int | None = None, on_scale=None) -> list[Path]:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
     image; returns the label paths. ``pixel_size="auto"``: each image at its own scale, estimated from its nuclei
-    (``engine/scale.py``; images of a screen share one scale per plate in ``segment`` instead) and given to
-    ``on_scale(name, estimate)``."""
+    and kept at the model's within ``KEEP_IMAGE`` (``engine/scale.py``; images of a screen share one scale per plate in
+    ``segment`` instead) and given to ``on_scale(name, estimate)``."""
     paths = discover_images(images)
     stems = defaultdict(list)
     for p in paths:
@@ -50,7 +50,7 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
                 raise UserError(str(exc)) from None
             at = seg
             if auto:
-                estimate = frames_scale(seg, [raw])
+                estimate = frames_scale(seg, [raw], KEEP_IMAGE)
                 at = seg.at_scale(estimate.scale)
                 if on_scale is not None:
                     on_scale(p.name, estimate)

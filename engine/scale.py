@@ -10,8 +10,8 @@ objects, so micronuclei and fragments do not count) and compare it with the mode
 frames (the card's ``nucleus_area_px``): ``scale = sqrt(model area / plate area)``, the factor by which frames are
 resized before the network. The first round runs at the model's scale; the next ones at the last estimate, since a
 network measures nuclei of its training size best; the rounds stop when the estimate moves by less than
-``CONVERGED``. An estimate within ``KEEP`` of 1 keeps the model's scale. Every frame of a plate is treated alike
-(one scale per plate).
+``CONVERGED``. An estimate within ``KEEP`` of 1 keeps the model's scale (``KEEP_IMAGE`` for one image's, which varies
+more). Every frame of a plate is treated alike (one scale per plate).
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ SAMPLE = 8  # frames per plate
 MIN_NUCLEI = 20  # fewer whole nuclei in the sample: too few to tell, the model's scale is kept
 ROUNDS = 3
 CONVERGED = 0.03
-KEEP = 0.05
+KEEP = 0.05  # a plate's estimate (8 frames, several wells)
+KEEP_IMAGE = 0.15  # one image's: the nuclei of one frame differ from the plate's typical size by up to ~10 %
 LIMITS = (0.25, 4.0)  # nuclei 4x smaller or larger than the model's at most
 
 
@@ -48,9 +49,11 @@ class ScaleEstimate:
                 "note": self.note}
 
 
-def estimate_scale(segment_at: Callable[[float], Sequence[np.ndarray]], model_area: float | None) -> ScaleEstimate:
+def estimate_scale(segment_at: Callable[[float], Sequence[np.ndarray]], model_area: float | None,
+                   keep: float = KEEP) -> ScaleEstimate:
     """The scale of a sample of frames: ``segment_at(scale)`` gives their label images with the frames resized by
-    ``scale`` for inference (labels at the frames' own size); ``model_area``: the card's ``nucleus_area_px``."""
+    ``scale`` for inference (labels at the frames' own size); ``model_area``: the card's ``nucleus_area_px``; an
+    estimate within ``keep`` of 1 keeps the model's scale."""
     if not model_area:
         return ScaleEstimate(1.0, None, 0, "the model card has no nucleus_area_px: the model's scale was kept "
                                           "(give --pixel-size)")
@@ -65,8 +68,8 @@ def estimate_scale(segment_at: Callable[[float], Sequence[np.ndarray]], model_ar
         scale = new
         if moved < CONVERGED:
             break
-    if abs(scale - 1) <= KEEP:
-        return ScaleEstimate(1.0, area, n, f"within {KEEP:.0%} of the model's: kept")
+    if abs(scale - 1) <= keep:
+        return ScaleEstimate(1.0, area, n, f"{scale:.3f}, within {keep:.0%} of the model's: kept")
     return ScaleEstimate(scale, area, n, f"nuclei {1 / scale:.2f}x the model's size: frames resized by {scale:.3f}")
 
 
@@ -105,10 +108,10 @@ def sample_scale(seg, paths: Sequence[Path]) -> ScaleEstimate:
     return frames_scale(seg, [sample[i] for i in sample_rows(len(sample))])
 
 
-def frames_scale(seg, frames: Sequence[np.ndarray]) -> ScaleEstimate:
+def frames_scale(seg, frames: Sequence[np.ndarray], keep: float = KEEP) -> ScaleEstimate:
     """The ``ScaleEstimate`` of some raw frames, segmented with the Segmenter ``seg`` at trial scales."""
     def segment_at(scale: float) -> list[np.ndarray]:
         s = seg.at_scale(scale)
         return [s.instances(s.classes([s.prepare(raw)], raw.shape)[0], raw) for raw in frames]
 
-    return estimate_scale(segment_at, seg.info.card.get("nucleus_area_px"))
+    return estimate_scale(segment_at, seg.info.card.get("nucleus_area_px"), keep)
