@@ -229,23 +229,28 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    if a.what == "host":
+    what = a.what or ("suite" if a.quick else "pipeline")
+    if what == "suite":
+        from nucleiscreen.bench.suite import main as bench_suite
+
+        bench_suite(quick=a.quick, out=a.out, progress=not a.quiet)
+    elif what == "host":
         from nucleiscreen.bench.host import main as bench_host
 
         bench_host(frames=a.frames or 600, size=a.size, cores=a.threads)
-    elif a.what == "gpu":
+    elif what == "gpu":
         from nucleiscreen.bench.gpu import main as bench_gpu
 
         bench_gpu(out=a.out, frames=a.frames or 4096, model=a.model, quick=a.quick)
-    elif a.what == "kernels":
+    elif what == "kernels":
         from nucleiscreen.bench.kernels import main as bench_kernels
 
         bench_kernels(threads=a.threads)
-    elif a.what == "cpu":
+    elif what == "cpu":
         from nucleiscreen.bench.cpu import main as bench_cpu
 
         bench_cpu(frames=a.frames or 10)
-    elif a.what == "reliability":
+    elif what == "reliability":
         from nucleiscreen.bench.reliability import main as bench_reliability
 
         bench_reliability()  # 3 plates of 96^2 frames, 10 kills; python -m nucleiscreen.bench.reliability for more
@@ -494,13 +499,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "side, core-s per frame and F1 on the lab's validation frames (needs [train]). "
                                    "reliability: a simulated screen with bad frames, SIGKILLed 10 times, then "
                                    "checked for lost, doubled and orphaned rows (a few minutes).")
-    p.add_argument("what", nargs="?", default="pipeline",
-                   choices=["pipeline", "host", "gpu", "kernels", "cpu", "reliability"],
-                   help="what to measure (default: pipeline)")
+    p.add_argument("what", nargs="?", choices=["pipeline", "host", "gpu", "kernels", "cpu", "reliability", "suite"],
+                   help="what to measure (default: pipeline; with --quick alone: the whole suite, small)")
     p.add_argument("--frames", type=int,
                    help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end)")
-    p.add_argument("--out", default="bench-results", help="gpu: folder for the JSON and Markdown results")
-    p.add_argument("--quick", action="store_true", help="gpu: fewer batch sizes and frames (a smoke test)")
+    p.add_argument("--out", default="bench-results", help="gpu, suite: folder for the JSON and Markdown results")
+    p.add_argument("--quick", action="store_true",
+                   help="alone: every benchmark, small (under 2 minutes); gpu: fewer batch sizes and frames")
     p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
     _engine_options(p, pixel_size=False)
     p.set_defaults(func=cmd_bench)

@@ -36,3 +36,17 @@ def test_bench_cpu_puts_the_three_cpu_paths_side_by_side(capsys):
     # the INT8 variant keeps the FP32 model's accuracy (on the whole validation set: within 0.002)
     assert abs(rows["unet-small-int8 (INT8)"]["f1_0.5"] - rows["unet-small FP32"]["f1_0.5"]) <= 0.02
     assert "| unet-small-int8 (INT8) |" in capsys.readouterr().out
+
+
+def test_bench_quick_runs_the_whole_suite_and_checks_the_backends_agree(tmp_path, capsys):
+    import json
+
+    from nucleiscreen.cli import main
+
+    assert main(["--quiet", "bench", "--quick", "--out", str(tmp_path / "b")]) == 0
+    results = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert {"model", "decode", "backends", "cpu", "pipeline", "host"} <= set(results)
+    assert results["model"]["parameters"] == 1_942_707
+    assert results["backends"]["onnxruntime FP32"] == 1.0
+    assert all(v >= 0.999 for k, v in results["backends"].items() if "FP32" in k)
+    assert "## host" in (tmp_path / "b" / "bench.md").read_text()
