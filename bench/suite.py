@@ -3,10 +3,10 @@
 
 In order: the model's GFLOP and parameters (``flops.py``), decoding (``decode.py``), the backends' agreement on the
 bench frames (every FP32 backend installed must give the same class map; the INT8 model is reported against FP32),
-the CPU paths with their accuracy (``cpu.py``), the engine against a sequential loop (``pipeline.py``), the host
-side per core (``host.py``) and, with the [bench] extra, the kernels against OpenCV and scikit-image
-(``kernels.py``). Each step's printed table is also written to ``OUT/bench.md`` and its figures to
-``OUT/bench.json``; the run fails (exit 1) when the backends disagree.
+latency p50/p95 per backend and batch size (``latency.py``), the CPU paths with their accuracy (``cpu.py``), the
+engine against a sequential loop (``pipeline.py``), the host side per core (``host.py``) and, with the [bench] extra,
+the kernels against OpenCV and scikit-image (``kernels.py``). Each step's printed table is also written to
+``OUT/bench.md`` and its figures to ``OUT/bench.json``; the run fails (exit 1) when the backends disagree.
 
     nucleiscreen bench --quick [--out bench-results]
     nucleiscreen bench suite [--out bench-results]
@@ -55,7 +55,7 @@ def backend_agreement(size: int, frames: int = 2) -> dict:
 
 
 def steps(quick: bool) -> list[tuple[str, Callable[[], dict]]]:
-    from nucleiscreen.bench import cpu, decode, host, pipeline
+    from nucleiscreen.bench import cpu, decode, host, latency, pipeline
     from nucleiscreen.bench.flops import model_gflops, model_parameters
     from nucleiscreen.engine.model import default_model_path
 
@@ -68,6 +68,8 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], dict]]]:
     out = [("model", flops),
            ("decode", lambda: decode.main(frames=4 if quick else 16, size=size)),
            ("backends", lambda: backend_agreement(128 if quick else 512)),
+           ("latency", lambda: latency.main(size=128 if quick else 512, batches=(1, 2) if quick else (1, 2, 4, 8),
+                                            repeats=3 if quick else 10)),
            *([("cpu", lambda: cpu.main(frames=1 if quick else 10, repeats=1 if quick else 3))]
              if importlib.util.find_spec("skimage") and importlib.util.find_spec("scipy") else []),  # [train]
            ("pipeline", lambda: pipeline.main(frames=8 if quick else 64, size=size)),

@@ -45,7 +45,9 @@ def test_bench_quick_runs_the_whole_suite_and_checks_the_backends_agree(tmp_path
 
     assert main(["--quiet", "bench", "--quick", "--out", str(tmp_path / "b")]) == 0
     results = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert {"model", "decode", "backends", "cpu", "pipeline", "host"} <= set(results)
+    assert {"model", "decode", "backends", "latency", "cpu", "pipeline", "host"} <= set(results)
+    int8 = results["latency"]["onnxruntime INT8, batch 2"]
+    assert int8["p95_ms"] >= int8["p50_ms"] > 0
     assert results["model"]["parameters"] == 1_942_707
     assert results["backends"]["onnxruntime FP32"] == 1.0
     assert all(v >= 0.999 for k, v in results["backends"].items() if "FP32" in k)
