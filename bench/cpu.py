@@ -43,7 +43,7 @@ def methods() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
 def main(frames: int = 10, repeats: int = 3, folder: Path = VAL) -> dict:
     from nucleiscreen.trainer.metrics import Counts, match
 
-    images = sorted((folder / "images").iterdir())[:frames]
+    images = sorted((folder / "images").iterdir())[:frames] if (folder / "images").is_dir() else []
     if not images:
         raise UserError(f"no validation frames in {folder}/images")
     raws = [read_frame(p) for p in images]

@@ -71,7 +71,8 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], dict]]]:
            ("latency", lambda: latency.main(size=128 if quick else 512, batches=(1, 2) if quick else (1, 2, 4, 8),
                                             repeats=3 if quick else 10)),
            *([("cpu", lambda: cpu.main(frames=1 if quick else 10, repeats=1 if quick else 3))]
-             if importlib.util.find_spec("skimage") and importlib.util.find_spec("scipy") else []),  # [train]
+             if importlib.util.find_spec("skimage") and importlib.util.find_spec("scipy")  # [train]
+             and (cpu.VAL / "images").is_dir() else []),  # the lab's validation frames
            ("pipeline", lambda: pipeline.main(frames=8 if quick else 64, size=size)),
            ("host", lambda: host.main(frames=32 if quick else 600, size=size, repeats=1 if quick else 3))]
     if importlib.util.find_spec("cv2") and not quick:

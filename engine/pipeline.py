@@ -152,9 +152,9 @@ class Scheduler:
                                                           opts.micronucleus_area, frame.rescale)
         if opts.save_labels:
             folder = self.run / "labels" / f"plate={rec['Metadata_Plate']}"
-            folder.mkdir(parents=True, exist_ok=True)
             path = folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif")
             try:
+                folder.mkdir(parents=True, exist_ok=True)
                 write_labels(path, labels)
             except OSError as exc:  # a full disk is not this frame's fault: stop the run (it resumes)
                 raise StorageError(path, exc) from exc
@@ -177,8 +177,8 @@ class Scheduler:
             if isinstance(frame, FrameReadError):
                 self._fail(rec, "check" if isinstance(frame, FrameCheckError) else "decode", str(frame))
             else:
-                groups[frame.input.shape, frame.input.dtype].append((rec, frame))
-        for (size, _), items in groups.items():
+                groups[frame.input.shape, frame.input.dtype, frame.raw.shape].append((rec, frame))
+        for (size, _, _), items in groups.items():
             if self.inflight is not None and self.inflight[1].size != size:
                 self._finish(*self.inflight)  # a backend keeps buffers for one frame size: drain before another
                 self.inflight = None
@@ -272,7 +272,7 @@ def segment(
         remove_orphan_objects(run)
         shapes = plate_shapes(numbered_frames(found))  # from the screen's frames, alike for every shard
         frames = numbered_frames(found, opts.shard)
-        scales = run_scales(seg, run, frames, opts, on_scale)
+        scales = run_scales(seg, run, numbered_frames(found), opts, on_scale)  # alike for every shard
         todo = pending_frames(run, frames)
         result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes,
                                 {p: e.scale for p, e in scales.items()})

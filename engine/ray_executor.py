@@ -106,7 +106,8 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
     frames = numbered_frames(found, opts.shard)
     scales = {}
     if opts.pixel_size == "auto":  # estimated once, on the driver, with whatever backend it has
-        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, frames, opts, on_scale)
+        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, numbered_frames(found),
+                            opts, on_scale)
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
     threads = opts.threads or 1  # per worker: one CPU each unless asked
@@ -200,6 +201,9 @@ class FrameSegmenter:
     loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, min_contrast, ...)."""
 
     def __init__(self, model: str | None = None, **options):
+        if options.get("pixel_size") == "auto":
+            raise UserError("FrameSegmenter sees batches, not plates: give pixel_size in um (or leave it out for the "
+                            "model's), or segment the screen with --executor ray for a scale per plate")
         self.opts = SegmentOptions(**{"threads": 1, **options, "progress": False, "objects": False,
                                       "save_labels": False})
         self.seg = make_segmenter(model, self.opts)

@@ -144,7 +144,7 @@ def remove_orphan_objects(run: Path) -> int:
 class RunLock:
     """One ``segment`` (or one shard of it) at a time on a run folder: ``RUN/.locks/<shard>.json`` names the holder
     (host, pid, start, writer token). A second run of the same shard is refused with one line naming the holder; a
-    lock whose process is gone is taken over with a notice: on the same host when its pid is gone, from any host
+    lock whose process is gone is taken over with a notice: on the same host when its pid is gone, from another host
     when its heartbeat (the holder touches the file every ``HEARTBEAT`` seconds) is older than ``STALE`` seconds.
     Shards K/N of one folder run side by side, from several hosts too (the lock is a file made with O_EXCL on the
     shared file system)."""
@@ -180,16 +180,22 @@ class RunLock:
             return self
         raise UserError(f"could not take the lock {self.path}: another run took it meanwhile")
 
+    def _mine(self) -> bool:
+        """Whether the lock file is still this run's (another run may have taken over a lock it judged stale)."""
+        return (_read_lock(self.path) or {}).get("token") == self.token
+
     def _beat(self) -> None:
         while not self._stop.wait(self.HEARTBEAT):
             try:
-                os.utime(self.path)
+                if self._mine():
+                    os.utime(self.path)
             except OSError:  # the folder went away or the file server hiccuped: try again at the next beat
                 pass
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        self.path.unlink(missing_ok=True)
+        if self._mine():
+            self.path.unlink(missing_ok=True)
 
 
 def _locks(run: Path) -> list[dict]:
@@ -212,12 +218,10 @@ def _age(path: Path) -> float:
 
 
 def _gone(holder: dict, age: float, stale: float) -> bool:
-    """Whether the lock's process is known to be gone: on this host, no such pid; on any host, no heartbeat for
+    """Whether the lock's process is known to be gone: on this host, no such pid; on another host, no heartbeat for
     ``stale`` seconds (``age``: since the last one)."""
-    if age > stale:
-        return True
     if holder.get("host") != socket.gethostname():
-        return False
+        return age > stale  # another host's process cannot be asked: its heartbeat tells
     try:
         os.kill(int(holder["pid"]), 0)
     except ProcessLookupError:
@@ -315,7 +319,7 @@ def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery,
 
 def write_json(path: Path, data) -> None:
     """Write ``data`` as JSON atomically (temporary name, then rename); ``StorageError`` when it cannot be."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{new_token()}.tmp")  # concurrent shards write their own
     try:
         tmp.write_text(json.dumps(data, indent=2, default=str))
         os.replace(tmp, path)

@@ -75,7 +75,8 @@ def estimate_scale(segment_at: Callable[[float], Sequence[np.ndarray]], model_ar
 
 def sample_rows(n: int, sample: int = SAMPLE) -> list[int]:
     """``sample`` row indices spread evenly over ``n`` rows (all of them when fewer)."""
-    return sorted({round(i * (n - 1) / max(1, sample - 1)) for i in range(min(n, sample))})
+    k = min(n, sample)
+    return sorted({round(i * (n - 1) / max(1, k - 1)) for i in range(k)})
 
 
 def plate_scales(seg, frames: pl.DataFrame, known: dict[str, dict] | None = None,

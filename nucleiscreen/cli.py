@@ -291,7 +291,8 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                        help="um per pixel of the frames when it differs from the model's (e.g. a 40x screen): frames "
                             "are resized to the model's pixel size for inference. auto (the default): estimated "
                             "from the nuclei of a sample of frames, once per plate (segment, run) or per image "
-                            "(predict), and kept when within 5%% of the model's; model: the model's scale")
+                            "(predict), and kept when within 5%% (a plate) or 15%% (an image) of the model's; "
+                            "model: the model's scale")
     p.add_argument("--min-contrast", type=float,
                    help="faint-object filter: small objects (under the card's contrast_area, 300 px at the model's "
                         "pixel size) whose mean exceeds the background around them by less than this (fraction of "

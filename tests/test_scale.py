@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from nucleiscreen.engine.readers import read_frame
-from nucleiscreen.engine.scale import ScaleEstimate, estimate_scale, sample_scale
+from nucleiscreen.engine.scale import ScaleEstimate, estimate_scale, sample_rows, sample_scale
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.kernels.resize import resize
@@ -70,3 +70,10 @@ def test_too_few_nuclei_or_no_card_area_keep_the_model_scale():
         r, c = divmod(i, 5)
         many[10 + 35 * r:20 + 35 * r, 10 + 35 * c:20 + 35 * c] = i + 1
     assert estimate_scale(lambda s: [many], 400.0).scale == pytest.approx(2.0)
+
+
+def test_sample_rows_take_every_row_of_a_small_plate_and_spread_over_a_large_one():
+    assert sample_rows(4, 32) == [0, 1, 2, 3]
+    assert sample_rows(1, 8) == [0]
+    rows = sample_rows(6144, 8)
+    assert len(rows) == 8 and rows[0] == 0 and rows[-1] == 6143

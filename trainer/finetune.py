@@ -145,6 +145,8 @@ def finetune(folder: str | Path, out: str | Path, model: str | Path | None = Non
     """Fine-tune ``model`` (default: the shipped one) on the annotated frames of ``folder`` and write the new ONNX
     model to ``out`` (module docstring)."""
     t0 = time.time()
+    if steps < 1:
+        raise UserError(f"--steps must be at least 1, got {steps}")
     info = load_model_info(model)
     if info.is_checkpoint:
         raise UserError("--finetune starts from an ONNX model file; for a .pt checkpoint use a config with init")
