@@ -16,11 +16,18 @@ from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.simulate import synth_frame
 
 
-def main(size: int = 512, batches: tuple[int, ...] = (1, 2, 4), repeats: int = 10, threads: int = 1) -> dict:
+def cpu_variants() -> dict[str, tuple[str, str]]:
+    """The (shipped model, backend) pairs this machine runs on the CPU, by name: onnxruntime FP32 and INT8, and torch
+    FP32 when torch and onnx are installed."""
     variants = {"onnxruntime FP32": ("unet-small", "onnxruntime"), "onnxruntime INT8": ("unet-small-int8",
                                                                                          "onnxruntime")}
     if importlib.util.find_spec("torch") and importlib.util.find_spec("onnx"):
         variants["torch FP32"] = ("unet-small", "torch")
+    return variants
+
+
+def main(size: int = 512, batches: tuple[int, ...] = (1, 2, 4), repeats: int = 10, threads: int = 1) -> dict:
+    variants = cpu_variants()
     raw = synth_frame(np.random.default_rng(5), (size, size))[0]
     results = {}
     print(f"inference alone, {size}x{size} frames, {threads} thread(s), {repeats} calls per batch size")

@@ -34,16 +34,13 @@ AGREE = 0.999  # FP32 backends: the share of pixels whose class must match
 def backend_agreement(size: int, frames: int = 2) -> dict:
     """The class maps of every backend installed here (onnxruntime; torch when installed) for the FP32 model, and of
     the INT8 model on onnxruntime, on simulated frames; the share of pixels equal to onnxruntime FP32's."""
+    from nucleiscreen.bench.latency import cpu_variants
     from nucleiscreen.engine.segmenter import Segmenter
     from nucleiscreen.simulate import synth_frame
 
     raws = [synth_frame(np.random.default_rng([11, i]), (size, size))[0] for i in range(frames)]
-    variants = {"onnxruntime FP32": ("unet-small", "onnxruntime"), "onnxruntime INT8": ("unet-small-int8",
-                                                                                         "onnxruntime")}
-    if importlib.util.find_spec("torch") and importlib.util.find_spec("onnx"):
-        variants["torch FP32"] = ("unet-small", "torch")
     maps = {}
-    for name, (model, backend) in variants.items():
+    for name, (model, backend) in cpu_variants().items():
         seg = Segmenter(model, backend, threads=1, pixel_size=None)
         maps[name] = np.stack([seg.classes([seg.prepare(raw)], raw.shape)[0] for raw in raws])
     ref = maps["onnxruntime FP32"]

@@ -270,9 +270,10 @@ def segment(
     with RunLock(run, opts.shard, token):
         prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
         remove_orphan_objects(run)
-        shapes = plate_shapes(numbered_frames(found))  # from the screen's frames, alike for every shard
+        screen = numbered_frames(found)  # plate sizes and scales come from the screen's frames, alike for every shard
+        shapes = plate_shapes(screen)
         frames = numbered_frames(found, opts.shard)
-        scales = run_scales(seg, run, numbered_frames(found), opts, on_scale)  # alike for every shard
+        scales = run_scales(seg, run, screen, opts, on_scale)
         todo = pending_frames(run, frames)
         result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes,
                                 {p: e.scale for p, e in scales.items()})

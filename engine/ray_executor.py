@@ -102,12 +102,13 @@ def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions
     settings = asdict(opts)
     prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
     remove_orphan_objects(run)
-    shapes = plate_shapes(numbered_frames(found))
+    screen = numbered_frames(found)  # plate sizes and scales come from the screen's frames, alike for every shard
+    shapes = plate_shapes(screen)
     frames = numbered_frames(found, opts.shard)
     scales = {}
     if opts.pixel_size == "auto":  # estimated once, on the driver, with whatever backend it has
-        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, numbered_frames(found),
-                            opts, on_scale)
+        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, screen, opts,
+                            on_scale)
     todo = pending_frames(run, frames)
     units = list(work_units(todo, unit_frames))
     threads = opts.threads or 1  # per worker: one CPU each unless asked
