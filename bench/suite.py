@@ -3,8 +3,9 @@
 
 In order: the model's GFLOP and parameters (``flops.py``), decoding (``decode.py``), the backends' agreement on the
 bench frames (every FP32 backend installed must give the same class map; the INT8 model is reported against FP32),
-latency p50/p95 per backend and batch size (``latency.py``), the CPU paths with their accuracy (``cpu.py``), the
-engine against a sequential loop (``pipeline.py``), the host side per core (``host.py``) and, with the [bench] extra,
+latency p50/p95 per backend and batch size (``latency.py``), the CPU paths with their accuracy (``cpu.py``), each
+stage of a frame's path and the engine end to end (``stages.py``), the engine against a sequential loop
+(``pipeline.py``), the host side per core (``host.py``) and, with the [bench] extra,
 the kernels against OpenCV and scikit-image (``kernels.py``). Each step's printed table is also written to
 ``OUT/bench.md`` and its figures to ``OUT/bench.json``; the run fails (exit 1) when the backends disagree.
 
@@ -52,7 +53,7 @@ def backend_agreement(size: int, frames: int = 2) -> dict:
 
 
 def steps(quick: bool) -> list[tuple[str, Callable[[], dict]]]:
-    from nucleiscreen.bench import cpu, decode, host, latency, pipeline
+    from nucleiscreen.bench import cpu, decode, host, latency, pipeline, stages
     from nucleiscreen.bench.flops import model_gflops, model_parameters
     from nucleiscreen.engine.model import default_model_path
 
@@ -70,6 +71,7 @@ def steps(quick: bool) -> list[tuple[str, Callable[[], dict]]]:
            *([("cpu", lambda: cpu.main(frames=1 if quick else 10, repeats=1 if quick else 3))]
              if importlib.util.find_spec("skimage") and importlib.util.find_spec("scipy")  # [train]
              and (cpu.VAL / "images").is_dir() else []),  # the lab's validation frames
+           ("stages", lambda: stages.main(frames=2 if quick else 16, size=size, repeats=1 if quick else 3)),
            ("pipeline", lambda: pipeline.main(frames=8 if quick else 64, size=size)),
            ("host", lambda: host.main(frames=32 if quick else 600, size=size, repeats=1 if quick else 3))]
     if importlib.util.find_spec("cv2") and not quick:

@@ -250,6 +250,10 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.cpu import main as bench_cpu
 
         bench_cpu(frames=a.frames or 10)
+    elif what == "stages":
+        from nucleiscreen.bench.stages import main as bench_stages
+
+        bench_stages(frames=a.frames or 16, size=a.size)
     elif what == "reliability":
         from nucleiscreen.bench.reliability import main as bench_reliability
 
@@ -498,12 +502,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "kernels: post-processing against OpenCV and scikit-image (needs the [bench] "
                                    "extra). cpu: the classic pipeline, the FP32 and the INT8 model side by "
                                    "side, core-s per frame and F1 on the lab's validation frames (needs [train]). "
+                                   "stages: each stage of a frame's path on one core (decode per format, QC, "
+                                   "normalization, inference per model, post-processing, writing) and the engine end "
+                                   "to end. "
                                    "reliability: a simulated screen with bad frames, SIGKILLed 10 times, then "
                                    "checked for lost, doubled and orphaned rows (a few minutes).")
-    p.add_argument("what", nargs="?", choices=["pipeline", "host", "gpu", "kernels", "cpu", "reliability", "suite"],
+    p.add_argument("what", nargs="?", choices=["pipeline", "host", "gpu", "kernels", "cpu", "stages", "reliability",
+                                           "suite"],
                    help="what to measure (default: pipeline; with --quick alone: the whole suite, small)")
     p.add_argument("--frames", type=int,
-                   help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end)")
+                   help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end, stages 16)")
     p.add_argument("--out", default="bench-results", help="gpu, suite: folder for the JSON and Markdown results")
     p.add_argument("--quick", action="store_true",
                    help="alone: every benchmark, small (under 2 minutes); gpu: fewer batch sizes and frames")

@@ -45,7 +45,8 @@ def test_bench_quick_runs_the_whole_suite_and_checks_the_backends_agree(tmp_path
 
     assert main(["--quiet", "bench", "--quick", "--out", str(tmp_path / "b")]) == 0
     results = json.loads((tmp_path / "b" / "bench.json").read_text())
-    assert {"model", "decode", "backends", "latency", "cpu", "pipeline", "host"} <= set(results)
+    assert {"model", "decode", "backends", "latency", "cpu", "stages", "pipeline", "host"} <= set(results)
+    assert results["stages"]["path_ms"] > 0 and "engine_cpu_ms" in results["stages"]
     int8 = results["latency"]["onnxruntime INT8, batch 2"]
     assert int8["p95_ms"] >= int8["p50_ms"] > 0
     assert results["model"]["parameters"] == 1_942_707

@@ -47,6 +47,9 @@ class TrainConfig:
     small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
     init: str | list[str] | None = None  # start from this checkpoint's weights (fine-tuning), or from the mean of
     # several checkpoints' (weight averaging); resume from last.pt wins; with steps 0 the start is the model
+    teacher: str | None = None  # distillation: a model file (shipped name or ONNX path) whose soft class
+    # probabilities the network also learns, on every crop (trainer/distill.py)
+    distill: float = 1.0  # the weight of that term against the annotated loss
     select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
     max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
     # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
@@ -94,6 +97,8 @@ class TrainConfig:
             d["class_weights"] = tuple(d["class_weights"])
         if d.get("select_by", "f1_mean") not in ("f1_mean", "f1_0.50"):
             raise UserError(f"select_by must be f1_mean or f1_0.50, not {d['select_by']!r}")
+        if d.get("teacher") is not None and d.get("arch", "unet") != "unet":
+            raise UserError("a teacher (distillation) needs arch unet: its class probabilities are the targets")
         if d.get("arch", "unet") not in ARCHITECTURES:
             raise UserError(f"unknown arch {d['arch']!r}; use one of {', '.join(ARCHITECTURES)}")
         model = d.get("model", UNetConfig())

@@ -28,6 +28,7 @@ from nucleiscreen.trainer.calibrate import CALIBRATION_IMAGES, calibrate_postpro
 from nucleiscreen.trainer.checkpoint import initial_weights
 from nucleiscreen.trainer.config import TrainConfig, with_postprocessing
 from nucleiscreen.trainer.data import CropStream, Sample, load_folder
+from nucleiscreen.trainer.distill import Teacher, distill_loss
 from nucleiscreen.trainer.hover import HoVerNet, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
 
@@ -138,6 +139,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.target,
                         cfg.deformation)
 
+    teacher = Teacher(cfg.teacher, cfg.norm, cfg.threads) if cfg.teacher else None
     net = build_model(cfg)
     if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights
         net.load_state_dict(initial_weights(cfg.init, cfg, net))
@@ -190,8 +192,12 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
         x, y, small, labels = stream.next()
         x, y, small = (t.to(device, non_blocking=True) for t in (x, y, small))
         x = x.to(memory_format=torch.channels_last)
+        soft = teacher(x).to(device) if teacher else None
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            loss = batch_loss(net(x), y, small, labels, weights, cfg)
+            logits = net(x)
+            loss = batch_loss(logits, y, small, labels, weights, cfg)
+            if soft is not None:
+                loss = loss + cfg.distill * distill_loss(logits, soft, weights[y])
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)

@@ -1,0 +1,64 @@
+"""Distillation: the teacher's logits are the model file's own, the soft loss pulls the student to them, and a
+training config with a teacher trains."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnx")
+
+from nucleiscreen.engine.model import load_model_info  # noqa: E402
+from nucleiscreen.errors import UserError  # noqa: E402
+from nucleiscreen.kernels.normalize import Normalization, normalize  # noqa: E402
+from nucleiscreen.trainer.config import TrainConfig  # noqa: E402
+from nucleiscreen.trainer.distill import Teacher, distill_loss  # noqa: E402
+
+
+def test_teacher_logits_give_the_model_files_class_map(aits):
+    import onnxruntime as ort
+
+    from nucleiscreen.engine.readers import read_frame
+
+    info = load_model_info("unet-small")
+    raw = read_frame(sorted((aits / "train" / "images").iterdir())[0])[:256, :256]
+    x = normalize(raw, info.normalization)[None, None].astype(np.float32)
+    logits = Teacher("unet-small", info.normalization, threads=1)(torch.from_numpy(x))
+    assert logits.shape == (1, 3, 256, 256)
+    bias = info.postprocessing["boundary_bias"]
+    mine = torch.argmax(torch.cat([logits[:, :2], logits[:, 2:] + bias], 1), 1).numpy()
+    (classes,) = ort.InferenceSession(str(info.path), providers=["CPUExecutionProvider"]).run(None, {"image": x})
+    assert np.mean(mine == classes) > 0.999
+    assert {0, 1, 2} <= set(np.unique(classes))
+
+
+def test_distill_loss_is_least_where_the_student_matches_the_teacher():
+    teacher = torch.randn(2, 3, 8, 8)
+    w = torch.ones(2, 8, 8)
+    student = teacher.clone().requires_grad_(True)
+    loss = distill_loss(student, teacher, w)
+    loss.backward()
+    assert float(student.grad.abs().max()) < 1e-6  # the softmaxes agree: no pull
+    assert float(distill_loss(torch.randn(2, 3, 8, 8), teacher, w)) > float(loss)
+    assert float(distill_loss(student.detach(), teacher, 10 * w)) == pytest.approx(float(loss), rel=1e-5)  # a mean
+    ce = -(torch.softmax(teacher, 1) * torch.log_softmax(student.detach(), 1)).sum(1)
+    heavy = torch.ones(2, 8, 8)
+    heavy[0] = 9  # pixel weights weight the mean
+    expected = 0.9 * ce[0].mean() + 0.1 * ce[1].mean()
+    assert float(distill_loss(student.detach(), teacher, heavy)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_teacher_with_another_normalization_is_refused():
+    with pytest.raises(UserError, match="normalizes frames otherwise"):
+        Teacher("unet-small", Normalization(low=1.0))
+    with pytest.raises(UserError, match="arch unet"):
+        TrainConfig.from_dict({"teacher": "unet-small", "arch": "hover"})
+
+
+def test_training_with_a_teacher(tiny_run, tmp_path):
+    from nucleiscreen.trainer.train import train
+
+    _, cfg = tiny_run
+    run = train(TrainConfig.from_dict({**cfg, "out": str(tmp_path / "kd"), "teacher": "unet-small",
+                                       "distill": 2.0}), progress=False)
+    ck = torch.load(run / "best.pt", weights_only=False)
+    assert ck["config"]["teacher"] == "unet-small" and ck["step"] == 2
