@@ -1,5 +1,5 @@
-"""The CPU paths side by side, in one run: the classic pipeline (smoothing, Otsu, watershed), the shipped FP32 model
-and its INT8 variant on onnxruntime, each scored and timed on the lab's validation frames.
+"""The CPU paths side by side, in one run: the classic pipeline (smoothing, Otsu, watershed) and every shipped
+model on onnxruntime (the FP32 model, its INT8 variant, ...), each scored and timed on the lab's validation frames.
 
 Each method is the whole path from a decoded frame to its label image (normalization, resizing, the network, the
 class map, the engine's post-processing; the classic pipeline's own steps), on one core: onnxruntime with one thread,
@@ -21,23 +21,29 @@ import numba
 import numpy as np
 
 from nucleiscreen.engine.backends import CPU_MODEL
+from nucleiscreen.engine.model import load_model_info, shipped_models
 from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 
+CLASSIC = "classic (Otsu + watershed)"
 VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aitslab-bioimaging1" / "val"
 
 
 def methods() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """Each method: a raw frame in, its label image out."""
+    """Each method: a raw frame in, its label image out. The classic pipeline, then every shipped model on
+    onnxruntime (the one ``--backend auto`` picks on a CPU marked)."""
     from nucleiscreen.trainer.baseline import segment_classic
 
-    def network(model: str | None) -> Callable[[np.ndarray], np.ndarray]:
+    def network(model: str) -> Callable[[np.ndarray], np.ndarray]:
         seg = Segmenter(model, "onnxruntime", threads=1, pixel_size=None)
         return lambda raw: seg.instances(seg.classes([seg.prepare(raw)], raw.shape)[0], raw)
 
-    return {"classic (Otsu + watershed)": segment_classic, "unet-small FP32": network("unet-small"),
-            f"{CPU_MODEL} (INT8)": network(CPU_MODEL)}
+    out = {CLASSIC: segment_classic}
+    for name in sorted(shipped_models(), key=lambda n: (n.removesuffix("-int8"), n.endswith("-int8"))):
+        precision = load_model_info(name).card.get("precision", "fp32").upper()
+        out[f"{name} ({precision}{', the CPU default' if name == CPU_MODEL else ''})"] = network(name)
+    return out
 
 
 def main(frames: int = 10, repeats: int = 3, folder: Path = VAL) -> dict:
@@ -60,7 +66,7 @@ def main(frames: int = 10, repeats: int = 3, folder: Path = VAL) -> dict:
                 best[name][i] = min(best[name][i], time.perf_counter() - t)
                 if r == 0:
                     counts[name].add(match(truths[i], labels))
-    classic = float(np.mean(best["classic (Otsu + watershed)"]))
+    classic = float(np.mean(best[CLASSIC]))
     rows = {name: {"core_s_per_frame": float(np.mean(best[name])), "x_classic": float(np.mean(best[name])) / classic,
                    **{f"f1_{t}": counts[name].f1(t) for t in (0.5, 0.7, 0.9)}} for name in runs}
     print(f"CPU paths on {len(raws)} validation frames ({raws[0].shape[1]}x{raws[0].shape[0]}), one core, best of "

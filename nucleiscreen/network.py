@@ -272,6 +272,7 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
                            "contrast_area": DEFAULT_CONTRAST_AREA},
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
                           "init": cfg.get("init"),  # the checkpoint fine-tuned, or those whose weights were averaged
+                          "teacher": cfg.get("teacher"),  # the model file distilled from (trainer/distill.py)
                           "validation": cfg.get("val")},
         "validation_metrics": ck.get("val", {}),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
