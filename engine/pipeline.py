@@ -37,6 +37,7 @@ from nucleiscreen.engine.runfolder import (
     new_token,
     prepare_run,
     remove_orphan_objects,
+    run_model,
     write_json,
     write_labels,
     write_manifest,
@@ -260,6 +261,8 @@ def segment(
         raise UserError("--batch-size must be at least 1")
     if opts.checkpoint_seconds < 0:
         raise UserError("--checkpoint-seconds must be 0 or more")
+    if model is None and segmenter is None and not opts.overwrite:
+        model = run_model(Path(out))  # the model the folder was begun with, when there is one
     seg = segmenter or make_segmenter(model, opts)  # fail first
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
     if on_discovered is not None:

@@ -47,7 +47,14 @@ from nucleiscreen.engine.pipeline import (
     run_scales,
     segment_frames,
 )
-from nucleiscreen.engine.runfolder import RunLock, new_token, prepare_run, remove_orphan_objects, write_manifest
+from nucleiscreen.engine.runfolder import (
+    RunLock,
+    new_token,
+    prepare_run,
+    remove_orphan_objects,
+    run_model,
+    write_manifest,
+)
 from nucleiscreen.errors import UserError
 
 UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
@@ -90,9 +97,11 @@ def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, 
         raise UserError("--gpus-per-worker must be 0 or more")
     # fail before starting anything; one model for every worker: without --model, the INT8 variant on CPU workers
     # with --backend auto (as a local run on a CPU), the FP32 model on GPU workers
+    run = Path(out).resolve()  # the workers may start in another folder
+    if model is None and not opts.overwrite:
+        model = run_model(run)  # the model the folder was begun with, when there is one
     cpu_default = model is None and opts.backend == "auto" and not gpus_per_worker
     info = load_model_info(CPU_MODEL if cpu_default else model)
-    run = Path(out).resolve()  # the workers may start in another folder
     with RunLock(run, opts.shard, new_token()):
         return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames, on_scale)
 

@@ -283,6 +283,30 @@ def prepare_run(run: Path, model: ModelInfo, settings: dict, overwrite: bool, re
         shutil.rmtree(run / "errors")
 
 
+def run_model(run: Path) -> Path | None:
+    """The model file a run folder was begun with, when it is here (a shipped model, or the recorded path with the
+    same sha256): without ``--model``, a resume or another shard goes on with it rather than with this host's default
+    (the INT8 variant on a CPU, the FP32 model on a GPU). None for a new folder or a model not found here."""
+    import hashlib
+
+    from nucleiscreen.engine.model import shipped_models
+
+    try:
+        recorded = json.loads((run / "manifest.json").read_text()).get("model", {})
+    except (OSError, ValueError, AttributeError):
+        return None
+    sha = recorded.get("sha256") if isinstance(recorded, dict) else None
+    if not sha:
+        return None
+    for path in [*shipped_models().values(), Path(recorded.get("path") or "")]:
+        try:
+            if path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha:
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def make_folder(path: Path) -> None:
     """``mkdir -p``, or one line saying why not (a file in the way, no permission, a read-only file system)."""
     try:

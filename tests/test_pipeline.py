@@ -127,6 +127,25 @@ def test_model_or_settings_from_another_run_are_refused_unless_overwrite(screen,
     assert _images(run).height == 3
 
 
+def test_a_run_goes_on_with_the_model_it_was_begun_with(screen, tmp_path):
+    from nucleiscreen.engine.model import load_model_info
+
+    src = tmp_path / "frames"
+    src.mkdir()
+    frames = sorted(screen.images.rglob("*.tif"))[:4]
+    for p in frames[:2]:
+        (src / p.name).write_bytes(p.read_bytes())
+    run = tmp_path / "run"
+    # begun with the FP32 model (as a GPU host picks it); a CPU host's default would be the INT8 variant
+    assert segment([src], run, model="unet-small", options=SegmentOptions(progress=False)).frames == 2
+    for p in frames[2:]:
+        (src / p.name).write_bytes(p.read_bytes())
+    res = segment([src], run, options=SegmentOptions(progress=False))  # no --model: the run's own
+    assert res.frames == 2 and _images(run).height == 4
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["model"]["sha256"] == load_model_info("unet-small").sha256
+
+
 def test_retry_errors(screen, tmp_path):
     src = tmp_path / "frames"
     src.mkdir()
