@@ -1,8 +1,8 @@
 """The CPU paths side by side, in one run: the classic pipeline (smoothing, Otsu, watershed) and every shipped
-model on onnxruntime (the FP32 model, its INT8 variant, ...), each scored and timed on the lab's validation frames.
+model on each CPU backend installed (onnxruntime; OpenVINO), each scored and timed on the lab's validation frames.
 
 Each method is the whole path from a decoded frame to its label image (normalization, resizing, the network, the
-class map, the engine's post-processing; the classic pipeline's own steps), on one core: onnxruntime with one thread,
+class map, the engine's post-processing; the classic pipeline's own steps), on one core: each runtime with one thread,
 numba with one. The methods run interleaved, frame after frame, ``repeats`` times, and each frame's best time counts
 (other tenants only ever slow a run down); core-seconds per frame is the mean over frames of those. Accuracy: F1 at IoU
 0.5 / 0.7 / 0.9 against the lab's masks (``trainer/metrics.py``), the same figures ``predict`` + ``evaluate`` give.
@@ -20,7 +20,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
-from nucleiscreen.engine.backends import CPU_MODEL
+from nucleiscreen.engine.backends import CPU_MODEL, auto_backend
 from nucleiscreen.engine.model import load_model_info, shipped_models
 from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.segmenter import Segmenter
@@ -31,18 +31,23 @@ VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aitslab-bioimag
 
 
 def methods() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """Each method: a raw frame in, its label image out. The classic pipeline, then every shipped model on
-    onnxruntime (the one ``--backend auto`` picks on a CPU marked)."""
+    """Each method: a raw frame in, its label image out. The classic pipeline, then every shipped model on every CPU
+    backend installed (``latency.cpu_variants``: onnxruntime, OpenVINO), what ``--backend auto`` runs on a CPU
+    marked."""
+    from nucleiscreen.bench.latency import cpu_variants
     from nucleiscreen.trainer.baseline import segment_classic
 
-    def network(model: str) -> Callable[[np.ndarray], np.ndarray]:
-        seg = Segmenter(model, "onnxruntime", threads=1, pixel_size=None)
+    def network(model: str, backend: str) -> Callable[[np.ndarray], np.ndarray]:
+        seg = Segmenter(model, backend, threads=1, pixel_size=None)
         return lambda raw: seg.instances(seg.classes([seg.prepare(raw)], raw.shape)[0], raw)
 
+    pick = auto_backend(load_model_info(CPU_MODEL))
     out = {CLASSIC: segment_classic}
-    for name in sorted(shipped_models(), key=lambda n: (n.removesuffix("-int8"), n.endswith("-int8"))):
-        precision = load_model_info(name).card.get("precision", "fp32").upper()
-        out[f"{name} ({precision}{', the CPU default' if name == CPU_MODEL else ''})"] = network(name)
+    for name, (model, backend) in cpu_variants().items():
+        if backend != "torch":
+            precision = load_model_info(model).card.get("precision", "fp32").upper()
+            auto = ", the CPU default" if (model, backend) == (CPU_MODEL, pick) else ""
+            out[f"{name} ({precision}{auto})"] = network(model, backend)
     return out
 
 

@@ -6,7 +6,7 @@ its own, frame after frame, ``repeats`` times (each frame's best time counts; ot
 - decode, per format (``read_frame``);
 - QC: the histogram, the frame checks and the quality values (``Segmenter.load`` does these in one pass);
 - normalization (the network input);
-- inference, per CPU model (FP32 and INT8 on onnxruntime, one thread);
+- inference, per shipped model and CPU backend (onnxruntime; OpenVINO when installed), one thread;
 - post-processing: the fused kernels, image table only and with the object table (``Segmenter.measure``);
 - write: the frame's label TIFF, and its object rows as Parquet.
 
@@ -32,7 +32,8 @@ import tifffile
 
 from nucleiscreen.bench.latency import cpu_variants
 from nucleiscreen.bench.pipeline import write_frames
-from nucleiscreen.engine.backends import CPU_MODEL
+from nucleiscreen.engine.backends import CPU_MODEL, auto_backend
+from nucleiscreen.engine.model import load_model_info
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
 from nucleiscreen.engine.readers import read_frame, write_c01
 from nucleiscreen.engine.runfolder import write_labels
@@ -67,8 +68,10 @@ def main(frames: int = 8, size: int = 1104, repeats: int = 3) -> dict:
             tifffile.imwrite(deflate / f"{i}.tif", raw, compression="zlib")
             write_c01(c01 / f"{i}.C01", raw)
         segs = {name: Segmenter(model, backend, threads=1, pixel_size=None)
-                for name, (model, backend) in cpu_variants().items() if backend == "onnxruntime"}
-        seg = segs["onnxruntime INT8" if CPU_MODEL.endswith("int8") else "onnxruntime FP32"]
+                for name, (model, backend) in cpu_variants().items() if backend != "torch"}
+        pick = auto_backend(load_model_info(CPU_MODEL))  # what auto runs on a CPU
+        default = f"{pick if pick in ('onnxruntime', 'openvino') else 'onnxruntime'} {CPU_MODEL}"
+        seg = segs[default]
         hists = [histogram(r) for r in raws]
         inputs = [seg.prepare(r, h) for r, h in zip(raws, hists)]
         maps = [seg.classes([x], r.shape)[0] for x, r in zip(inputs, raws)]
@@ -97,15 +100,16 @@ def main(frames: int = 8, size: int = 1104, repeats: int = 3) -> dict:
         (tmp / "labels").mkdir()
         seconds = _best(stages, frames, repeats)
         path = ["decode: TIFF, uncompressed", "QC: histogram, checks, quality", "normalization",
-                f"inference: {'onnxruntime INT8' if CPU_MODEL.endswith('int8') else 'onnxruntime FP32'}",
+                f"inference: {default}",
                 "post-processing: image table"]
         total = sum(seconds[k] for k in path)
         cpu0 = time.process_time()
         segment([tmp / "tif"], tmp / "run", model=CPU_MODEL,
-                options=SegmentOptions(backend="onnxruntime", threads=1, progress=False, pixel_size=None))
+                options=SegmentOptions(backend=segs[default].backend.name, threads=1, progress=False,
+                                       pixel_size=None))
         engine_cpu = (time.process_time() - cpu0) / frames
     print(f"stages of one {size}x{size} frame on one core, best of {repeats} over {frames} simulated frames "
-          f"(* the default CPU path, {CPU_MODEL})")
+          f"(* the default CPU path: {default})")
     print("| stage | ms/frame | share of the path |\n|---|---|---|")
     for name, s in seconds.items():
         mark = "*" if name in path else ""

@@ -314,9 +314,10 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                         "(the card's grow_level of the way from the background to the object) (default: the model "
                         "card's, calibrated on its training frames; 0: no growth)")
     p.add_argument("--backend", default="auto",
-                   help="inference backend: auto, onnxruntime, tensorrt (ONNX files), torch (ONNX files and .pt "
-                        "checkpoints; needs PyTorch and onnx) (default: auto, the fastest available: TensorRT, "
-                        "onnxruntime on CUDA, torch on CUDA, onnxruntime on the CPU)")
+                   help="inference backend: auto, onnxruntime, openvino, tensorrt (ONNX files), torch (ONNX files "
+                        "and .pt checkpoints; needs PyTorch and onnx) (default: auto, the fastest available: "
+                        "TensorRT, onnxruntime on CUDA, torch on CUDA, OpenVINO on the CPU when installed, "
+                        "onnxruntime on the CPU)")
     p.add_argument("--threads", type=int, help="worker threads for decoding and post-processing (default: all cores)")
     if batch:
         p.add_argument("--batch-size", type=int,

@@ -29,8 +29,10 @@ def test_bench_cpu_puts_the_three_cpu_paths_side_by_side(capsys):
     if not (VAL / "images").is_dir():
         pytest.skip("the lab's validation frames are not in ../shared/data")
     rows = main(frames=1, repeats=1)
-    small, int8 = "unet-small (FP32)", "unet-small-int8 (INT8, the CPU default)"
-    assert list(rows)[:3] == ["classic (Otsu + watershed)", small, int8]
+    small, int8 = "onnxruntime unet-small (FP32)", "onnxruntime unet-small-int8 (INT8"
+    int8 = next(k for k in rows if k.startswith(int8))
+    assert list(rows)[0] == "classic (Otsu + watershed)" and small in rows
+    assert sum("the CPU default" in k for k in rows) == 1
     assert rows["classic (Otsu + watershed)"]["x_classic"] == 1.0
     for row in rows.values():
         assert row["core_s_per_frame"] > 0 and 0 < row["f1_0.5"] <= 1
@@ -48,9 +50,10 @@ def test_bench_quick_runs_the_whole_suite_and_checks_the_backends_agree(tmp_path
     results = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert {"model", "decode", "backends", "latency", "cpu", "stages", "pipeline", "host"} <= set(results)
     assert results["stages"]["path_ms"] > 0 and "engine_cpu_ms" in results["stages"]
-    int8 = results["latency"]["onnxruntime INT8, batch 2"]
+    int8 = results["latency"]["onnxruntime unet-small-int8, batch 2"]
     assert int8["p95_ms"] >= int8["p50_ms"] > 0
     assert results["model"]["parameters"] == 1_942_707
-    assert results["backends"]["onnxruntime FP32"] == 1.0
-    assert all(v >= 0.999 for k, v in results["backends"].items() if "FP32" in k)
+    assert results["backends"]["onnxruntime unet-small"]["same_model"] == 1.0
+    assert all(v["same_model"] >= 0.999 for v in results["backends"].values() if v["precision"] == "fp32")
+    assert results["backends"]["onnxruntime unet-small-int8"]["fp32"] > 0.95
     assert "## host" in (tmp_path / "b" / "bench.md").read_text()
