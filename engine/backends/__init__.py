@@ -59,7 +59,7 @@ def create_backend(name: str, model: ModelInfo, threads: int | None = None) -> B
 def auto_backend(model: ModelInfo) -> str:
     """The fastest backend available here for the model file: torch for a training checkpoint (.pt); for ONNX,
     TensorRT when it and a GPU are present, then onnxruntime's CUDA provider (onnxruntime-gpu), then torch on CUDA,
-    then OpenVINO on the CPU when installed (0.76-0.81x onnxruntime's time here), then onnxruntime on the CPU."""
+    then OpenVINO on the CPU when installed (0.88-0.90x onnxruntime's time here), then onnxruntime on the CPU."""
     if model.is_checkpoint:
         return "torch"
     from nucleiscreen.engine.backends import tensorrt

@@ -3,8 +3,8 @@
 OpenVINO reads the ONNX graph itself (the INT8 model's QDQ nodes become its own low-precision convolutions) and
 compiles it for one input shape at a time: a screen has one frame size per plate, so each shape is compiled once
 (a few hundred ms) and kept. One stream, ``threads`` inference threads (default: all cores), latency hint. On this
-project's 2-core AMD EPYC (AVX2, no VNNI) it ran the shipped models at 0.76-0.81x onnxruntime's time
-(docs/benchmarks.md); on CPUs with VNNI or AMX its INT8 kernels gain more.
+project's 2-core AMD EPYC (AVX2, no VNNI) it ran the shipped models at 0.88-0.90x onnxruntime's time
+(`nucleiscreen bench cpu`); on CPUs with VNNI or AMX its INT8 kernels gain more.
 """
 
 from __future__ import annotations
