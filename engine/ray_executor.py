@@ -55,6 +55,7 @@ from nucleiscreen.engine.runfolder import (
     run_model,
     write_manifest,
 )
+from nucleiscreen.engine.scale import plate_scales
 from nucleiscreen.errors import UserError
 
 UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
@@ -203,29 +204,46 @@ class _Rows:
         self.rows.append(row)
 
 
+def screen_scales(found: Discovery, model: str | None = None, **options) -> dict[str, float]:
+    """Each plate's scale for ``pixel_size="auto"`` (``engine/scale.py``: a sample of the plate's frames, as
+    ``segment`` estimates it), for ``FrameSegmenter``'s ``scales``; keyword arguments are ``SegmentOptions``'."""
+    seg = make_segmenter(model, SegmentOptions(**{**options, "pixel_size": "auto", "progress": False}))
+    return {plate: e.scale for plate, e in plate_scales(seg, numbered_frames(found)).items()}
+
+
 class FrameSegmenter:
     """The engine's per-frame path for Ray Data's ``map_batches`` (module docstring): a batch of rows with the
     discovery's columns (``PathName_DNA``, ``FileName_DNA``, ``Metadata_*``, and ``ImageNumber`` as
     ``pipeline.numbered_frames`` gives it; without one the frames are numbered within the batch) in, one image-table
     row per frame out (in ImageNumber order), with ``Stage`` and ``Error`` set for a frame that failed. The model is
-    loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, min_contrast, ...)."""
+    loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, min_contrast, ...).
 
-    def __init__(self, model: str | None = None, **options):
-        if options.get("pixel_size") == "auto":
-            raise UserError("FrameSegmenter sees batches, not plates: give pixel_size in um (or leave it out for the "
-                            "model's), or segment the screen with --executor ray for a scale per plate")
+    A batch is not a plate, so ``pixel_size="auto"`` takes each plate's scale from ``scales`` ({plate: factor}):
+    ``screen_scales`` estimates them from the discovered screen as ``segment`` does, or a run folder's
+    ``scales.json`` has them."""
+
+    def __init__(self, model: str | None = None, scales: dict[str, float | dict] | None = None, **options):
+        if options.get("pixel_size") == "auto" and scales is None:
+            raise UserError("FrameSegmenter sees batches, not plates: with pixel_size='auto' give scales={plate: "
+                            "factor} (screen_scales, or a run's scales.json), or give pixel_size in um")
         self.opts = SegmentOptions(**{"threads": 1, **options, "progress": False, "objects": False,
                                       "save_labels": False})
         self.seg = make_segmenter(model, self.opts)
+        self.scales = {plate: float(s["scale"] if isinstance(s, dict) else s) for plate, s in (scales or {}).items()}
         self.pool = ThreadPoolExecutor(self.opts.threads)
 
     def __call__(self, batch: dict) -> dict:
         frames = pl.DataFrame({k: list(v) for k, v in batch.items()})
         if "ImageNumber" not in frames.columns:
             frames = frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
+        if self.opts.pixel_size == "auto":
+            missing = sorted(set(frames["Metadata_Plate"].to_list()) - set(self.scales))
+            if missing:
+                raise UserError(f"no scale for plate {missing[0]} in FrameSegmenter's scales")
         rows = _Rows()
         size = self.opts.batch_size or self.seg.backend.preferred_batch
         with tqdm(disable=True) as bar:
-            Scheduler(self.seg, rows, self.opts, Path("."), self.pool, bar).run_batches(
+            Scheduler(self.seg, rows, self.opts, Path("."), self.pool, bar,
+                      scales=self.scales if self.opts.pixel_size == "auto" else None).run_batches(
                 frame_batches(frames, size), limit=2 * size * self.opts.threads)
         return pl.from_dicts(rows.rows, infer_schema_length=None).sort("ImageNumber").to_dict(as_series=False)

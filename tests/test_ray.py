@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from nucleiscreen.cli import main
+from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import simulate_screen
 
 ray = pytest.importorskip("ray")
@@ -84,6 +85,28 @@ def test_without_ray_the_executor_is_one_clear_line(screen, tmp_path, monkeypatc
 def test_ray_options_need_the_ray_executor(screen, tmp_path, capsys):
     assert main(["segment", str(screen.images), "--out", str(tmp_path / "run"), "--workers", "2"]) == 2
     assert "--executor ray" in capsys.readouterr().err
+
+
+def test_frame_segmenter_with_auto_scale_takes_each_plates_scale(screen, tmp_path):
+    from nucleiscreen.engine.discover import discover
+    from nucleiscreen.engine.model import load_model_info
+    from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
+    from nucleiscreen.engine.ray_executor import FrameSegmenter, screen_scales
+
+    found = discover([screen.images])
+    frames = numbered_frames(found).filter(pl.col("Metadata_Plate") == pl.col("Metadata_Plate").first()).head(8)
+    plate = frames["Metadata_Plate"][0]
+    batch = {k: frames[k].to_numpy() for k in frames.columns}
+    with pytest.raises(UserError, match="scales"):
+        FrameSegmenter(pixel_size="auto")
+    with pytest.raises(UserError, match="no scale for plate"):
+        FrameSegmenter(pixel_size="auto", scales={"other": 1.0})(batch)
+    assert abs(screen_scales(found)[plate] - 1.0) <= 0.1  # simulated at the model's own scale
+    out = pl.DataFrame(FrameSegmenter(pixel_size="auto", scales={plate: {"scale": 1.25}}, batch_size=4)(batch))
+    px = 1.25 * load_model_info().card["pixel_size_um"]  # the same factor, given as a pixel size
+    segment(found, tmp_path / "local", options=SegmentOptions(progress=False, pixel_size=px))
+    local = _table(tmp_path / "local", "images").join(frames.select("ImageNumber"), on="ImageNumber")
+    assert out.drop("Stage", "Error").equals(local.select(out.drop("Stage", "Error").columns))
 
 
 def test_ray_data_frame_segmenter_gives_the_image_rows_of_a_local_run(screen, tmp_path):
