@@ -59,6 +59,20 @@ def test_training_with_a_teacher(tiny_run, tmp_path):
 
     _, cfg = tiny_run
     run = train(TrainConfig.from_dict({**cfg, "out": str(tmp_path / "kd"), "teacher": "unet-small",
-                                       "distill": 2.0}), progress=False)
+                                       "distill": 2.0, "keep_checkpoints": True}), progress=False)
     ck = torch.load(run / "best.pt", weights_only=False)
     assert ck["config"]["teacher"] == "unet-small" and ck["step"] == 2
+    assert torch.load(run / "step2.pt", weights_only=False)["step"] == 2  # each validation's weights kept
+
+
+def test_the_shipped_tiny_model_was_distilled_and_runs():
+    from nucleiscreen.engine.segmenter import Segmenter
+    from nucleiscreen.simulate import synth_frame
+
+    info = load_model_info("unet-tiny-int8")
+    assert info.card["precision"] == "int8" and info.card["model"]["base"] == 8
+    assert info.card["training_data"]["teacher"] == "unet-small"
+    raw, truth = synth_frame(np.random.default_rng(3), (256, 256))
+    seg = Segmenter("unet-tiny-int8", "onnxruntime", threads=1, pixel_size=None)
+    labels = seg.instances(seg.classes([seg.prepare(raw)], raw.shape)[0], raw)
+    assert labels.max() >= 0.5 * truth.max()

@@ -58,7 +58,7 @@ def test_auto_runs_the_shipped_int8_model_on_a_cpu_and_names_pick_shipped_models
     from nucleiscreen.engine.model import shipped_models
     from nucleiscreen.engine.segmenter import Segmenter
 
-    assert set(shipped_models()) == {"unet-small", "unet-small-int8"}
+    assert set(shipped_models()) == {"unet-small", "unet-small-int8", "unet-tiny-int8"}
     int8 = load_model_info("unet-small-int8")
     assert int8.card["precision"] == "int8" and len(int8.card["quantization"]["calibration_frames"]) == 30
     assert int8.card["postprocessing"] == load_model_info("unet-small.onnx").card["postprocessing"]

@@ -50,6 +50,8 @@ class TrainConfig:
     teacher: str | None = None  # distillation: a model file (shipped name or ONNX path) whose soft class
     # probabilities the network also learns, on every crop (trainer/distill.py)
     distill: float = 1.0  # the weight of that term against the annotated loss
+    keep_checkpoints: bool = False  # also keep each validation's weights as step<N>.pt (for an average of a run's
+    # last checkpoints, as unet-tiny-soup.json takes them)
     select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
     max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
     # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card

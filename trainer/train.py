@@ -220,11 +220,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
             running = []
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "step": step, "best": best, "config": cfg.to_dict()}
+            snapshot = {"model": net.state_dict(), "config": cfg.to_dict(), "step": step, "val": metrics}
             if not val or score > best:
                 best = score if val else best
                 state["best"] = best
-                torch.save({"model": net.state_dict(), "config": cfg.to_dict(), "step": step, "val": metrics},
-                           out / "best.pt")
+                torch.save(snapshot, out / "best.pt")
+            if cfg.keep_checkpoints:
+                torch.save(snapshot, out / f"step{step}.pt")
             torch.save(state, out / "last.tmp")
             (out / "last.tmp").replace(last)
             if progress:
