@@ -251,7 +251,7 @@ def test_the_shipped_training_configs_are_valid():
     assert {"unet-small-deform.json", "unet-refine-deform.json", "unet-soup.json"} <= set(configs)
     shipped = {p.name for p in (root / "trainer" / "configs").glob("*")}
     assert shipped == {"sweep.json", "unet-small-deform.json", "unet-refine-deform.json", "unet-refine-deform-b.json",
-                       "unet-soup.json", "unet-tiny.json", "unet-tiny-soup.json"}  # the recipes of the shipped models; logs and other runs
-    # stay out of the wheel
+                       "unet-soup.json", "unet-tiny.json", "unet-tiny-soup.json"}
+    # the recipes of the shipped models; logs and other runs stay out of the wheel
     inits = [i for c in configs.values() if c.init for i in ([c.init] if isinstance(c.init, str) else c.init)]
     assert inits and all(i in outs for i in inits)
