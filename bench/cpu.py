@@ -1,5 +1,5 @@
 """The CPU paths side by side, in one run: the classic pipeline (smoothing, Otsu, watershed) and every shipped
-model on each CPU backend installed (onnxruntime; OpenVINO), each scored and timed on the lab's validation frames.
+model on onnxruntime, each scored and timed on the lab's validation frames.
 
 Each method is the whole path from a decoded frame to its label image (normalization, resizing, the network, the
 class map, the engine's post-processing; the classic pipeline's own steps), on one core: each runtime with one thread,
@@ -21,7 +21,7 @@ import numba
 import numpy as np
 
 from nucleiscreen.engine.backends import CPU_MODEL, auto_backend
-from nucleiscreen.engine.model import load_model_info, shipped_models
+from nucleiscreen.engine.model import load_model_info
 from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
@@ -31,9 +31,8 @@ VAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "aitslab-bioimag
 
 
 def methods() -> dict[str, Callable[[np.ndarray], np.ndarray]]:
-    """Each method: a raw frame in, its label image out. The classic pipeline, then every shipped model on every CPU
-    backend installed (``latency.cpu_variants``: onnxruntime, OpenVINO), what ``--backend auto`` runs on a CPU
-    marked."""
+    """Each method: a raw frame in, its label image out. The classic pipeline, then every shipped model on
+    onnxruntime (``latency.cpu_variants``), what ``--backend auto`` runs on a CPU marked."""
     from nucleiscreen.bench.latency import cpu_variants
     from nucleiscreen.trainer.baseline import segment_classic
 

@@ -1,6 +1,6 @@
 """Inference latency per backend and batch size on this machine: p50 and p95 of ``repeats`` timed calls of the
 backend alone (normalized input in, class maps out), and frames/s at the p50. The backends installed here run the
-shipped models on onnxruntime, on OpenVINO (when installed) and the FP32 one on torch (when installed); CUDA backends are ``bench gpu``'s.
+shipped models on onnxruntime and the FP32 one on torch (when installed); CUDA backends are ``bench gpu``'s.
 
     python -m nucleiscreen.bench.latency   (part of ``nucleiscreen bench suite``)
 """
@@ -18,12 +18,12 @@ from nucleiscreen.simulate import synth_frame
 
 def cpu_variants() -> dict[str, tuple[str, str]]:
     """The (shipped model, backend) pairs this machine runs on the CPU, named "backend model": every shipped model on
-    onnxruntime, and on OpenVINO when installed; the FP32 model on torch when torch and onnx are installed."""
+    onnxruntime, the FP32 model on torch when torch and onnx are installed. Not OpenVINO: once loaded it slows the
+    other runtimes of its process (``engine/backends/openvino.py``)."""
     from nucleiscreen.engine.model import shipped_models
 
-    backends = ["onnxruntime", *(["openvino"] if importlib.util.find_spec("openvino") else [])]
     models = sorted(shipped_models(), key=lambda n: (n.removesuffix("-int8"), n.endswith("-int8")))
-    variants = {f"{backend} {model}": (model, backend) for model in models for backend in backends}
+    variants = {f"onnxruntime {model}": (model, "onnxruntime") for model in models}
     if importlib.util.find_spec("torch") and importlib.util.find_spec("onnx"):
         variants["torch unet-small"] = ("unet-small", "torch")
     return variants

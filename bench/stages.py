@@ -6,7 +6,7 @@ its own, frame after frame, ``repeats`` times (each frame's best time counts; ot
 - decode, per format (``read_frame``);
 - QC: the histogram, the frame checks and the quality values (``Segmenter.load`` does these in one pass);
 - normalization (the network input);
-- inference, per shipped model and CPU backend (onnxruntime; OpenVINO when installed), one thread;
+- inference, per shipped model (onnxruntime, one thread);
 - post-processing: the fused kernels, image table only and with the object table (``Segmenter.measure``);
 - write: the frame's label TIFF, and its object rows as Parquet.
 
@@ -32,8 +32,7 @@ import tifffile
 
 from nucleiscreen.bench.latency import cpu_variants
 from nucleiscreen.bench.pipeline import write_frames
-from nucleiscreen.engine.backends import CPU_MODEL, auto_backend
-from nucleiscreen.engine.model import load_model_info
+from nucleiscreen.engine.backends import CPU_MODEL
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
 from nucleiscreen.engine.readers import read_frame, write_c01
 from nucleiscreen.engine.runfolder import write_labels
@@ -69,8 +68,7 @@ def main(frames: int = 8, size: int = 1104, repeats: int = 3) -> dict:
             write_c01(c01 / f"{i}.C01", raw)
         segs = {name: Segmenter(model, backend, threads=1, pixel_size=None)
                 for name, (model, backend) in cpu_variants().items() if backend != "torch"}
-        pick = auto_backend(load_model_info(CPU_MODEL))  # what auto runs on a CPU
-        default = f"{pick if pick in ('onnxruntime', 'openvino') else 'onnxruntime'} {CPU_MODEL}"
+        default = f"onnxruntime {CPU_MODEL}"  # what auto runs on a CPU
         seg = segs[default]
         hists = [histogram(r) for r in raws]
         inputs = [seg.prepare(r, h) for r, h in zip(raws, hists)]

@@ -1,10 +1,10 @@
-"""The OpenVINO backend gives onnxruntime's class maps for the shipped models, compiles each shape once, and is
---backend auto's CPU pick when installed."""
+"""The OpenVINO backend gives onnxruntime's class maps for the shipped models and compiles each shape once; auto
+does not pick it."""
 
 import numpy as np
 import pytest
 
-from nucleiscreen.engine.backends import CPU_MODEL, auto_model, create_backend
+from nucleiscreen.engine.backends import CPU_MODEL, create_backend
 from nucleiscreen.engine.model import load_model_info
 from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.segmenter import Segmenter
@@ -44,15 +44,10 @@ def test_each_shape_is_compiled_once_and_few_are_kept(frames):
     assert len(backend.compiled) == SHAPES_KEPT
 
 
-def test_auto_runs_the_cpu_model_on_openvino():
+def test_auto_does_not_pick_openvino():
     from nucleiscreen.engine.backends import auto_backend
 
-    if auto_backend(load_model_info()) != "openvino":
-        pytest.skip("a GPU backend is auto's pick here")
-    info = auto_model("auto")
-    assert info.path.stem == CPU_MODEL
-    assert create_backend("auto", info).name == "openvino"
-    assert auto_model("onnxruntime").path.stem == "unet-small"  # a named backend keeps the FP32 default
+    assert auto_backend(load_model_info(CPU_MODEL)) != "openvino"  # slower here, and it slows its process
 
 
 def test_checkpoints_are_refused(tiny_run):

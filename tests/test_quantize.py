@@ -64,8 +64,7 @@ def test_auto_runs_the_shipped_int8_model_on_a_cpu_and_names_pick_shipped_models
     assert int8.card["postprocessing"] == load_model_info("unet-small.onnx").card["postprocessing"]
     import onnxruntime as ort
 
-    if auto_backend(load_model_info()) not in ("onnxruntime", "openvino") \
-            or "CUDAExecutionProvider" in ort.get_available_providers():
+    if auto_backend(load_model_info()) != "onnxruntime" or "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("a GPU backend is available here: auto keeps the FP32 model")
     assert Segmenter().info.path.name == "unet-small-int8.onnx"
     assert Segmenter(backend="onnxruntime").info.path.name == "unet-small.onnx"  # an explicit backend: FP32

@@ -1,10 +1,13 @@
-"""OpenVINO backend: Intel's CPU runtime on the same ONNX model file (the ``[openvino]`` extra).
+"""OpenVINO backend: Intel's CPU runtime on the same ONNX model file (the ``[openvino]`` extra, ``--backend openvino``).
 
 OpenVINO reads the ONNX graph itself (the INT8 model's QDQ nodes become its own low-precision convolutions) and
 compiles it for one input shape at a time: a screen has one frame size per plate, so each shape is compiled once
-(a few hundred ms) and kept. One stream, ``threads`` inference threads (default: all cores), latency hint. On this
-project's 2-core AMD EPYC (AVX2, no VNNI) it ran the shipped models at 0.88-0.90x onnxruntime's time
-(`nucleiscreen bench cpu`); on CPUs with VNNI or AMX its INT8 kernels gain more.
+(a few hundred ms) and kept. One stream, ``threads`` inference threads (default: all cores), latency hint. Its class
+maps equal onnxruntime's (tested). It is not ``auto``'s pick: on this project's 2-core AMD EPYC (AVX2, no VNNI) it was
+no faster than onnxruntime on its own (the tiny INT8 model: 0.20 against 0.18 s per 1104^2 frame), and once it was
+loaded, onnxruntime and the classic pipeline in the same process ran up to 1.5x slower; CPUs with VNNI or AMX, where
+its INT8 kernels gain most, are where to measure it, each runtime in a process of its own (which is why the
+benchmarks of ``bench/`` leave it out).
 """
 
 from __future__ import annotations
