@@ -98,13 +98,11 @@ def main(frames: int = 8, size: int = 1104, repeats: int = 3) -> dict:
         (tmp / "labels").mkdir()
         seconds = _best(stages, frames, repeats)
         path = ["decode: TIFF, uncompressed", "QC: histogram, checks, quality", "normalization",
-                f"inference: {default}",
-                "post-processing: image table"]
+                f"inference: {default}", "post-processing: image table"]
         total = sum(seconds[k] for k in path)
         cpu0 = time.process_time()
         segment([tmp / "tif"], tmp / "run", model=CPU_MODEL,
-                options=SegmentOptions(backend=segs[default].backend.name, threads=1, progress=False,
-                                       pixel_size=None))
+                options=SegmentOptions(backend="onnxruntime", threads=1, progress=False, pixel_size=None))
         engine_cpu = (time.process_time() - cpu0) / frames
     print(f"stages of one {size}x{size} frame on one core, best of {repeats} over {frames} simulated frames "
           f"(* the default CPU path: {default})")
