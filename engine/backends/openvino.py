@@ -20,12 +20,6 @@ from nucleiscreen.errors import UserError
 SHAPES_KEPT = 4  # compiled shapes kept (a plate's batch and its last, smaller one; a second plate size)
 
 
-def available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
 class OpenVinoBackend:
     """Runs the model's ``image`` -> ``classes`` graph on OpenVINO's CPU plugin."""
 
