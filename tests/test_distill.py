@@ -76,3 +76,63 @@ def test_the_shipped_tiny_model_was_distilled_and_runs():
     seg = Segmenter("unet-tiny-int8", "onnxruntime", threads=1, pixel_size=None)
     labels = seg.instances(seg.classes([seg.prepare(raw)], raw.shape)[0], raw)
     assert labels.max() >= 0.5 * truth.max()
+
+
+def test_sources_choose_annotations_or_teacher_per_crop(aits):
+    """A source with ``labels: false`` gives only the teacher's targets, one with ``distill: false`` only its
+    annotations; ``match`` picks images by stem."""
+    from nucleiscreen.trainer.data import CropStream, Source, load_folder
+
+    cfg = TrainConfig()
+    stems = sorted(p.stem for p in (aits / "train" / "images").iterdir())
+    picked = load_folder(aits / "train", cfg.norm, None, cfg.target, match=f"^{stems[1]}$")
+    assert [s.name for s in picked] == [stems[1]]
+    with pytest.raises(UserError, match="match"):
+        load_folder(aits / "train", cfg.norm, None, cfg.target, match="^nothing-is-called-this$")
+    stream = CropStream([Source(picked, 1.0, labels=False), Source(picked, 1.0, distill=False)], 64, 16, 0.0,
+                        cfg.norm, 0, cfg.target)
+    b = stream.next()
+    assert b.annotated.any() and b.distilled.any()
+    assert not (b.annotated & b.distilled).any()  # each crop came from one of the two sources
+    with pytest.raises(UserError, match="regular expression"):
+        TrainConfig.from_dict({"train": [{"path": "x", "match": "("}]})
+
+
+def test_rescaled_sources_get_the_models_nucleus_area(aits):
+    """``rescale`` resizes each image so its typical nucleus area is the card's (the automatic scale's measure)."""
+    from nucleiscreen.kernels.measure import typical_area
+    from nucleiscreen.trainer.data import load_folder
+
+    cfg = TrainConfig()
+    (s,) = load_folder(aits / "train", cfg.norm, 4 * 1729.0, cfg.target, limit=1)
+    area, _ = typical_area([s.labels])
+    assert s.image.shape[0] > 1.5 * 1104 and area == pytest.approx(4 * 1729.0, rel=0.1)
+
+
+def test_training_a_model_files_graph_and_exporting_it(tiny_run, tmp_path, aits):
+    """``init`` naming a model file trains its own graph (batch norms folded); export writes the weights and the
+    calibrated post-processing into a copy of the file, which the engine runs."""
+    from nucleiscreen.engine.segmenter import Segmenter
+    from nucleiscreen.trainer.export import export_onnx
+    from nucleiscreen.trainer.train import train
+
+    _, cfg = tiny_run
+    folder = cfg["train"][0]["path"]
+    run = train(TrainConfig.from_dict({
+        **cfg, "out": str(tmp_path / "g"), "init": "unet-small", "teacher": "unet-small", "model": {},
+        "train": [{"path": folder}, {"path": folder, "distill": False, "rescale": True}],
+        "val": [folder, {"path": folder, "limit": 1}], "crop": 64, "lr": 1e-5}), progress=False)
+    ck = torch.load(run / "best.pt", weights_only=False)
+    assert ck["config"]["model"]["base"] == 16 and "postprocessing" in ck and len(ck["val_more"]) == 1
+    assert "val1_f1_mean" in (run / "log.csv").read_text().splitlines()[0]
+    out = export_onnx(run / "best.pt", tmp_path / "g.onnx")
+    info = load_model_info(out)
+    assert info.card["training_data"]["finetuned_from"]["path"] == "unet-small.onnx"
+    assert info.postprocessing["boundary_bias"] == ck["postprocessing"]["boundary_bias"]
+    with pytest.raises(UserError, match="FP32 graph only"):
+        export_onnx(run / "best.pt", tmp_path / "g16.onnx", fp16=True)
+    from nucleiscreen.engine.readers import read_frame
+
+    raw = read_frame(sorted((aits / "val" / "images").iterdir())[0])
+    seg = Segmenter(str(out), "onnxruntime", threads=1, pixel_size=None)
+    assert seg.instances(seg.classes([seg.prepare(raw)], raw.shape)[0], raw).max() > 10

@@ -16,7 +16,7 @@ from nucleiscreen.kernels.targets import classes_from_instances  # noqa: E402
 from nucleiscreen.network import ExportHead, UNet, UNetConfig, class_argmax, dihedral  # noqa: E402
 from nucleiscreen.trainer.checkpoint import load_weights  # noqa: E402
 from nucleiscreen.trainer.config import TrainConfig  # noqa: E402
-from nucleiscreen.trainer.data import CropStream, Deformation, deform, load_folder  # noqa: E402
+from nucleiscreen.trainer.data import CropStream, Deformation, Source, deform, load_folder  # noqa: E402
 from nucleiscreen.trainer.export import export_onnx  # noqa: E402
 from nucleiscreen.trainer.train import train  # noqa: E402
 
@@ -226,8 +226,9 @@ def test_deformation_warps_image_and_labels_together():
 def test_deformed_crops_get_targets_made_from_the_warped_labels(aits):
     cfg = TrainConfig.from_dict({"solid_area": 50, "deformation": {"p": 1.0}})
     samples = load_folder(aits / "train", cfg.norm, None, cfg.target, limit=2)
-    stream = CropStream([(samples, 1.0)], 128, 4, 0.0, cfg.norm, 0, cfg.target, cfg.deformation)
-    x, y, small, labels = stream.next()
+    stream = CropStream([Source(samples)], 128, 4, 0.0, cfg.norm, 0, cfg.target, cfg.deformation)
+    b = stream.next()
+    x, y, small, labels = b.image, b.classes, b.small, b.labels
     assert x.shape == (4, 1, 128, 128) and y.shape == small.shape == labels.shape == (4, 128, 128)
     for cls, lab in zip(y.numpy(), labels):
         assert ((cls > 0) == (lab > 0)).all()  # every labelled pixel is interior or boundary, nothing else

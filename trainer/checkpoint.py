@@ -1,5 +1,5 @@
-"""Starting weights of a training run: one checkpoint's, a smaller network's grown by a refinement branch, or the mean
-of several checkpoints' (a weight average)."""
+"""Starting weights of a training run: one checkpoint's, a smaller network's grown by a refinement branch, the mean
+of several checkpoints' (a weight average), or a model file's own graph (``Logits``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from nucleiscreen.engine.backends.onnx_torch import OnnxModule
 from nucleiscreen.errors import UserError
 from nucleiscreen.network import UNetConfig
 from nucleiscreen.trainer.config import TrainConfig
@@ -53,3 +54,17 @@ def initial_weights(init: str | list[str], cfg: TrainConfig, net: torch.nn.Modul
         return states[0]
     return {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
             for k, v in states[0].items()}
+
+
+class Logits(OnnxModule):
+    """A model file's graph up to the network's logits (the last convolution), with trainable weights. Its batch
+    norms were folded into the convolutions at export, so training it keeps their statistics fixed (fine-tuning);
+    ``trainer/export.py`` writes the weights back into a copy of the file."""
+
+    def __init__(self, path: Path):
+        super().__init__(path)
+        convs = [i for i, (fn, _, _, _) in enumerate(self.nodes) if fn.__name__ == "_conv"]
+        self.nodes = self.nodes[:convs[-1] + 1]
+        self.output = self.nodes[-1][2][0]
+        for p in self.params:
+            p.requires_grad_(True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -17,17 +18,32 @@ ARCHITECTURES = ("unet", "hover")
 
 @dataclass
 class DataSource:
+    """A folder of annotated frames (``images/`` + ``masks/``) and how the training uses it."""
+
     path: str
     weight: float = 1.0
-    rescale: bool = False  # rescale images so their median nucleus area matches the CX7's (for DSB 2018)
+    rescale: bool = False  # resize each image so its typical nucleus area is the model's (the automatic scale's
+    # normalization: kernels/measure.typical_area against the card's nucleus_area_px; for DSB 2018's mixed sizes)
     limit: int | None = None
+    match: str | None = None  # only the images whose stem this regular expression finds (re.search), e.g. "^[4-9a-f]"
+    # for the DSB 2018 images outside the held-out split
+    labels: bool = True  # learn its annotations (false: only the teacher's soft targets, as for unannotated frames)
+    distill: bool = True  # with a teacher, learn the teacher's soft targets on its crops too
+
+    def __post_init__(self):
+        if self.match is not None:
+            try:
+                re.compile(self.match)
+            except re.error as exc:
+                raise ValueError(f"match {self.match!r} is not a regular expression: {exc}") from None
 
 
 @dataclass
 class TrainConfig:
     out: str = "runs/train"
     train: list[DataSource] = field(default_factory=list)
-    val: str | None = None
+    val: list[DataSource] = field(default_factory=list)  # validation folders (a path, a source or a list): best.pt
+    # by the mean of their select_by figures; the first one's are the log's val_ columns
     sim_fraction: float = 0.3
     arch: str = "unet"  # unet (3-class map) | hover (HoVer-Net-style NP + HV branches, trainer/hover.py)
     model: UNetConfig = field(default_factory=UNetConfig)
@@ -46,7 +62,9 @@ class TrainConfig:
     small_area: int = 100  # objects under this many pixels are micronuclei/fragments ...
     small_weight: float = 10.0  # ... whose few interior pixels (their seeds) get this loss weight (0: class weight)
     init: str | list[str] | None = None  # start from this checkpoint's weights (fine-tuning), or from the mean of
-    # several checkpoints' (weight averaging); resume from last.pt wins; with steps 0 the start is the model
+    # several checkpoints' (weight averaging), or train a model file's own graph (a shipped name or an .onnx path:
+    # its batch norms stay folded, as in ``train --finetune``); resume from last.pt wins; with steps 0 the start is
+    # the model
     teacher: str | None = None  # distillation: a model file (shipped name or ONNX path) whose soft class
     # probabilities the network also learns, on every crop (trainer/distill.py)
     distill: float = 1.0  # the weight of that term against the annotated loss
@@ -73,6 +91,10 @@ class TrainConfig:
     threads: int | None = None
     amp: bool = True  # mixed precision: float16 on CUDA, bfloat16 on CPUs with native bf16 (AMX / AVX-512 BF16)
 
+    def __post_init__(self):
+        val = self.val if isinstance(self.val, list) else [self.val] if self.val else []
+        self.val = [_source(v) for v in val]
+
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
@@ -82,7 +104,7 @@ class TrainConfig:
             raise UserError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         try:
             if "train" in d:
-                d["train"] = [DataSource(**s) if isinstance(s, dict) else DataSource(s) for s in d["train"]]
+                d["train"] = [_source(s) for s in d["train"]]
             if "model" in d:
                 d["model"] = UNetConfig(**d["model"])
             if "norm" in d:
@@ -106,14 +128,30 @@ class TrainConfig:
         model = d.get("model", UNetConfig())
         if d.get("arch") == "hover" and (model.scale != 1.0 or model.refine):
             raise UserError("the hover model runs at full resolution: model.scale 1.0 and refine 0 only")
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as exc:  # a mistyped validation source
+            raise UserError(f"training option: {exc}") from None
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
+    def onnx_init(self) -> str | None:
+        """The model file whose graph is trained (``init`` naming a shipped model or an .onnx file), or None."""
+        from nucleiscreen.engine.model import shipped_models
+
+        if isinstance(self.init, str) and (self.init.endswith(".onnx") or self.init in shipped_models()):
+            return self.init
+        return None
+
+    @property
     def target(self) -> Target:
         return Target(self.boundary_width, self.solid_area, self.small_area)
+
+
+def _source(s: str | dict | DataSource) -> DataSource:
+    return s if isinstance(s, DataSource) else DataSource(**s) if isinstance(s, dict) else DataSource(s)
 
 
 def read_json(path: str | Path, what: str) -> dict:

@@ -10,6 +10,7 @@ matches ``target_area``; the network is then trained at one pixel size, the scre
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch.nn import functional as F
 
 from nucleiscreen.engine.readers import IMAGE_SUFFIXES, read_frame
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.kernels.normalize import Normalization, normalize
 from nucleiscreen.kernels.targets import classes_from_instances
 from nucleiscreen.simulate import NUCLEI_PER_FRAME, FrameSpec, synth_frame
@@ -101,22 +103,28 @@ def load_folder(
     target_area: float | None = None,
     target: Target = Target(),
     limit: int | None = None,
+    match: str | None = None,
 ) -> list[Sample]:
-    """Load, normalize and (optionally) rescale an annotated folder; compute the 3-class targets once."""
+    """Load, normalize and (optionally) rescale an annotated folder; compute the 3-class targets once.
+
+    ``target_area``: each image is resized so that its typical nucleus area (``typical_area``, what the automatic
+    scale measures) becomes this, when that moves it by more than 5 % (factors 0.25-4, as the engine's);
+    ``match``: only the images whose stem this regular expression finds; ``limit``: the first that many."""
+    pairs = [p for p in find_pairs(folder) if match is None or re.search(match, p[0].stem)]
+    if not pairs:
+        raise UserError(f"no image/mask pairs under {folder} match {match!r}")
     samples = []
-    for img_path, mask_path in find_pairs(folder)[:limit]:
+    for img_path, mask_path in pairs[:limit]:
         raw = read_frame(img_path)
         labels = read_frame(mask_path).astype(np.int32)
         if raw.shape != labels.shape:
             raise UserError(f"{img_path.name}: image {raw.shape} and mask {labels.shape} differ in size")
         image = normalize(raw, norm)
-        if target_area is not None:
-            areas = np.bincount(labels.ravel())[1:]
-            areas = areas[areas > 0]
-            if areas.size:
-                factor = float(np.clip(np.sqrt(target_area / np.median(areas)), 0.5, 4.0))
-                if abs(factor - 1.0) > 0.1:
-                    image, labels = _rescale(image, labels, factor)
+        area, _ = typical_area([labels]) if target_area is not None else (None, 0)
+        if area:
+            factor = float(np.clip(np.sqrt(target_area / area), 0.25, 4.0))
+            if abs(factor - 1.0) > 0.05:
+                image, labels = _rescale(image, labels, factor)
         samples.append(make_sample(img_path.stem, image, labels, target))
     return samples
 
@@ -192,30 +200,57 @@ def deformed_crop(sample: Sample, size: int, rng: np.random.Generator, spec: Def
     return tuple(a[m:m + size, m:m + size] for a in (warped.image, warped.classes, warped.small, warped.labels))
 
 
-class CropStream:
-    """An endless, seeded stream of training batches mixing real crops and simulated frames."""
+@dataclass
+class Batch:
+    """One training batch: images B x 1 x H x W float32, class targets B x H x W int64, the small objects' interior
+    B x H x W bool, the instance labels B x H x W int32 (numpy, for targets computed per crop such as HoVer's), and
+    per crop whether its annotations (``annotated``) and the teacher's soft targets (``distilled``) are learnt."""
 
-    def __init__(self, sources: list[tuple[list[Sample], float]], crop: int, batch: int, sim_fraction: float,
+    image: torch.Tensor
+    classes: torch.Tensor
+    small: torch.Tensor
+    labels: np.ndarray
+    annotated: torch.Tensor
+    distilled: torch.Tensor
+
+
+@dataclass
+class Source:
+    """Samples drawn with a relative ``weight``; ``labels``: their annotations are learnt, ``distill``: the teacher's
+    soft targets are (``DataSource``'s flags)."""
+
+    samples: list[Sample]
+    weight: float = 1.0
+    labels: bool = True
+    distill: bool = True
+
+
+class CropStream:
+    """An endless, seeded stream of training batches mixing real crops and simulated frames (whose annotations, the
+    simulator's, are learnt, and the teacher's targets too)."""
+
+    def __init__(self, sources: list[Source], crop: int, batch: int, sim_fraction: float,
                  norm: Normalization, seed: int = 0, target: Target = Target(),
                  deformation: Deformation = Deformation()):
-        self.sources = [s for s in sources if s[0]]
-        weights = np.array([w for _, w in self.sources], float)
+        self.sources = [s for s in sources if s.samples]
+        weights = np.array([s.weight for s in self.sources], float)
         self.weights = weights / weights.sum() if weights.size else weights
         self.crop, self.batch, self.sim_fraction, self.norm = crop, batch, sim_fraction, norm
         self.target, self.deformation = target, deformation
         self.rng = np.random.default_rng(seed)
 
-    def next(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray]:
-        """Images B x 1 x H x W float32, class targets B x H x W int64, small-object interior mask B x H x W bool,
-        and the instance labels B x H x W int32 (numpy, for targets computed per crop such as HoVer's). Annotated
-        crops are deformed with probability ``deformation.p``; simulated frames are drawn at the crop size."""
-        xs, ys, ss, ls = [], [], [], []
+    def next(self) -> Batch:
+        """The next batch; annotated crops are deformed with probability ``deformation.p``; simulated frames are
+        drawn at the crop size."""
+        xs, ys, ss, ls, flags = [], [], [], [], []
         for _ in range(self.batch):
             if not self.sources or self.rng.random() < self.sim_fraction:
                 crop = random_crop(simulated_sample(self.rng, self.crop, self.norm, self.target), self.crop, self.rng)
+                flags.append((True, True))
             else:
-                group = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))][0]
-                sample = group[int(self.rng.integers(len(group)))]
+                source = self.sources[int(self.rng.choice(len(self.sources), p=self.weights))]
+                flags.append((source.labels, source.distill))
+                sample = source.samples[int(self.rng.integers(len(source.samples)))]
                 if self.deformation.p and self.rng.random() < self.deformation.p:
                     crop = deformed_crop(sample, self.crop, self.rng, self.deformation, self.target)
                 else:
@@ -225,8 +260,9 @@ class CropStream:
             ys.append(cls)
             ss.append(small)
             ls.append(labels)
-        return (torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64)),
-                torch.from_numpy(np.stack(ss)), np.stack(ls))
+        annotated, distilled = torch.tensor(flags, dtype=torch.bool).T
+        return Batch(torch.from_numpy(np.stack(xs)[:, None]), torch.from_numpy(np.stack(ys).astype(np.int64)),
+                     torch.from_numpy(np.stack(ss)), np.stack(ls), annotated, distilled)
 
 
 def dsb_held_out(stem: str) -> bool:

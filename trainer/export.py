@@ -32,6 +32,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, pro
 
     if tta not in TTA_CHOICES:
         raise UserError(f"test-time augmentation takes one of {', '.join(map(str, TTA_CHOICES))} transforms, not {tta}")
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False) if Path(checkpoint).is_file() else {}
+    if ck.get("config", {}).get("init") and "params.0" in ck.get("model", {}):
+        return _export_graph(ck, Path(checkpoint), Path(out), fp16 or probabilities or tta > 1)
     net, ck = load_checkpoint(checkpoint)
     head = ExportHead(net, probabilities, tta, boundary_bias(ck))
     dtype = torch.float16 if fp16 else torch.float32
@@ -59,4 +62,28 @@ def export_onnx(checkpoint: str | Path, out: str | Path, fp16: bool = False, pro
     onnx.checker.check_model(proto)
     onnx.save(proto, str(out))
     tmp.unlink()
+    return out
+
+
+def _export_graph(ck: dict, checkpoint: Path, out: Path, variant: bool) -> Path:
+    """A run that trained a model file's own graph (``init`` naming one): its weights and calibrated post-processing
+    written into a copy of that file, with the run's training data on the card."""
+    from nucleiscreen.engine.model import load_model_info
+    from nucleiscreen.trainer.checkpoint import Logits
+    from nucleiscreen.trainer.finetune import write_model
+
+    if variant:
+        raise UserError(f"{checkpoint} trained the graph of a model file: it exports as that file's FP32 graph only "
+                        "(no --fp16, --probabilities or --tta)")
+    if "postprocessing" not in ck:
+        raise UserError(f"{checkpoint} has no calibrated post-processing: export the run's best.pt")
+    cfg = ck["config"]
+    info = load_model_info(cfg["init"])
+    net = Logits(info.path)
+    net.load_state_dict(ck["model"])
+    training = {"finetuned_from": {"path": info.path.name, "sha256": info.sha256}, "sources": cfg["train"],
+                "simulated_fraction": cfg["sim_fraction"], "teacher": cfg.get("teacher"), "steps": ck.get("step"),
+                "batch": cfg["batch"], "crop": cfg["crop"], "lr": cfg["lr"], "seed": cfg["seed"],
+                "validation": cfg.get("val")}
+    write_model(info, net, ck["postprocessing"], out, training, ck.get("val", {}))
     return out

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from nucleiscreen.engine.backends.onnx_torch import OnnxModule
 from nucleiscreen.engine.model import CARD_KEY, load_model_info
 from nucleiscreen.engine.readers import IMAGE_SUFFIXES, FrameReadError, read_frame
 from nucleiscreen.errors import UserError
@@ -33,8 +32,9 @@ from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.kernels.normalize import normalize
 from nucleiscreen.network import UNetConfig
 from nucleiscreen.trainer.calibrate import calibrate_postprocessing
+from nucleiscreen.trainer.checkpoint import Logits
 from nucleiscreen.trainer.config import TrainConfig, with_postprocessing
-from nucleiscreen.trainer.data import CropStream, Deformation, Sample, Target, _rescale, make_sample
+from nucleiscreen.trainer.data import CropStream, Deformation, Sample, Source, Target, _rescale, make_sample
 from nucleiscreen.trainer.train import loss_fn, pick_device, validate
 
 MASK_SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels", "_label")
@@ -127,18 +127,6 @@ def model_target(info) -> Target:
     return Target(width=int(post.get("boundary_width", 2)), solid_area=int(post.get("solid_area", 0)))
 
 
-class Logits(OnnxModule):
-    """The model file's graph up to the network's logits (the last convolution), with trainable weights."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        convs = [i for i, (fn, _, _, _) in enumerate(self.nodes) if fn.__name__ == "_conv"]
-        self.nodes = self.nodes[:convs[-1] + 1]
-        self.output = self.nodes[-1][2][0]
-        for p in self.params:
-            p.requires_grad_(True)
-
-
 def finetune(folder: str | Path, out: str | Path, model: str | Path | None = None, steps: int = 300,
              batch: int = 4, crop: int = 256, lr: float = 3e-4, seed: int = 0, threads: int | None = None,
              progress: bool = True) -> FinetuneResult:
@@ -158,7 +146,7 @@ def finetune(folder: str | Path, out: str | Path, model: str | Path | None = Non
     order = np.random.default_rng(seed).permutation(len(samples))
     n_held = max(1, round(0.2 * len(samples)))
     held, train = [samples[i] for i in sorted(order[:n_held])], [samples[i] for i in sorted(order[n_held:])]
-    net, before, after, post = train_onnx(info, [(train, 1.0)], held, train, steps, batch, crop, lr, seed, threads,
+    net, before, after, post = train_onnx(info, [Source(train)], held, train, steps, batch, crop, lr, seed, threads,
                                           progress)
     write_model(info, net, post, out, {
         "finetuned_from": {"path": str(info.path), "sha256": info.sha256},
@@ -168,11 +156,11 @@ def finetune(folder: str | Path, out: str | Path, model: str | Path | None = Non
                           factor)
 
 
-def train_onnx(info, sources: list[tuple[list[Sample], float]], held: list[Sample], calibration: list[Sample],
+def train_onnx(info, sources: list[Source], held: list[Sample], calibration: list[Sample],
                steps: int, batch: int = 4, crop: int = 256, lr: float = 3e-4, seed: int = 0,
                threads: int | None = None, progress: bool = True,
                sim_fraction: float = 0.0) -> tuple[Logits, dict, dict, dict]:
-    """Train the model file's weights on crops of ``sources`` (samples, weight) and ``sim_fraction`` simulated
+    """Train the model file's weights on crops of ``sources`` and ``sim_fraction`` simulated
     frames; the post-processing is calibrated again on ``calibration``. Returns the network, ``validate``'s figures
     on ``held`` before and after, and the new post-processing."""
     if threads:
@@ -185,7 +173,7 @@ def train_onnx(info, sources: list[tuple[list[Sample], float]], held: list[Sampl
         raise UserError(f"{info.path}: its card's model does not match its spatial_multiple; re-export it")
     post = info.postprocessing
     before = validate(net, held, device, with_postprocessing(cfg, post))
-    crop = min(crop, *(min(s.image.shape) for group, _ in sources for s in group)) // info.multiple * info.multiple
+    crop = min(crop, *(min(s.image.shape) for src in sources for s in src.samples)) // info.multiple * info.multiple
     if crop < info.multiple:
         raise UserError(f"the training frames are smaller than {info.multiple} px at the model's scale")
     stream = CropStream(sources, crop, batch, sim_fraction, info.normalization, seed, model_target(info), Deformation())
@@ -194,8 +182,9 @@ def train_onnx(info, sources: list[tuple[list[Sample], float]], held: list[Sampl
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: 0.5 * (1 + np.cos(np.pi * min(k, steps) / steps)))
     net.train()
     for _ in tqdm(range(steps), desc="fine-tune", unit="step", disable=not progress):
-        x, cls, small, _ = stream.next()
-        loss = loss_fn(net(x.to(device)), cls.to(device), weights, cfg.dice, small.to(device), cfg.small_weight)
+        b = stream.next()
+        loss = loss_fn(net(b.image.to(device)), b.classes.to(device), weights, cfg.dice, b.small.to(device),
+                       cfg.small_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -15,6 +15,7 @@ import csv
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +23,13 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from nucleiscreen.network import UNet
-from nucleiscreen.simulate import MEDIAN_NUCLEUS_AREA
+from nucleiscreen.engine.model import load_model_info
+from nucleiscreen.errors import UserError
+from nucleiscreen.network import UNet, UNetConfig
 from nucleiscreen.trainer.calibrate import CALIBRATION_IMAGES, calibrate_postprocessing, predict_logits, to_instances
-from nucleiscreen.trainer.checkpoint import initial_weights
+from nucleiscreen.trainer.checkpoint import Logits, initial_weights
 from nucleiscreen.trainer.config import TrainConfig, with_postprocessing
-from nucleiscreen.trainer.data import CropStream, Sample, load_folder
+from nucleiscreen.trainer.data import Batch, CropStream, Sample, Source, load_folder
 from nucleiscreen.trainer.distill import Teacher, distill_loss
 from nucleiscreen.trainer.hover import HoVerNet, hover_loss, hv_maps
 from nucleiscreen.trainer.metrics import Counts, match
@@ -82,7 +84,26 @@ def loss_fn(logits: torch.Tensor, target: torch.Tensor, weights: torch.Tensor, d
 
 
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    if cfg.onnx_init:
+        return Logits(load_model_info(cfg.onnx_init).path)
     return HoVerNet(cfg.model) if cfg.arch == "hover" else UNet(cfg.model)
+
+
+def model_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the architecture and normalization of the model file it trains (``init`` naming one), which a
+    config cannot change."""
+    if not cfg.onnx_init:
+        return cfg
+    info = load_model_info(cfg.onnx_init)
+    if info.is_checkpoint or info.input_dtype != "float32":
+        raise UserError(f"init {cfg.onnx_init}: an FP32 ONNX model file is trained (not {info.input_dtype})")
+    return replace(cfg, model=UNetConfig(**info.card["model"]), norm=info.normalization)
+
+
+def nucleus_area(cfg: TrainConfig) -> float:
+    """The typical nucleus area (px) that ``rescale``d sources are resized to: the card's ``nucleus_area_px`` of the
+    model file trained or of the teacher, else of the shipped default (the lab's CX7 frames)."""
+    return float(load_model_info(cfg.onnx_init or cfg.teacher).card["nucleus_area_px"])
 
 
 def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels: np.ndarray,
@@ -91,6 +112,26 @@ def batch_loss(out: torch.Tensor, cls: torch.Tensor, small: torch.Tensor, labels
         hv = torch.from_numpy(np.stack([hv_maps(lab) for lab in labels])).to(out.device)
         return hover_loss(out, cls > 0, hv)
     return loss_fn(out, cls, weights, cfg.dice, small, cfg.small_weight)
+
+
+def step_loss(net: torch.nn.Module, batch: Batch, teacher: Teacher | None, weights: torch.Tensor, cfg: TrainConfig,
+              device: torch.device, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """The loss of one batch: the annotated loss over its annotated crops plus ``distill`` x the teacher's over its
+    distilled crops (``Batch``'s flags; a source can give either or both)."""
+    x = batch.image.to(device, non_blocking=True).to(memory_format=torch.channels_last)
+    ann = batch.annotated.to(device)
+    dis = batch.distilled.to(device) if teacher is not None else torch.zeros_like(ann)
+    soft = teacher(x[dis]).to(device) if bool(dis.any()) else None
+    y = batch.classes.to(device, non_blocking=True)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        logits = net(x)
+        loss = logits.new_zeros(())
+        if bool(ann.any()):
+            loss = loss + batch_loss(logits[ann], y[ann], batch.small.to(device)[ann], batch.labels[ann.cpu().numpy()],
+                                     weights, cfg)
+        if soft is not None:
+            loss = loss + cfg.distill * distill_loss(logits[dis], soft, weights[y[dis]])
+    return loss
 
 
 def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, cfg: TrainConfig) -> dict:
@@ -130,18 +171,22 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    cfg = model_config(cfg)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
 
-    # Rescaled sources get the median nucleus area of the CX7 frames the network is for.
-    sources = [(load_folder(s.path, cfg.norm, MEDIAN_NUCLEUS_AREA if s.rescale else None, cfg.target, s.limit),
-                s.weight) for s in cfg.train]
-    val = load_folder(cfg.val, cfg.norm, None, cfg.target) if cfg.val else []
+    area = nucleus_area(cfg) if any(s.rescale for s in (*cfg.train, *cfg.val)) else None
+    sources = [Source(load_folder(s.path, cfg.norm, area if s.rescale else None, cfg.target, s.limit, s.match),
+                      s.weight, s.labels, s.distill) for s in cfg.train]
+    vals = [load_folder(v.path, cfg.norm, area if v.rescale else None, cfg.target, v.limit, v.match)
+            for v in cfg.val]
+    val = vals[0] if vals else []
     stream = CropStream(sources, cfg.crop, cfg.batch, cfg.sim_fraction, cfg.norm, cfg.seed, cfg.target,
                         cfg.deformation)
 
     teacher = Teacher(cfg.teacher, cfg.norm, cfg.threads) if cfg.teacher else None
     net = build_model(cfg)
-    if cfg.init and not (resume and (out / "last.pt").exists()):  # a resumed run has its own weights
+    resumed = resume and (out / "last.pt").exists()  # a resumed run has its own weights
+    if cfg.init and not cfg.onnx_init and not resumed:
         net.load_state_dict(initial_weights(cfg.init, cfg, net))
     net = net.to(device).to(memory_format=torch.channels_last)
     amp_dtype = autocast_dtype(device, cfg.amp)
@@ -179,8 +224,9 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     log = open(log_path, "w" if new_log else "a", newline="")
     writer = csv.writer(log)
     if new_log:
-        writer.writerow(["step", "train_loss", "val_loss", "val_f1_0.5", "val_f1_mean", "val_jaccard_lab", "lr",
-                         "seconds"])
+        more = [f"val{i}_{k}" for i in range(1, len(vals)) for k in ("f1_0.5", "f1_mean")]
+        writer.writerow(["step", "train_loss", "val_loss", "val_f1_0.5", "val_f1_mean", "val_jaccard_lab", *more,
+                         "lr", "seconds"])
     bar = tqdm(total=cfg.steps, initial=step, unit="step", desc="train", disable=not progress)
     t0 = time.time() - earlier
     running = []
@@ -189,15 +235,7 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
                     "val": validate(net, val, device, cfg) if val else {}}, out / "best.pt")
     net.train()
     while step < cfg.steps:
-        x, y, small, labels = stream.next()
-        x, y, small = (t.to(device, non_blocking=True) for t in (x, y, small))
-        x = x.to(memory_format=torch.channels_last)
-        soft = teacher(x).to(device) if teacher else None
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            logits = net(x)
-            loss = batch_loss(logits, y, small, labels, weights, cfg)
-            if soft is not None:
-                loss = loss + cfg.distill * distill_loss(logits, soft, weights[y])
+        loss = step_loss(net, stream.next(), teacher, weights, cfg, device, amp_dtype)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(opt)
@@ -210,17 +248,21 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
             bar.set_postfix(loss=f"{np.mean(running[-20:]):.3f}", best=f"{max(best, 0):.3f}")
         if step % cfg.val_every == 0 or step == cfg.steps:
             nan = float("nan")
-            metrics = validate(net, val, device, cfg) if val else {"loss": nan, "f1": {"0.50": nan}, "f1_mean": nan,
-                                                                     "jaccard_lab": nan}
+            every = [validate(net, v, device, cfg) for v in vals] or [
+                {"loss": nan, "f1": {"0.50": nan}, "f1_mean": nan, "jaccard_lab": nan}]
+            metrics = every[0]
             f1 = metrics["f1"]["0.50"]
-            score = metrics["f1_mean"] if cfg.select_by == "f1_mean" else f1
+            score = float(np.mean([m["f1_mean"] if cfg.select_by == "f1_mean" else m["f1"]["0.50"] for m in every]))
+            more = [x for m in every[1:] for x in (m["f1"]["0.50"], m["f1_mean"])]
             writer.writerow([step, f"{np.mean(running):.4f}", f"{metrics['loss']:.4f}", f1, metrics["f1_mean"],
-                             metrics["jaccard_lab"], f"{sched.get_last_lr()[0]:.2e}", f"{time.time() - t0:.0f}"])
+                             metrics["jaccard_lab"], *more, f"{sched.get_last_lr()[0]:.2e}",
+                             f"{time.time() - t0:.0f}"])
             log.flush()
             running = []
             state = {"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "step": step, "best": best, "config": cfg.to_dict()}
-            snapshot = {"model": net.state_dict(), "config": cfg.to_dict(), "step": step, "val": metrics}
+            snapshot = {"model": net.state_dict(), "config": cfg.to_dict(), "step": step, "val": metrics,
+                        "val_more": every[1:]}
             if not val or score > best:
                 best = score if val else best
                 state["best"] = best
@@ -235,13 +277,13 @@ def train(cfg: TrainConfig, resume: bool = True, progress: bool = True) -> Path:
     bar.close()
     log.close()
     best_path = out / "best.pt"
-    if cfg.arch == "unet" and sources and best_path.exists():
+    if cfg.arch == "unet" and sources and sources[0].labels and best_path.exists():
         ck = torch.load(best_path, map_location=device, weights_only=False)
         # Calibrated once, on the first (the screen's own) training source; again when re-running a finished run
         # whose checkpoint predates the calibration of the growth of small objects.
         if "grow_area" not in ck.get("postprocessing", {}):
             net.load_state_dict(ck["model"])
-            ck["postprocessing"] = calibrate_postprocessing(net, sources[0][0][:CALIBRATION_IMAGES], device,
+            ck["postprocessing"] = calibrate_postprocessing(net, sources[0].samples[:CALIBRATION_IMAGES], device,
                                                             cfg.model.multiple)
             if val:  # the card's validation figures are those of the post-processing the engine will apply
                 post = ck["postprocessing"]

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from nucleiscreen.engine.model import load_model_info
-from nucleiscreen.trainer.data import dsb_held_out
+from nucleiscreen.trainer.data import Source, dsb_held_out
 from nucleiscreen.trainer.finetune import find_annotations, load_annotations, model_target, train_onnx, write_model
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -22,8 +22,8 @@ dsb_pairs = [p for p in find_annotations(DATA / "dsb2018-fluorescence") if not d
 dsb, _ = load_annotations(dsb_pairs, info, target, per_image=True)
 print(f"lab {len(lab)}, dsb {len(dsb)} training images, lab val {len(val)}", flush=True)
 t0 = time.time()
-net, before, after, post = train_onnx(info, [(lab, 0.5), (dsb, 0.5)], val, lab[:12], steps, batch=8, crop=256, lr=3e-4,
-                                      sim_fraction=0.1)
+net, before, after, post = train_onnx(info, [Source(lab, 0.5), Source(dsb, 0.5)], val, lab[:12], steps, batch=8,
+                                      crop=256, lr=3e-4, sim_fraction=0.1)
 print(f"{steps} steps in {(time.time() - t0) / 60:.1f} min", flush=True)
 for name, m in (("shipped", before), ("fine-tuned", after)):
     print(name, {k: m["f1"][k] for k in ("0.50", "0.70", "0.90")}, "pixel Jaccard", round(m["pixel_jaccard"], 4))
