@@ -237,7 +237,8 @@ def end_to_end(info: ModelInfo, frames: int, device: str = "cuda", batch_size: i
         os.cpu_count()), cores (this process may use), warmup_frames, warmup_s, where.
     """
     from nucleiscreen.engine.backends.torch import TorchBackend
-    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions
+    from nucleiscreen.engine.run import segment
     from nucleiscreen.engine.segmenter import Segmenter
 
     if work is None:

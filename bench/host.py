@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from nucleiscreen.engine.backends import SyncBackend
 from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
 
 
-class ReplayBackend:
+class ReplayBackend(SyncBackend):
     """A backend that costs nothing: raw frames in (``submit_raw``, as torch on CUDA), the class map recorded for
     each frame out, found by the frame's first row (the frames of a benchmark differ there). The class maps are
     stacked into one batch array, as a real backend's result is."""
@@ -80,7 +81,8 @@ os.sched_setaffinity(0, set(json.loads(sys.argv[4])))
 import numba
 numba.set_num_threads(1)  # the kernels are single-threaded; parallelism comes from the pool's threads
 from nucleiscreen.bench.host import ReplayBackend
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions
+from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.segmenter import Segmenter
 rec = np.load(sys.argv[2])
 maps = {f.tobytes(): m for f, m in zip(rec["frames"], rec["maps"])}

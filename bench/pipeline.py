@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions
 from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
@@ -58,20 +59,18 @@ def sequential(paths: list[Path], seg: Segmenter) -> dict[str, float]:
 
 
 def main(frames: int = 64, size: int = 1104, model: str | None = None, backend: str = "auto",
-         batch_size: int | None = None, threads: int | None = None, min_contrast: float | None = None,
-         min_area: int | None = None, min_edge_area: int | None = None, grow_area: int | None = None) -> dict:
+         batch_size: int | None = None, threads: int | None = None, overrides: dict | None = None) -> dict:
+    """``overrides``: post-processing settings (``kernels/postprocess.py``) for both contenders."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "frames"
         paths = write_frames(folder, frames, size)
-        seg = Segmenter(model, backend, threads, min_area=min_area, min_contrast=min_contrast,
-                        min_edge_area=min_edge_area, grow_area=grow_area)
+        seg = Segmenter(model, backend, threads, overrides)
         sequential(paths[:2], seg)  # warm-up: numba compilation, onnxruntime allocations
         t0 = time.perf_counter()
         stages = sequential(paths, seg)
         t_seq = time.perf_counter() - t0
         opts = SegmentOptions(backend=backend, batch_size=batch_size, threads=threads, progress=False,
-                              min_contrast=min_contrast, min_area=min_area, min_edge_area=min_edge_area,
-                              grow_area=grow_area)
+                              post=overrides or {})
         t0 = time.perf_counter()
         res = segment([folder], Path(tmp) / "run", model=model, options=opts)
         t_eng = time.perf_counter() - t0

@@ -17,8 +17,9 @@ import time
 from pathlib import Path
 
 from nucleiscreen.engine.discover import discover
-from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
-from nucleiscreen.engine.ray_executor import FrameSegmenter, segment_on_ray
+from nucleiscreen.engine.pipeline import SegmentOptions
+from nucleiscreen.engine.ray_executor import FrameSegmenter, RayExecutor
+from nucleiscreen.engine.run import numbered_frames, segment
 from nucleiscreen.simulate import simulate_screen
 
 
@@ -31,7 +32,8 @@ def main(plates: int = 4, size: int = 256, workers: int = 2) -> dict:
         local = segment(found, Path(tmp) / "local", options=SegmentOptions(progress=False, threads=workers))
         t_local = time.perf_counter() - t
         t = time.perf_counter()
-        ray = segment_on_ray(found, Path(tmp) / "ray", None, SegmentOptions(progress=False), workers=workers)
+        ray = segment(found, Path(tmp) / "ray", options=SegmentOptions(progress=False),
+                      executor=RayExecutor(workers=workers))
         t_ray = time.perf_counter() - t
         t_data = ray_data(found, workers)
     frames = found.frames.height

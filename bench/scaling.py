@@ -30,7 +30,8 @@ from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well
 
 _CHILD = """
 import json, resource, sys
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions
+from nucleiscreen.engine.run import segment
 batch = int(sys.argv[4]) if sys.argv[4] else None
 res = segment([sys.argv[1]], sys.argv[2], model=sys.argv[3] or None,
               options=SegmentOptions(progress=False, batch_size=batch))

@@ -32,14 +32,17 @@ from pathlib import Path
 
 import polars as pl
 
+from nucleiscreen.engine.channels import NUCLEI, Channels, path_columns
 from nucleiscreen.engine.readers import IMAGE_SUFFIXES
 from nucleiscreen.errors import UserError
 
-FRAME_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site",
-                 "Metadata_Channel", "PathName_DNA", "FileName_DNA"]
-"""The columns of ``Discovery.frames``, in order (CellProfiler's names; the image table starts with them)."""
+METADATA_COLUMNS = ["Metadata_Plate", "Metadata_Well", "Metadata_Row", "Metadata_Column", "Metadata_Site",
+                    "Metadata_Channel"]
+"""The first columns of ``Discovery.frames`` (CellProfiler's names; the image table starts with them), then each
+channel's ``PathName_<name>``, ``FileName_<name>`` (``Channels.columns``)."""
+_FIELD_KEYS = METADATA_COLUMNS[:5]  # a field: its plate, well and site
 
-__all__ = ["FRAME_COLUMNS", "PATTERNS", "Discovery", "NamingPattern", "discover", "discover_images"]
+__all__ = ["METADATA_COLUMNS", "PATTERNS", "Discovery", "NamingPattern", "discover", "discover_images"]
 
 
 @dataclass(frozen=True)
@@ -57,12 +60,15 @@ class NamingPattern:
         The channel analysed when none is asked for; None means the lowest channel found.
     exclude : re.Pattern or None
         Names that match the regex but are not frames (ImageXpress ``_thumb`` thumbnails).
+    prefixes : tuple of str
+        What the names write before the channel number (``d`` for ``d0``); empty for a custom regex (any).
     """
 
     name: str
     regex: re.Pattern
     nuclei_channel: int | None = None
     exclude: re.Pattern | None = None
+    prefixes: tuple[str, ...] = ()
 
 
 _IMAGE_EXT = r"\.(?i:c01|dib|tiff?|png)$"
@@ -72,6 +78,7 @@ PATTERNS: dict[str, NamingPattern] = {
         "cx7",
         re.compile(r"^(?P<plate>.+?)_(?P<well>[A-P]\d{2})f(?P<site>\d{2,3})[do](?P<channel>\d+)" + _IMAGE_EXT),
         nuclei_channel=0,
+        prefixes=("d", "o"),
     ),
     # ImageXpress / MetaXpress: Plate_A01_s1_w1<UUID>.tif; single-site files have no _s.
     "imagexpress": NamingPattern(
@@ -82,6 +89,7 @@ PATTERNS: dict[str, NamingPattern] = {
         ),
         nuclei_channel=1,
         exclude=re.compile(r"(?i)_thumb"),
+        prefixes=("w",),
     ),
     # Opera Phenix / Operetta (Harmony): r01c01f01p01-ch1sk1fk1fl1.tiff, row 01 = A; no plate in the name.
     "opera": NamingPattern(
@@ -91,6 +99,7 @@ PATTERNS: dict[str, NamingPattern] = {
             r"-ch(?P<channel>\d+)sk(?P<timepoint>\d+)fk\d+fl\d+\.(?i:tiff?)$"
         ),
         nuclei_channel=1,
+        prefixes=("ch",),
     ),
 }
 
@@ -101,25 +110,31 @@ _WELL = re.compile(r"([A-Za-z]{1,2})(\d{1,3})")
 
 @dataclass(frozen=True)
 class Discovery:
-    """The frames found for one channel, and what else was seen.
+    """The fields found (each with a frame of every channel asked for), and what else was seen.
 
     Attributes
     ----------
     frames : polars.DataFrame
-        One row per frame of ``channel``, sorted by plate, well (row, then column) and site, with
-        columns ``Metadata_Plate`` (str), ``Metadata_Well`` (str, ``B07``), ``Metadata_Row`` (str,
-        ``B``), ``Metadata_Column`` (int), ``Metadata_Site`` (int), ``Metadata_Channel`` (int),
-        ``PathName_DNA`` (str, absolute folder) and ``FileName_DNA`` (str, file name).
+        One row per field (an image set, CellProfiler's NamesAndTypes), sorted by plate, well (row, then
+        column) and site, with columns ``Metadata_Plate`` (str), ``Metadata_Well`` (str, ``B07``),
+        ``Metadata_Row`` (str, ``B``), ``Metadata_Column`` (int), ``Metadata_Site`` (int),
+        ``Metadata_Channel`` (int, the nuclei channel's number), then for each channel ``PathName_<name>``
+        (str, absolute folder) and ``FileName_<name>`` (str, file name).
     pattern : str
         Name of the naming pattern used (``custom`` for a user regex).
     regex : str
         Its regular expression.
     channels : tuple of int
-        Every channel seen, sorted.
+        Every channel number seen, sorted.
     channel : int
-        The channel in ``frames``.
+        The nuclei channel's number.
     ignored : int
         Image files in the folders that did not match the pattern (thumbnails included).
+    names : Channels
+        The channels of ``frames``, their numbers resolved.
+    incomplete : polars.DataFrame
+        The fields that lack a frame of some channel: ``frames``' columns (null where a frame is missing) and
+        ``Missing`` (the names of the channels missing). Not in ``frames``.
     """
 
     frames: pl.DataFrame
@@ -128,6 +143,8 @@ class Discovery:
     channels: tuple[int, ...]
     channel: int
     ignored: int = 0
+    names: Channels = Channels()
+    incomplete: pl.DataFrame | None = None
 
     def fields_per_well(self) -> pl.DataFrame:
         """Count of frames per well: columns ``Metadata_Plate``, ``Metadata_Well``, ``Fields``."""
@@ -156,14 +173,26 @@ class Discovery:
         missing = self.missing_fields()
         per_well = fields["Fields"].value_counts(sort=True)
         per_well_text = ", ".join(f"{n} ({_plural(w, 'well')})" for n, w in per_well.iter_rows())
+        names = self.names
+        what = (f"{frames.height} frames of channel {self.channel}" if len(names.names) == 1 else
+                f"{frames.height} fields of {len(names.names)} channels")
+        using = (f"using channel {self.channel}" if len(names.names) == 1 and names.nuclei == NUCLEI else
+                 "using " + ", ".join(f"{n}={num}" + (" (nuclei)" if n == names.nuclei else "")
+                                      for n, num in zip(names.names, names.numbers)))
         lines = [
-            f"pattern: {self.pattern} ({frames.height} frames of channel {self.channel}"
+            f"pattern: {self.pattern} ({what}"
             + (f"; {_plural(self.ignored, 'image file')} did not match)" if self.ignored else ")"),
             f"plates: {len(plates)} ({_some(plates)})",
             f"wells: {fields.height}",
             f"fields per well: {per_well_text}",
-            f"channels seen: {', '.join(map(str, self.channels))}; using channel {self.channel}",
+            f"channels seen: {', '.join(map(str, self.channels))}; {using}",
         ]
+        if self.incomplete is not None and self.incomplete.height:
+            examples = [f"{p} {w} site {s} (no {', '.join(m)})" for p, w, s, m in
+                        self.incomplete.select("Metadata_Plate", "Metadata_Well", "Metadata_Site", "Missing")
+                        .iter_rows()]
+            lines.append(f"fields lacking a channel: {self.incomplete.height} ({_some(examples)}); each becomes a "
+                         "row of the error table")
         if missing.is_empty():
             lines.append("missing fields: none")
         else:
@@ -172,8 +201,10 @@ class Discovery:
         return "\n".join(lines)
 
 
-def discover(sources: Sequence[str | os.PathLike], pattern: str = "auto", channel: int | None = None) -> Discovery:
-    """Find the frames of one channel in folders (searched recursively) and explicit files.
+def discover(sources: Sequence[str | os.PathLike], pattern: str = "auto", channel: int | None = None,
+             channels: Channels | None = None) -> Discovery:
+    """Find the fields of a screen in folders (searched recursively) and explicit files, with a frame of each
+    channel asked for.
 
     Parameters
     ----------
@@ -187,8 +218,11 @@ def discover(sources: Sequence[str | os.PathLike], pattern: str = "auto", channe
         regular expression with named groups (see the module docstring) searched in each file name;
         a custom regex only sees files with an image suffix (.tif, .tiff, .png, .C01, .DIB).
     channel : int, optional
-        Channel to keep, numbered as in the file names. Default: the pattern's nuclei channel
-        (cx7 0 = ``d0``, imagexpress 1 = ``w1``, opera 1 = ``ch1``; the lowest channel for a custom regex).
+        The nuclei channel's number as in the file names, when ``channels`` is not given. Default: the pattern's
+        nuclei channel (cx7 0 = ``d0``, imagexpress 1 = ``w1``, opera 1 = ``ch1``; the lowest channel for a
+        custom regex).
+    channels : Channels, optional
+        The channels of a field by name (``--channels``); default: the nuclei channel alone, named ``DNA``.
 
     Returns
     -------
@@ -198,8 +232,10 @@ def discover(sources: Sequence[str | os.PathLike], pattern: str = "auto", channe
     ------
     UserError
         A source does not exist, the regex is invalid, no file matches, a given file does not
-        match, the channel is not present, or the same plate/well/site/channel is found twice.
+        match, a channel is not present, or the same plate/well/site/channel is found twice.
     """
+    if channels is None:
+        channels = Channels(numbers=(channel,))
     listing = _Listing.of(sources)
     images = listing.images()
     names = pl.Series("name", [listing.names[i] for i in images], dtype=pl.String)
@@ -220,24 +256,59 @@ def discover(sources: Sequence[str | os.PathLike], pattern: str = "auto", channe
         )
     table = table.with_columns(pl.Series(listing.dir_of, dtype=pl.Int64).gather(positions).alias("dir"))
     frames = _metadata(table, listing)
-    channels = tuple(sorted(frames["Metadata_Channel"].unique().to_list()))
-    if channel is None:
-        channel = chosen.nuclei_channel if chosen.nuclei_channel is not None else channels[0]
-    if channel not in channels:
-        raise UserError(
-            f"channel {channel} is not among the {chosen.name} frames found; "
-            f"channels seen: {', '.join(map(str, channels))}"
-        )
-    frames = frames.filter(pl.col("Metadata_Channel") == channel)
+    seen = tuple(sorted(frames["Metadata_Channel"].unique().to_list()))
+    wanted = channels.resolved(chosen.nuclei_channel if chosen.nuclei_channel is not None else seen[0])
+    _check_channels(wanted, seen, chosen)
+    frames = frames.filter(pl.col("Metadata_Channel").is_in(list(wanted.numbers)))
     _refuse_duplicates(frames)
+    sets, incomplete = _image_sets(frames, wanted)
     return Discovery(
-        frames=frames,
+        frames=sets,
         pattern=chosen.name,
         regex=chosen.regex.pattern,
-        channels=channels,
-        channel=channel,
+        channels=seen,
+        channel=wanted.number[wanted.nuclei],
         ignored=len(images) - table.height,
+        names=wanted,
+        incomplete=incomplete,
     )
+
+
+def _check_channels(wanted: Channels, seen: tuple[int, ...], pattern: NamingPattern) -> None:
+    """One line for a channel asked for that no file has, or a token written as another instrument's."""
+    for name, number, prefix in zip(wanted.names, wanted.numbers, wanted.prefixes):
+        token = f"{prefix}{number}"
+        if prefix and pattern.prefixes and prefix not in pattern.prefixes:
+            raise UserError(f"--channels {name}={token}: {pattern.name} file names write channels as "
+                            f"{' or '.join(p + str(number) for p in pattern.prefixes)}")
+        if number not in seen:
+            what = f"channel {name}={token}" if len(wanted.names) > 1 or name != NUCLEI else f"channel {number}"
+            raise UserError(f"{what} is not among the {pattern.name} frames found; channels seen: "
+                            f"{', '.join(map(str, seen))}")
+
+
+def _image_sets(frames: pl.DataFrame, channels: Channels) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The frames (one row per file) as image sets (one row per field, each channel's file in its own columns,
+    ``Metadata_Channel`` the nuclei channel's number), and the fields that lack a channel's frame."""
+    number = channels.number
+    nuclei = frames.filter(pl.col("Metadata_Channel") == number[channels.nuclei]).rename(
+        dict(zip(("PathName", "FileName"), path_columns(channels.nuclei))))
+    if len(channels.names) == 1:
+        return nuclei, nuclei.clear().with_columns(pl.lit([], pl.List(pl.String)).alias("Missing"))
+    fields = frames.select(_FIELD_KEYS).unique(maintain_order=True)
+    sets = fields.join(nuclei, on=_FIELD_KEYS, how="left")
+    for name in channels.names:
+        if name != channels.nuclei:
+            own = frames.filter(pl.col("Metadata_Channel") == number[name]).select(
+                *_FIELD_KEYS, *(pl.col(c).alias(n) for c, n in zip(("PathName", "FileName"), path_columns(name))))
+            sets = sets.join(own, on=_FIELD_KEYS, how="left")
+    sets = sets.with_columns(pl.col("Metadata_Channel").fill_null(number[channels.nuclei])).select(
+        *METADATA_COLUMNS, *channels.columns())
+    missing = pl.concat_list([pl.when(pl.col(path_columns(n)[1]).is_null()).then(pl.lit(n)) for n in channels.names]
+                             ).list.drop_nulls()
+    sets = sets.with_columns(missing.alias("Missing"))
+    complete = pl.col("Missing").list.len() == 0
+    return sets.filter(complete).drop("Missing"), sets.filter(~complete)
 
 
 def discover_images(sources: Sequence[str | os.PathLike]) -> list[Path]:
@@ -380,17 +451,17 @@ def _count(pattern: NamingPattern, names: pl.Series) -> int:
 def _match(pattern: NamingPattern, names: pl.Series) -> pl.DataFrame:
     """The names the pattern finds, with their captured groups.
 
-    Returns columns ``index`` (position in ``names``), ``FileName_DNA`` and one string column per
+    Returns columns ``index`` (position in ``names``), ``FileName`` and one string column per
     group read (canonical names; null where an optional group did not take part). Polars' Rust regex
     engine runs the pattern (~4x faster than a Python loop over 100,000 names); a pattern it cannot
     compile (look-around, back-references) runs through Python's ``re`` instead.
     """
     groups = _groups(pattern.regex)
     regex = pattern.regex.pattern
-    frame = names.to_frame("FileName_DNA").with_row_index("index")
+    frame = names.to_frame("FileName").with_row_index("index")
     try:
-        matched = frame.filter(pl.col("FileName_DNA").str.contains(regex))
-        captured = matched["FileName_DNA"].str.extract_groups(regex).struct.unnest()
+        matched = frame.filter(pl.col("FileName").str.contains(regex))
+        captured = matched["FileName"].str.extract_groups(regex).struct.unnest()
         captured = captured.select(pl.col(name).alias(key) for key, name in groups.items())
     except pl.exceptions.ComputeError:
         found = [(i, m) for i, m in enumerate(map(pattern.regex.search, names.to_list())) if m is not None]
@@ -401,14 +472,15 @@ def _match(pattern: NamingPattern, names: pl.Series) -> pl.DataFrame:
         )
     table = pl.concat([matched, captured], how="horizontal")
     if pattern.exclude is not None:
-        table = table.filter(~pl.col("FileName_DNA").str.contains(pattern.exclude.pattern))
+        table = table.filter(~pl.col("FileName").str.contains(pattern.exclude.pattern))
     return table
 
 
 def _metadata(table: pl.DataFrame, listing: _Listing) -> pl.DataFrame:
-    """Turn captured strings into the typed Metadata_* columns (see the module docstring)."""
+    """Turn captured strings into the typed Metadata_* columns (see the module docstring); one row per file, with
+    its ``PathName`` and ``FileName``."""
     table = table.with_columns(
-        pl.Series(listing.dirs, dtype=pl.String).gather(table["dir"]).alias("PathName_DNA"),
+        pl.Series(listing.dirs, dtype=pl.String).gather(table["dir"]).alias("PathName"),
         pl.Series([_folder_plate(d) for d in listing.dirs], dtype=pl.String).gather(table["dir"]).alias("folder"),
     )
     plate = pl.coalesce("plate", "folder") if "plate" in table.columns else pl.col("folder")
@@ -427,8 +499,8 @@ def _metadata(table: pl.DataFrame, listing: _Listing) -> pl.DataFrame:
             column.alias("Metadata_Column"),
             _integer(table, "site", 0).alias("Metadata_Site"),
             _integer(table, "channel", 0).alias("Metadata_Channel"),
-            "PathName_DNA",
-            "FileName_DNA",
+            "PathName",
+            "FileName",
         )
         .with_columns(
             (pl.col("Metadata_Row") + pl.col("Metadata_Column").cast(pl.String).str.zfill(2)).alias("Metadata_Well")
@@ -440,10 +512,10 @@ def _metadata(table: pl.DataFrame, listing: _Listing) -> pl.DataFrame:
             "Metadata_Column",
             "Metadata_Site",
             "Metadata_Channel",
-            "PathName_DNA",
-            "FileName_DNA",
+            "PathName",
+            "FileName",
         )
-        .select(FRAME_COLUMNS)
+        .select(*METADATA_COLUMNS, "PathName", "FileName")
     )
 
 
@@ -458,7 +530,7 @@ def _integer(table: pl.DataFrame, key: str, default: int | None) -> pl.Expr:
     bad = table.filter(values.is_null() & (table[key].is_not_null() | (default is None)))
     if not bad.is_empty():
         raise UserError(
-            f"the {key} {bad[key][0]!r} in {bad['FileName_DNA'][0]} is not a number; "
+            f"the {key} {bad[key][0]!r} in {bad['FileName'][0]} is not a number; "
             f"the pattern's {key} group must capture digits"
         )
     return pl.col(key).cast(pl.Int64).fill_null(default) if default is not None else pl.col(key).cast(pl.Int64)
@@ -468,7 +540,7 @@ def _parse_well(well: str | None, table: pl.DataFrame) -> tuple[str, int]:
     """``B7``, ``b07``, ``B007`` -> (``B``, 7)."""
     m = _WELL.fullmatch(well or "")
     if m is None:
-        example = table.filter(pl.col("well").eq_missing(well))["FileName_DNA"][0]
+        example = table.filter(pl.col("well").eq_missing(well))["FileName"][0]
         raise UserError(f"cannot read a well from {well!r} in {example}; expected a row letter and a column number")
     return m.group(1).upper(), int(m.group(2))
 
@@ -480,7 +552,7 @@ def _parse_row(row: str | None, table: pl.DataFrame) -> str:
     if row and row.isdigit() and 0 < int(row) <= 26 * 27:
         n = int(row)
         return (chr(64 + (n - 1) // 26) if n > 26 else "") + chr(65 + (n - 1) % 26)
-    example = table.filter(pl.col("row").eq_missing(row))["FileName_DNA"][0]
+    example = table.filter(pl.col("row").eq_missing(row))["FileName"][0]
     raise UserError(f"cannot read a plate row from {row!r} in {example}; expected letters or a number from 1 (= A)")
 
 
@@ -499,7 +571,7 @@ def _refuse_duplicates(frames: pl.DataFrame) -> None:
         return
     first = twice.row(0, named=True)
     same = twice.filter(*(pl.col(k) == first[k] for k in keys))
-    a, b = (os.path.join(r["PathName_DNA"], r["FileName_DNA"]) for r in same.head(2).iter_rows(named=True))
+    a, b = (os.path.join(r["PathName"], r["FileName"]) for r in same.head(2).iter_rows(named=True))
     groups = twice.select(keys).unique().height
     raise UserError(
         f"the same frame (plate {first['Metadata_Plate']}, well {first['Metadata_Well']}, site "

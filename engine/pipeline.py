@@ -1,25 +1,25 @@
-"""Segment the frames of a screen into a run folder (``engine/runfolder.py``): decode -> network -> nuclei -> rows.
+"""The streaming stages that segment frames into a run folder (``engine/runfolder.py``): decode -> network -> nuclei
+-> rows. ``engine/run.py`` owns a run folder's life around them (lock, resume, scales, manifest) and hands them the
+frames to do, on this machine or on Ray actors (``engine/ray_executor.py``).
 
 The stages, with the reading of the next batch and the post-processing of the last overlapping the network:
 
-    discover (engine/discover.py) -> Segmenter.load (pool threads: read, histogram, quality, network input)
+    Segmenter.load (pool threads: read, histogram, quality, network input)
         -> Segmenter.submit/collect (the backend; two batches in flight on an asynchronous one)
         -> Segmenter.measure (pool threads; the numba kernels release the GIL)
-        -> PartWriter: RUN/images/plate=<plate>/part-*.parquet, RUN/objects/..., RUN/errors/..., RUN/manifest.json
+        -> PartWriter: RUN/images/plate=<plate>/part-*.parquet, RUN/objects/..., RUN/errors/...
 
-A frame that cannot be read or processed becomes a row of the error table (``PathName_DNA``, ``FileName_DNA``,
-``Stage``, ``Error``) and the run goes on. Re-running the same command resumes: frames already in the run folder's
-image or error tables are skipped. The frame table is walked in slices, so memory stays flat however large the screen.
+A frame that cannot be read or processed becomes a row of the error table (its file columns, ``Stage``, ``Error``)
+and the run goes on. The frame table is walked in slices, so memory stays flat however large the screen.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,46 +27,45 @@ from pathlib import Path
 import polars as pl
 from tqdm import tqdm
 
-from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery, discover
-from nucleiscreen.engine.readers import FrameReadError, read_frame
-from nucleiscreen.engine.runfolder import (
-    PartWriter,
-    RunLock,
-    done_frames,
-    error_row,
-    new_token,
-    prepare_run,
-    remove_orphan_objects,
-    run_model,
-    write_json,
-    write_labels,
-    write_manifest,
-)
-from nucleiscreen.engine.scale import ScaleEstimate, plate_scales
+from nucleiscreen.engine.channels import Channels, frame_path, path_columns
+from nucleiscreen.engine.readers import FrameReadError
+from nucleiscreen.engine.runfolder import PartWriter, write_labels
+from nucleiscreen.engine.scale import ScaleEstimate
 from nucleiscreen.engine.segmenter import Frame, FrameCheckError, Pending, Segmenter
 from nucleiscreen.errors import StorageError, UserError
+from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
+from nucleiscreen.kernels.postprocess import OVERRIDABLE
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentOptions:
+    """The settings of one ``segment`` (the CLI's options), passed whole to every stage and worker."""
+
     backend: str = "auto"
     batch_size: int | None = None  # None: the backend's preferred batch (1 on the CPU, 16 on a GPU)
     threads: int | None = None
     objects: bool = False
     save_labels: bool = False
-    micronucleus_area: int = 100
-    min_area: int | None = None  # px; smaller objects are dropped. None: the model card's (what it validated with)
-    min_contrast: float | None = None  # the faint-object filter's threshold; None: the model card's, 0: no filter
-    min_edge_area: int | None = None  # px; objects touching the frame's edge with fewer are dropped. None: the card's
-    grow_area: int | None = None  # px; smaller objects grow into their bright outer ring. None: the card's, 0: none
+    micronucleus_area: int = DEFAULT_MICRONUCLEUS_AREA
+    post: dict = field(default_factory=dict)  # PostProcessing overrides in the frames' pixels (kernels/postprocess.py;
+    # --min-area etc.); a setting not given is the model card's
     pixel_size: float | str | None = None  # um per pixel of the frames; None: the model's; "auto": estimated per
     # plate (engine/scale.py)
+    channels: Channels = Channels()
     part_frames: int = 4096
     checkpoint_seconds: float = 60.0  # parts are also written after this much work: a kill loses at most about it
     progress: bool = True
     overwrite: bool = False  # empty the run folder first
     retry_errors: bool = False  # attempt the frames of the error table again
     shard: tuple[int, int] | None = None  # (k, n): this process takes the frames with (ImageNumber - 1) % n == k
+
+    def settings(self) -> dict:
+        """The options as the manifest records them: flat, each post-processing override under its own name (None:
+        the card's), the channels as a dict."""
+        d = asdict(self)
+        post = d.pop("post")
+        d["channels"] = self.channels.as_dict()
+        return {**d, **{k: post.get(k) for k in OVERRIDABLE}}
 
 
 def parse_shard(text: str, environ: dict | None = None) -> tuple[int, int]:
@@ -102,34 +101,55 @@ class SegmentResult:
     scales: dict[str, ScaleEstimate] = field(default_factory=dict)  # --pixel-size auto: each plate's
 
 
+@dataclass
+class Outcome:
+    """What became of one frame: its image-table row and, with ``--objects``, its objects; or the stage where it
+    failed and why."""
+
+    rec: dict  # the frame's row of the frame table
+    row: dict | None = None
+    objects: pl.DataFrame | None = None
+    stage: str | None = None  # check, decode, infer or postprocess
+    error: str | None = None
+
+
 class Scheduler:
-    """The stages of one ``segment`` call, so that the network never waits for the host and the host never holds
+    """The stages of one unit of frames, so that the network never waits for the host and the host never holds
     more than a few batches: the frames of batch k+1 are read on the pool while batch k is submitted, batch k-1
     is collected only after batch k was submitted (an asynchronous backend computes one while the other copies),
-    and the class maps go to the pool for post-processing; finished frames are written oldest first."""
+    and the class maps go to the pool for post-processing; finished frames come out oldest first
+    (``run_batches``)."""
 
-    def __init__(self, seg: Segmenter, writer: PartWriter, opts: SegmentOptions, run: Path, pool: ThreadPoolExecutor,
-                 bar, shapes: dict[str, tuple[int, int]] | None = None, scales: dict[str, float] | None = None):
-        self.seg, self.writer, self.opts, self.run, self.pool, self.bar = seg, writer, opts, run, pool, bar
+    def __init__(self, seg: Segmenter, opts: SegmentOptions, run: Path, pool: ThreadPoolExecutor,
+                 shapes: dict[str, tuple[int, int]] | None = None, scales: dict[str, float] | None = None):
+        self.seg, self.opts, self.run, self.pool = seg, opts, run, pool
+        self.nuclei = opts.channels.nuclei
         self.shapes = shapes or {}  # each plate's frame size (``plate_shapes``); a frame of another is refused
         # the Segmenter of each plate whose frames are resized for inference (--pixel-size auto)
         self.segs = {plate: seg.at_scale(s) for plate, s in (scales or {}).items() if s != seg.scale}
         self.busy: dict[str, float] = defaultdict(float)
         self._lock = threading.Lock()  # stages run on several threads; += on a dict entry is not atomic
-        self.failed_by: Counter[str] = Counter()  # failed frames by stage
         self.inflight: tuple[list, Pending] | None = None  # a batch submitted to the network, not yet collected
         self.post: deque[tuple[dict, Future]] = deque()  # frames being post-processed, oldest first
+        self.done: deque[Outcome] = deque()  # finished or failed, not yet handed out
 
-    def run_batches(self, batches: Iterator[list[dict]], limit: int) -> None:
+    def run_batches(self, batches: Iterator[list[dict]], limit: int) -> Iterator[Outcome]:
+        """The outcome of every frame of ``batches``; at most ``limit`` frames wait for their post-processing."""
         ahead = [self.pool.submit(self._load, rec) for rec in next(batches, [])]
         while ahead:
             loaded = [f.result() for f in ahead]
             ahead = [self.pool.submit(self._load, rec) for rec in next(batches, [])]
             self._network(loaded)
-            self._write(limit)
+            self._finished(limit)
+            yield from self._hand_out()
         if self.inflight is not None:
             self._finish(*self.inflight)
-        self._write(0)
+        self._finished(0)
+        yield from self._hand_out()
+
+    def _hand_out(self) -> Iterator[Outcome]:
+        while self.done:
+            yield self.done.popleft()
 
     # -- pool threads ---------------------------------------------------------------------------------------------
     def _spent(self, stage: str, since: float) -> None:
@@ -139,8 +159,8 @@ class Scheduler:
     def _load(self, rec: dict) -> tuple[dict, Frame | FrameReadError]:
         t = time.perf_counter()
         try:
-            frame = self._seg(rec).load(Path(rec["PathName_DNA"]) / rec["FileName_DNA"],
-                                        self.shapes.get(rec["Metadata_Plate"]))
+            frame = self._seg(rec).load(frame_path(rec, self.nuclei), self.shapes.get(rec["Metadata_Plate"]),
+                                        self.nuclei)
         except FrameReadError as exc:
             frame = exc
         self._spent("decode", t)
@@ -150,10 +170,10 @@ class Scheduler:
         t = time.perf_counter()
         opts = self.opts
         labels, summary, objects = self._seg(rec).measure(classes, frame.raw, opts.objects, opts.save_labels,
-                                                          opts.micronucleus_area, frame.rescale)
+                                                          opts.micronucleus_area, frame.rescale, self.nuclei)
         if opts.save_labels:
             folder = self.run / "labels" / f"plate={rec['Metadata_Plate']}"
-            path = folder / (Path(rec["FileName_DNA"]).stem + "_labels.tif")
+            path = folder / (Path(rec[path_columns(self.nuclei)[1]]).stem + "_labels.tif")
             try:
                 folder.mkdir(parents=True, exist_ok=True)
                 write_labels(path, labels)
@@ -167,9 +187,7 @@ class Scheduler:
 
     # -- the main thread --------------------------------------------------------------------------------------------
     def _fail(self, rec: dict, stage: str, error: str) -> None:
-        self.failed_by[stage] += 1
-        self.writer.add_error(error_row(rec, stage, error))
-        self.bar.update()
+        self.done.append(Outcome(rec, stage=stage, error=error))
 
     def _network(self, loaded: list[tuple[dict, Frame | FrameReadError]]) -> None:
         """Submit the readable frames of one batch in groups of one input shape and dtype (a batch is one array)."""
@@ -212,23 +230,19 @@ class Scheduler:
         for (rec, frame), cls in zip(items, classes):
             self.post.append((rec, self.pool.submit(self._postprocess, rec, frame, cls)))
 
-    def _write(self, limit: int) -> None:
-        """Write the finished frames at the head of the queue; wait until at most ``limit`` are pending
-        (back-pressure: the readers never run far ahead of the post-processing)."""
+    def _finished(self, limit: int) -> None:
+        """Move the post-processed frames at the head of the queue to ``done``; wait until at most ``limit`` are
+        pending (back-pressure: the readers never run far ahead of the post-processing)."""
         while self.post and (self.post[0][1].done() or len(self.post) > limit):
             rec, fut = self.post.popleft()
-            t = time.perf_counter()
             try:
                 row, objects = fut.result()
             except StorageError:
                 raise
             except Exception as exc:  # a kernel failing on one frame must not stop the screen
-                self.failed_by["postprocess"] += 1
-                self.writer.add_error(error_row(rec, "postprocess", f"{type(exc).__name__}: {exc}"))
+                self._fail(rec, "postprocess", f"{type(exc).__name__}: {exc}")
             else:
-                self.writer.add_frame(row, objects)
-            self._spent("write", t)
-            self.bar.update()
+                self.done.append(Outcome(rec, row, objects))
 
 
 def frame_batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:
@@ -239,129 +253,50 @@ def frame_batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:
             yield rows[i:i + size]
 
 
-def segment(
-    sources: Sequence[str | Path] | Discovery,
-    out: str | Path,
-    model: str | Path | None = None,
-    options: SegmentOptions | None = None,
-    pattern: str = "auto",
-    channel: int | None = None,
-    on_discovered: Callable[[Discovery], None] | None = None,
-    on_scale: Callable[[str, ScaleEstimate], None] | None = None,
-    segmenter: Segmenter | None = None,
-) -> SegmentResult:
-    """Segment every frame of the discovered screen into the run folder ``out`` (see the module docstring).
+@dataclass(frozen=True)
+class UnitSpec:
+    """What any worker needs to segment a unit of a run's frames into its folder: the run folder, the options, the
+    frame table's schema, each plate's frame size and scale (``engine/run.py`` measures them once per run)."""
 
-    ``on_discovered`` is called with the discovery before any frame is read (the CLI prints its summary),
-    ``on_scale`` with each plate's scale estimated with ``--pixel-size auto``.
-    ``segmenter``: a Segmenter made by the caller (a benchmark's own backend), in place of the one ``model`` and
-    ``options`` describe."""
-    opts = options or SegmentOptions()
-    if opts.batch_size is not None and opts.batch_size < 1:
-        raise UserError("--batch-size must be at least 1")
-    if opts.checkpoint_seconds < 0:
-        raise UserError("--checkpoint-seconds must be 0 or more")
-    if model is None and segmenter is None and not opts.overwrite:
-        model = run_model(Path(out))  # the model the folder was begun with, when there is one
-    seg = segmenter or make_segmenter(model, opts)  # fail first
-    found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channel)
-    if on_discovered is not None:
-        on_discovered(found)
-    run = Path(out)
-    settings = asdict(opts)
-    token = new_token()
-    with RunLock(run, opts.shard, token):
-        prepare_run(run, seg.info, settings, opts.overwrite, opts.retry_errors)
-        remove_orphan_objects(run)
-        screen = numbered_frames(found)  # plate sizes and scales come from the screen's frames, alike for every shard
-        shapes = plate_shapes(screen)
-        frames = numbered_frames(found, opts.shard)
-        scales = run_scales(seg, run, screen, opts, on_scale)
-        todo = pending_frames(run, frames)
-        result = segment_frames(seg, todo, run, opts, found.frames.schema, token, shapes,
-                                {p: e.scale for p, e in scales.items()})
-        result.skipped, result.scales = frames.height - todo.height, scales
-        write_manifest(run, seg.info, settings, found, {
-            "frames": result.frames, "skipped": result.skipped, "failed": result.failed,
-            "seconds": round(result.seconds, 2), "busy_seconds": {k: round(v, 2) for k, v in result.busy.items()},
-            "failed_by_stage": result.failed_by, "executor": "local", "backend": result.backend,
-            **({"scales": {p: e.as_dict() for p, e in sorted(scales.items())}} if scales else {})}, shapes)
-    return result
+    run: Path
+    options: SegmentOptions
+    frame_schema: dict[str, pl.DataType]
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    scales: dict[str, float] = field(default_factory=dict)
+
+
+def segment_frames(seg: Segmenter, frames: pl.DataFrame, spec: UnitSpec, token: str | None = None) -> SegmentResult:
+    """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder of ``spec``: the unit of work
+    that a local run does once over all its frames and a Ray actor over each unit it is given (no discovery, checks
+    or manifest: ``engine/run.py``). ``token``: the writer's part-name token (the run lock's, for a local run)."""
+    opts = spec.options
+    batch_size = opts.batch_size or seg.backend.preferred_batch
+    threads = opts.threads or os.cpu_count() or 1
+    writer = PartWriter(spec.run, opts.part_frames, spec.frame_schema, opts.channels, opts.checkpoint_seconds, token)
+    failed: Counter[str] = Counter()
+    t_start = time.time()
+    write = 0.0
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
+                                                   disable=not opts.progress) as bar:
+        scheduler = Scheduler(seg, opts, spec.run, pool, spec.shapes, spec.scales)
+        for outcome in scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads):
+            t = time.perf_counter()
+            if outcome.row is None:
+                failed[outcome.stage] += 1
+                writer.add_error(outcome.rec, outcome.stage, outcome.error)
+            else:
+                writer.add_frame(outcome.row, outcome.objects)
+            write += time.perf_counter() - t
+            bar.update()
+    writer.flush()
+    busy = {**scheduler.busy, "write": write} if frames.height else dict(scheduler.busy)
+    return SegmentResult(spec.run, frames.height, 0, failed.total(), time.time() - t_start, busy,
+                         seg.backend.description, dict(failed))
 
 
 def make_segmenter(model: str | Path | None, opts: SegmentOptions) -> Segmenter:
     """The Segmenter that ``opts`` describe (backend, threads, post-processing overrides, pixel size)."""
     if isinstance(opts.pixel_size, str) and opts.pixel_size != "auto":
         raise UserError(f"--pixel-size takes a number of um or auto, not {opts.pixel_size!r}")
-    return Segmenter(model, opts.backend, opts.threads, opts.min_area,
-                     None if opts.pixel_size == "auto" else opts.pixel_size, opts.min_contrast, opts.min_edge_area,
-                     opts.grow_area)
-
-
-def run_scales(seg: Segmenter, run: Path, frames: pl.DataFrame, opts: SegmentOptions,
-               on_scale: Callable[[str, ScaleEstimate], None] | None = None) -> dict[str, ScaleEstimate]:
-    """With ``--pixel-size auto``, the scale of each plate of ``frames``: estimated once (``engine/scale.py``) and
-    kept in ``RUN/scales.json``, so that resumes and other shards use the same; {} otherwise."""
-    if opts.pixel_size != "auto":
-        return {}
-    path = run / "scales.json"
-    known = json.loads(path.read_text()) if path.exists() else {}
-    scales = plate_scales(seg, frames, known, on_scale)
-    if set(scales) - set(known):
-        write_json(path, {p: e.as_dict() for p, e in sorted(scales.items())})
-    return scales
-
-
-def numbered_frames(found: Discovery, shard: tuple[int, int] | None = None) -> pl.DataFrame:
-    """The discovered frames with their ``ImageNumber`` (1.., global over the screen), the shard's only."""
-    frames = found.frames.with_row_index("ImageNumber", offset=1).with_columns(pl.col("ImageNumber").cast(pl.Int64))
-    if shard is not None:  # shards share one run folder: part names are unique, ImageNumbers global
-        k, n = shard
-        frames = frames.filter((pl.col("ImageNumber") - 1) % n == k)
-    return frames.select("ImageNumber", *FRAME_COLUMNS)
-
-
-def plate_shapes(frames: pl.DataFrame, sample: int = 5) -> dict[str, tuple[int, int]]:
-    """Each plate's frame size (rows, columns): the most common among its first ``sample`` readable frames in
-    ImageNumber order (ties: the earliest frame's), so that every run, shard and resume of a screen agrees on it."""
-    shapes = {}
-    for (plate,), rows in frames.sort("ImageNumber").group_by("Metadata_Plate", maintain_order=True):
-        seen = []
-        for path, name in rows.select("PathName_DNA", "FileName_DNA").iter_rows():
-            try:
-                seen.append(read_frame(Path(path) / name).shape)
-            except FrameReadError:
-                continue
-            if len(seen) == sample:
-                break
-        if seen:
-            shapes[plate] = max(seen, key=lambda s: (seen.count(s), -seen.index(s)))
-    return shapes
-
-
-def pending_frames(run: Path, frames: pl.DataFrame, plates: Sequence[str] | None = None) -> pl.DataFrame:
-    """``frames`` less those already in the run's image or error tables (resume); ``plates``: the plates ``frames``
-    come from, when not all (only their parts are read)."""
-    done = done_frames(run, plates)
-    return frames.join(done, on=["PathName_DNA", "FileName_DNA"], how="anti", maintain_order="left")
-
-
-def segment_frames(seg: Segmenter, frames: pl.DataFrame, run: Path, opts: SegmentOptions,
-                   frame_schema: dict[str, pl.DataType], token: str | None = None,
-                   shapes: dict[str, tuple[int, int]] | None = None,
-                   scales: dict[str, float] | None = None) -> SegmentResult:
-    """Segment ``frames`` (``numbered_frames``' columns) into the prepared run folder ``run``: the stages of the
-    module docstring, without discovery, checks or manifest (what a distributed worker runs on its work unit).
-    ``shapes``: each plate's frame size (``plate_shapes``), to refuse a frame of another; ``scales``: each plate's
-    scale (``run_scales``) where it is not the Segmenter's."""
-    batch_size = opts.batch_size or seg.backend.preferred_batch
-    threads = opts.threads or os.cpu_count() or 1
-    writer = PartWriter(run, opts.part_frames, frame_schema, opts.checkpoint_seconds, token)
-    t_start = time.time()
-    with ThreadPoolExecutor(threads) as pool, tqdm(total=frames.height, unit="frame", desc="segment",
-                                                   disable=not opts.progress) as bar:
-        scheduler = Scheduler(seg, writer, opts, run, pool, bar, shapes, scales)
-        scheduler.run_batches(frame_batches(frames, batch_size), limit=2 * batch_size * threads)
-    writer.flush()
-    return SegmentResult(run, frames.height, 0, scheduler.failed_by.total(), time.time() - t_start,
-                         dict(scheduler.busy), seg.backend.description, dict(scheduler.failed_by))
+    return Segmenter(model, opts.backend, opts.threads, opts.post,
+                     None if opts.pixel_size == "auto" else opts.pixel_size)

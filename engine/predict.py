@@ -1,31 +1,46 @@
 """``nucleiscreen predict``: segment individual images into instance-label TIFFs (napari/Fiji open them), with the
-per-nucleus measurements of each image beside its labels as ``<stem>_nuclei.csv`` (CellProfiler column names)."""
+per-nucleus measurements of each image beside its labels as ``<stem>_nuclei.csv`` (CellProfiler column names).
+
+Each image goes through the same ``Segmenter`` as a screen's frames (``Segmenter.load``'s checks, the model card's
+post-processing); an image that cannot be read or segmented is reported and skipped, the others are still written.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from nucleiscreen.engine.discover import discover_images
-from nucleiscreen.engine.readers import FrameReadError, read_frame
+from nucleiscreen.engine.readers import FrameReadError
 from nucleiscreen.engine.runfolder import write_labels
-from nucleiscreen.engine.scale import KEEP_IMAGE, frames_scale
-from nucleiscreen.engine.segmenter import Segmenter
+from nucleiscreen.engine.scale import KEEP_IMAGE, ScaleEstimate, labels_at_scale
+from nucleiscreen.engine.segmenter import Frame, Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import measure
 
 
+@dataclass
+class PredictResult:
+    written: list[Path] = field(default_factory=list)  # the label images
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # the images that could not be segmented, and why
+
+
 def predict(images, out: str | Path, model: str | Path | None = None, backend: str = "auto",
             threads: int | None = None, batch_size: int | None = None, progress: bool = False,
-            pixel_size: float | str | None = None, min_contrast: float | None = None,
-            min_area: int | None = None, min_edge_area: int | None = None,
-            grow_area: int | None = None, on_scale=None) -> list[Path]:
+            pixel_size: float | str | None = None, overrides: dict | None = None,
+            on_scale: Callable[[str, ScaleEstimate], None] | None = None,
+            on_error: Callable[[Path, str], None] | None = None) -> PredictResult:
     """Write ``out/<stem>_labels.tif`` (uint16, or uint32 past 65,535 objects) and ``out/<stem>_nuclei.csv`` for every
-    image; returns the label paths. ``pixel_size="auto"``: each image at its own scale, estimated from its nuclei
-    and kept at the model's within ``KEEP_IMAGE`` (``engine/scale.py``; images of a screen share one scale per plate in
-    ``segment`` instead) and given to ``on_scale(name, estimate)``."""
+    image. ``pixel_size="auto"``: each image at its own scale, estimated from its nuclei and kept at the model's within
+    ``KEEP_IMAGE`` (``engine/scale.py``; images of a screen share one scale per plate in ``segment`` instead), given
+    to ``on_scale(name, estimate)``; the estimate's own segmentation is the result when the scale is kept.
+    ``overrides``: post-processing settings (``kernels/postprocess.py``). An image that fails goes to
+    ``on_error(path, reason)`` and the result's ``failed``."""
     paths = discover_images(images)
     stems = defaultdict(list)
     for p in paths:
@@ -34,36 +49,56 @@ def predict(images, out: str | Path, model: str | Path | None = None, backend: s
     if clashes:
         raise UserError(f"two inputs would write the same output name: {clashes[0][0]} and {clashes[0][1]}")
     auto = pixel_size == "auto"
-    seg = Segmenter(model, backend, threads, min_area=min_area, pixel_size=None if auto else pixel_size,
-                    min_contrast=min_contrast, min_edge_area=min_edge_area, grow_area=grow_area)
+    seg = Segmenter(model, backend, threads, overrides, None if auto else pixel_size)
     batch_size = batch_size or seg.backend.preferred_batch
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    bar = tqdm(total=len(paths), unit="image", desc="predict", disable=not progress)
-    for start in range(0, len(paths), batch_size):
-        group = defaultdict(list)  # same-shape images at one scale share a batch
-        for p in paths[start:start + batch_size]:
-            try:
-                raw = read_frame(p)
-            except FrameReadError as exc:
-                raise UserError(str(exc)) from None
-            at = seg
+    result = PredictResult()
+
+    def fail(path: Path, reason: str) -> None:
+        result.failed.append((path, reason))
+        if on_error is not None:
+            on_error(path, reason)
+
+    def write(path: Path, labels: np.ndarray, raw: np.ndarray) -> None:
+        target = out / f"{path.stem}_labels.tif"
+        write_labels(target, labels)
+        measure(labels, raw).write_csv(out / f"{path.stem}_nuclei.csv")
+        result.written.append(target)
+
+    with tqdm(total=len(paths), unit="image", desc="predict", disable=not progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            loaded: list[tuple[Path, Frame]] = []
+            for p in paths[start:start + batch_size]:
+                try:
+                    loaded.append((p, seg.load(p)))
+                except FrameReadError as exc:
+                    fail(p, str(exc))
+                    bar.update()
             if auto:
-                estimate = frames_scale(seg, [raw], KEEP_IMAGE)
-                at = seg.at_scale(estimate.scale)
-                if on_scale is not None:
-                    on_scale(p.name, estimate)
-            group[raw.shape, at.scale].append((p, raw, at))
-        for (shape, _), items in group.items():
-            at = items[0][2]
-            classes = at.classes([at.prepare(raw) for _, raw, _ in items], shape)
-            for (p, raw, _), cls in zip(items, classes):
-                labels = at.instances(cls, raw)
-                target = out / f"{p.stem}_labels.tif"
-                write_labels(target, labels)
-                measure(labels, raw).write_csv(out / f"{p.stem}_nuclei.csv")
-                written.append(target)
-                bar.update()
-    bar.close()
-    return written
+                for p, frame in loaded:
+                    try:
+                        estimate, (labels,) = labels_at_scale(seg, [frame.raw], KEEP_IMAGE)
+                    except Exception as exc:  # one image's failure must not stop the others
+                        fail(p, f"{type(exc).__name__}: {exc}")
+                    else:
+                        if on_scale is not None:
+                            on_scale(p.name, estimate)
+                        write(p, labels, frame.raw)
+                    bar.update()
+                continue
+            groups = defaultdict(list)  # same-shape inputs share a batch
+            for p, frame in loaded:
+                groups[frame.input.shape, frame.input.dtype, frame.raw.shape].append((p, frame))
+            for items in groups.values():
+                try:
+                    classes = seg.classes([f.input for _, f in items], items[0][1].raw.shape)
+                    labels = [seg.instances(c, f.raw, f.rescale) for (_, f), c in zip(items, classes)]
+                except Exception as exc:
+                    for p, _ in items:
+                        fail(p, f"{type(exc).__name__}: {exc}")
+                else:
+                    for (p, frame), lab in zip(items, labels):
+                        write(p, lab, frame.raw)
+                bar.update(len(items))
+    return result

@@ -1,11 +1,11 @@
 """``segment --executor ray``: one screen across the nodes and GPUs of a Ray cluster, with a single-node run's tables.
 
-The driver discovers the screen and numbers its frames once (``ImageNumber`` is global), drops the frames the run
-folder already holds (resume), and cuts the rest into *work units*: a plate, or a slice of ``unit_frames`` frames of a
-larger plate. Each of ``workers`` Ray actors loads the model once and runs the single-node pipeline
-(``pipeline.segment_frames``) on one unit at a time, writing the unit's part files into the shared run folder; the
-driver hands the next unit to whichever actor finishes, shows one progress bar for the screen, and writes the manifest
-(executor, workers, their backends) when all are done.
+The driver runs the one path of every run (``engine/run.py``: discovery, the run folder's lock, the frames numbered
+once over the screen, resume, scales, the manifest); ``RayExecutor`` is its executor: it cuts the frames still to do
+into *work units* (a plate, or a slice of ``unit_frames`` frames of a larger plate), and each of ``workers`` Ray actors
+loads the model once and runs the unit function of a local run (``pipeline.segment_frames``) on one unit at a time,
+writing the unit's part files into the shared run folder; the driver hands the next unit to whichever actor finishes
+and shows one progress bar for the screen.
 
 A lost worker (a killed process, a lost node) is restarted by Ray and its unit retried (``max_restarts``,
 ``max_task_retries``); the retry first drops the unit's frames already written, and part files are atomic, so no frame
@@ -26,54 +26,45 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 import polars as pl
-from tqdm import tqdm
 
 from nucleiscreen.engine.backends import CPU_MODEL
 from nucleiscreen.engine.discover import Discovery
-from nucleiscreen.engine.model import load_model_info
+from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.pipeline import (
     Scheduler,
     SegmentOptions,
     SegmentResult,
+    UnitSpec,
     frame_batches,
     make_segmenter,
-    numbered_frames,
-    pending_frames,
-    plate_shapes,
-    run_scales,
     segment_frames,
 )
-from nucleiscreen.engine.runfolder import (
-    RunLock,
-    new_token,
-    prepare_run,
-    remove_orphan_objects,
-    run_model,
-    write_manifest,
-)
+from nucleiscreen.engine.run import Run, numbered_frames, pending_frames
+from nucleiscreen.engine.runfolder import remove_orphan_objects
 from nucleiscreen.engine.scale import plate_scales
+from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 
 UNIT_FRAMES = 4096  # a plate larger than this is cut into slices of it (a CX7 plate: 384 wells x 16 fields = 6,144)
 
 
 class UnitWorker:
-    """A Ray actor: the model loaded once, then one work unit after another into the run folder."""
+    """A Ray actor: the model loaded once, then one work unit after another into the run folder, with the same unit
+    function a local run uses (``pipeline.segment_frames``)."""
 
-    def __init__(self, model: str | None, options: dict, run: str, frame_schema: dict, shapes: dict, scales: dict):
-        self.opts = SegmentOptions(**options)
-        self.seg = make_segmenter(model, self.opts)
-        self.run, self.schema, self.shapes, self.scales = Path(run), frame_schema, shapes, scales
+    def __init__(self, model: str, spec: UnitSpec):
+        self.spec = spec
+        self.seg = make_segmenter(model, spec.options)
 
     def segment(self, frames: pl.DataFrame) -> dict:
         """Segment the unit's frames not yet in the run folder (a retried unit resumes); its counts and timings."""
-        todo = pending_frames(self.run, frames, frames["Metadata_Plate"].unique().to_list())
-        result = segment_frames(self.seg, todo, self.run, self.opts, self.schema, shapes=self.shapes,
-                                scales=self.scales)
+        spec = self.spec
+        todo = pending_frames(spec.run, frames, spec.options.channels, frames["Metadata_Plate"].unique().to_list())
+        result = segment_frames(self.seg, todo, spec)
         return {"frames": result.frames, "skipped": frames.height - todo.height, "failed_by": result.failed_by,
                 "busy": result.busy, "backend": result.backend, "host": os.uname().nodename, "pid": os.getpid()}
 
@@ -84,93 +75,83 @@ def work_units(frames: pl.DataFrame, unit_frames: int = UNIT_FRAMES) -> Iterator
         yield from plate.iter_slices(n_rows=unit_frames)
 
 
-def segment_on_ray(found: Discovery, out: str | Path, model: str | Path | None, opts: SegmentOptions,
-                   address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
-                   unit_frames: int = UNIT_FRAMES, on_scale=None) -> SegmentResult:
-    """``pipeline.segment`` with its frames spread over Ray actors (module docstring); ``on_scale`` as there."""
-    try:
-        import ray
-    except ImportError:
-        raise UserError("--executor ray needs Ray: pip install 'nucleiscreen[ray]'") from None
-    if workers is not None and workers < 1:
-        raise UserError("--workers must be at least 1")
-    if gpus_per_worker < 0:
-        raise UserError("--gpus-per-worker must be 0 or more")
-    # fail before starting anything; one model for every worker: without --model, the INT8 variant on CPU workers
-    # with --backend auto (as a local run on a CPU), the FP32 model on GPU workers
-    run = Path(out).resolve()  # the workers may start in another folder
-    if model is None and not opts.overwrite:
-        model = run_model(run)  # the model the folder was begun with, when there is one
-    cpu_default = model is None and opts.backend == "auto" and not gpus_per_worker
-    info = load_model_info(CPU_MODEL if cpu_default else model)
-    with RunLock(run, opts.shard, new_token()):
-        return _segment_on_ray(ray, found, run, info, opts, address, workers, gpus_per_worker, unit_frames, on_scale)
+class RayExecutor:
+    """``engine/run.py``'s executor on a Ray cluster (module docstring): ``address`` None starts a local instance;
+    ``workers`` None: as many as the cluster's CPUs (and GPUs, with ``gpus_per_worker``) hold."""
 
+    name = "ray"
 
-def _segment_on_ray(ray, found: Discovery, run: Path, info, opts: SegmentOptions, address: str | None,
-                    workers: int | None, gpus_per_worker: float, unit_frames: int, on_scale) -> SegmentResult:
-    settings = asdict(opts)
-    prepare_run(run, info, settings, opts.overwrite, opts.retry_errors)
-    remove_orphan_objects(run)
-    screen = numbered_frames(found)  # plate sizes and scales come from the screen's frames, alike for every shard
-    shapes = plate_shapes(screen)
-    frames = numbered_frames(found, opts.shard)
-    scales = {}
-    if opts.pixel_size == "auto":  # estimated once, on the driver, with whatever backend it has
-        scales = run_scales(make_segmenter(str(info.path), replace(opts, backend="auto")), run, screen, opts,
-                            on_scale)
-    todo = pending_frames(run, frames)
-    units = list(work_units(todo, unit_frames))
-    threads = opts.threads or 1  # per worker: one CPU each unless asked
-    started = not ray.is_initialized()
-    if started:
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0.0,
+                 unit_frames: int = UNIT_FRAMES):
         try:
-            if address is None:
-                ray.init(num_cpus=workers * threads if workers else None, include_dashboard=False,
-                         log_to_driver=False)
-            else:
-                ray.init(address=address, log_to_driver=False)
-        except ConnectionError as exc:
-            raise UserError(f"cannot reach the Ray cluster at {address}: {exc}") from None
-    try:
-        if workers is None:  # as many as the cluster's CPUs (and GPUs) hold
-            total = ray.cluster_resources()
-            workers = max(1, int(total.get("CPU", 1)) // threads)
-            if gpus_per_worker:
-                workers = max(1, min(workers, int(total.get("GPU", 0) // gpus_per_worker)))
-        worker_opts = asdict(replace(opts, threads=threads, progress=False, overwrite=False, retry_errors=False))
-        actor = ray.remote(num_cpus=threads, num_gpus=gpus_per_worker, max_restarts=-1,
-                           max_task_retries=-1)(UnitWorker)
-        pool = [actor.remote(str(info.path), worker_opts, str(run), dict(found.frames.schema), shapes,
-                              {p: e.scale for p, e in scales.items()})
-                for _ in range(min(workers, len(units)))]  # none when all is done (resume)
-        results, seconds = _dispatch(ray, pool, units, opts.progress)
-    finally:
+            import ray
+        except ImportError:
+            raise UserError("--executor ray needs Ray: pip install 'nucleiscreen[ray]'") from None
+        if workers is not None and workers < 1:
+            raise UserError("--workers must be at least 1")
+        if gpus_per_worker < 0:
+            raise UserError("--gpus-per-worker must be 0 or more")
+        self.ray, self.address, self.workers, self.gpus_per_worker = ray, address, workers, gpus_per_worker
+        self.unit_frames = unit_frames
+
+    def model(self, model: str | Path | None, opts: SegmentOptions) -> ModelInfo:
+        """One model for every worker: without ``model``, the INT8 variant on CPU workers with ``--backend auto`` (as
+        a local run on a CPU picks), the FP32 model on GPU workers."""
+        cpu_default = model is None and opts.backend == "auto" and not self.gpus_per_worker
+        return load_model_info(CPU_MODEL if cpu_default else model)
+
+    def scale_segmenter(self, info: ModelInfo, opts: SegmentOptions) -> Segmenter:
+        return make_segmenter(str(info.path), replace(opts, backend="auto"))  # on the driver, whatever it has
+
+    def execute(self, run: Run) -> tuple[SegmentResult, dict]:
+        ray, opts = self.ray, run.options
+        units = list(work_units(run.todo, self.unit_frames))
+        threads = opts.threads or 1  # per worker: one CPU each unless asked
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
-    remove_orphan_objects(run)  # of workers lost mid-unit (their units were done again by others)
-    busy, failed_by = Counter(), Counter()
-    for r in results:
-        busy.update(r["busy"])
-        failed_by.update(r["failed_by"])
-    result = SegmentResult(run, sum(r["frames"] for r in results),
-                           frames.height - todo.height + sum(r["skipped"] for r in results),
-                           failed_by.total(), seconds, dict(busy), ", ".join(sorted({r["backend"] for r in results})),
-                           dict(failed_by), scales)
-    write_manifest(run, info, settings, found, {
-        "frames": result.frames, "skipped": result.skipped, "failed": result.failed, "seconds": round(seconds, 2),
-        "busy_seconds": {k: round(v, 2) for k, v in busy.items()}, "failed_by_stage": result.failed_by,
-        "backend": result.backend,
-        "executor": "ray", "address": address or "local", "workers": len(pool),
-        "gpus_per_worker": gpus_per_worker, "units": len(units),
-        "worker_hosts": sorted({r["host"] for r in results}),
-        **({"scales": {p: e.as_dict() for p, e in sorted(scales.items())}} if scales else {})}, shapes)
-    return result
+            try:
+                if self.address is None:
+                    ray.init(num_cpus=self.workers * threads if self.workers else None, include_dashboard=False,
+                             log_to_driver=False)
+                else:
+                    ray.init(address=self.address, log_to_driver=False)
+            except ConnectionError as exc:
+                raise UserError(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
+        try:
+            workers = self.workers
+            if workers is None:  # as many as the cluster's CPUs (and GPUs) hold
+                total = ray.cluster_resources()
+                workers = max(1, int(total.get("CPU", 1)) // threads)
+                if self.gpus_per_worker:
+                    workers = max(1, min(workers, int(total.get("GPU", 0) // self.gpus_per_worker)))
+            spec = replace(run.spec, options=replace(opts, threads=threads, progress=False, overwrite=False,
+                                                     retry_errors=False))
+            actor = ray.remote(num_cpus=threads, num_gpus=self.gpus_per_worker, max_restarts=-1,
+                               max_task_retries=-1)(UnitWorker)
+            pool = [actor.remote(str(run.info.path), spec)
+                    for _ in range(min(workers, len(units)))]  # none when all is done (resume)
+            results, seconds = _dispatch(ray, pool, units, opts.progress)
+        finally:
+            if started:
+                ray.shutdown()
+        remove_orphan_objects(run.path)  # of workers lost mid-unit (their units were done again by others)
+        busy, failed_by = Counter(), Counter()
+        for r in results:
+            busy.update(r["busy"])
+            failed_by.update(r["failed_by"])
+        result = SegmentResult(run.path, sum(r["frames"] for r in results), sum(r["skipped"] for r in results),
+                               failed_by.total(), seconds, dict(busy),
+                               ", ".join(sorted({r["backend"] for r in results})), dict(failed_by))
+        return result, {"address": self.address or "local", "workers": len(pool),
+                        "gpus_per_worker": self.gpus_per_worker, "units": len(units),
+                        "worker_hosts": sorted({r["host"] for r in results})}
 
 
 def _dispatch(ray, pool: list, units: list[pl.DataFrame], progress: bool) -> tuple[list[dict], float]:
     """Each actor takes the next unit as soon as it is done with its last: the results, one per unit, and the
     wall time."""
+    from tqdm import tqdm
+
     t0 = time.time()
     queue = list(reversed(units))
     running = {}
@@ -191,32 +172,20 @@ def _dispatch(ray, pool: list, units: list[pl.DataFrame], progress: bool) -> tup
     return results, time.time() - t0
 
 
-class _Rows:
-    """The ``PartWriter`` interface, keeping the rows (image rows and error rows alike) in memory."""
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add_frame(self, row: dict, objects) -> None:
-        self.rows.append({**row, "Stage": None, "Error": None})
-
-    def add_error(self, row: dict) -> None:
-        self.rows.append(row)
-
-
 def screen_scales(found: Discovery, model: str | None = None, **options) -> dict[str, float]:
     """Each plate's scale for ``pixel_size="auto"`` (``engine/scale.py``: a sample of the plate's frames, as
     ``segment`` estimates it), for ``FrameSegmenter``'s ``scales``; keyword arguments are ``SegmentOptions``'."""
     seg = make_segmenter(model, SegmentOptions(**{**options, "pixel_size": "auto", "progress": False}))
-    return {plate: e.scale for plate, e in plate_scales(seg, numbered_frames(found)).items()}
+    scales = plate_scales(seg, numbered_frames(found), channel=found.names.nuclei)
+    return {plate: e.scale for plate, e in scales.items()}
 
 
 class FrameSegmenter:
     """The engine's per-frame path for Ray Data's ``map_batches`` (module docstring): a batch of rows with the
-    discovery's columns (``PathName_DNA``, ``FileName_DNA``, ``Metadata_*``, and ``ImageNumber`` as
-    ``pipeline.numbered_frames`` gives it; without one the frames are numbered within the batch) in, one image-table
+    discovery's columns (each channel's ``PathName_<name>``, ``FileName_<name>``, ``Metadata_*``, and ``ImageNumber``
+    as ``run.numbered_frames`` gives it; without one the frames are numbered within the batch) in, one image-table
     row per frame out (in ImageNumber order), with ``Stage`` and ``Error`` set for a frame that failed. The model is
-    loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, min_contrast, ...).
+    loaded once per actor; keyword arguments are ``SegmentOptions``' (backend, threads, channels, ...).
 
     A batch is not a plate, so ``pixel_size="auto"`` takes each plate's scale from ``scales`` ({plate: factor}):
     ``screen_scales`` estimates them from the discovered screen as ``segment`` does, or a run folder's
@@ -240,10 +209,10 @@ class FrameSegmenter:
             missing = sorted(set(frames["Metadata_Plate"].to_list()) - set(self.scales))
             if missing:
                 raise UserError(f"no scale for plate {missing[0]} in FrameSegmenter's scales")
-        rows = _Rows()
         size = self.opts.batch_size or self.seg.backend.preferred_batch
-        with tqdm(disable=True) as bar:
-            Scheduler(self.seg, rows, self.opts, Path("."), self.pool, bar,
-                      scales=self.scales if self.opts.pixel_size == "auto" else None).run_batches(
-                frame_batches(frames, size), limit=2 * size * self.opts.threads)
-        return pl.from_dicts(rows.rows, infer_schema_length=None).sort("ImageNumber").to_dict(as_series=False)
+        scheduler = Scheduler(self.seg, self.opts, Path("."), self.pool,
+                              scales=self.scales if self.opts.pixel_size == "auto" else None)
+        rows = [{**o.row, "Stage": None, "Error": None} if o.row is not None else
+                {**o.rec, "Stage": o.stage, "Error": o.error}
+                for o in scheduler.run_batches(frame_batches(frames, size), limit=2 * size * self.opts.threads)]
+        return pl.from_dicts(rows, infer_schema_length=None).sort("ImageNumber").to_dict(as_series=False)

@@ -4,7 +4,7 @@
     RUN/images/plate=<plate>/part-*.parquet    one row per frame
     RUN/objects/plate=<plate>/part-*.parquet   one row per nucleus (--objects)
     RUN/labels/plate=<plate>/<stem>_labels.tif label images (--save-labels)
-    RUN/errors/part-*.parquet                  one row per frame that failed: PathName_DNA, FileName_DNA, Stage, Error
+    RUN/errors/part-*.parquet                  one row per frame that failed: its file columns, Stage, Error
     RUN/manifest.json                          model, settings, versions, every run of the command
 
 Parts are written under a temporary name and renamed, so an interrupted run never leaves a half-written part
@@ -32,16 +32,17 @@ import polars as pl
 import tifffile
 
 import nucleiscreen
-from nucleiscreen.engine.discover import FRAME_COLUMNS, Discovery
+from nucleiscreen.engine.channels import Channels
+from nucleiscreen.engine.discover import METADATA_COLUMNS, Discovery
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import StorageError, UserError
 from nucleiscreen.kernels.measure import summary_schema
-from nucleiscreen.kernels.quality import QUALITY_COLUMNS
+from nucleiscreen.kernels.postprocess import OVERRIDABLE
+from nucleiscreen.kernels.quality import quality_columns
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "min_area", "min_contrast", "min_edge_area", "grow_area", "objects",
-                   "pixel_size")
-OBJECT_KEYS = ("ImageNumber", *FRAME_COLUMNS[:6])  # what each object row carries of its frame
+RESULT_SETTINGS = ("micronucleus_area", "objects", "pixel_size", "channels", *OVERRIDABLE)
+OBJECT_KEYS = ("ImageNumber", *METADATA_COLUMNS)  # what each object row carries of its frame
 
 
 class PartWriter:
@@ -50,15 +51,15 @@ class PartWriter:
     Image and error rows are dicts; a frame's objects are a table without its frame's columns, which are added when
     the part is written (``OBJECT_KEYS``), so no per-frame table is ever widened."""
 
-    def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType],
+    def __init__(self, run: Path, part_frames: int, frame_schema: dict[str, pl.DataType], channels: Channels,
                  checkpoint_seconds: float = 60.0, token: str | None = None):
         self.run, self.part_frames, self.checkpoint_seconds = run, part_frames, checkpoint_seconds
         self.last_flush = time.monotonic()
         self.object_keys = {"ImageNumber": pl.Int64, **{k: frame_schema[k] for k in OBJECT_KEYS[1:]}}
         # Fixed types: a part whose frames all lack a value (no nucleus off the border) must not type it Null.
-        frame = {k: frame_schema[k] for k in FRAME_COLUMNS}
-        self.schemas = {"images": {"ImageNumber": pl.Int64, **frame, **dict.fromkeys(QUALITY_COLUMNS, pl.Float64),
-                                   **summary_schema()},
+        frame = {k: frame_schema[k] for k in (*METADATA_COLUMNS, *channels.columns())}
+        quality = dict.fromkeys(quality_columns(channels.nuclei), pl.Float64)
+        self.schemas = {"images": {"ImageNumber": pl.Int64, **frame, **quality, **summary_schema(channels.nuclei)},
                         "errors": {**frame, "ImageNumber": pl.Int64, "Stage": pl.String, "Error": pl.String}}
         self.rows: dict[tuple[str, str], list] = defaultdict(list)
         self.token = token or new_token()  # in every part name: which writer wrote it
@@ -75,7 +76,10 @@ class PartWriter:
             self.flush(plate)
         self._checkpoint()
 
-    def add_error(self, row: dict) -> None:
+    def add_error(self, rec: dict, stage: str, error: str) -> None:
+        """The error-table row of a frame (its row of the frame table) that failed at ``stage``."""
+        row = {k: rec.get(k) for k in self.schemas["errors"]}
+        row.update({"Stage": stage, "Error": error.splitlines()[0][:500] if error else ""})
         self.rows[("errors", "")].append(row)
         self._checkpoint()
 
@@ -231,30 +235,22 @@ def _gone(holder: dict, age: float, stale: float) -> bool:
     return False
 
 
-def error_row(rec: dict, stage: str, error: str) -> dict:
-    """The error table's row of a frame (its discovery columns and ImageNumber) that failed at ``stage``."""
-    row = {k: rec.get(k) for k in FRAME_COLUMNS}
-    row.update({"ImageNumber": rec.get("ImageNumber"), "Stage": stage, "Error": error.splitlines()[0][:500]})
-    return row
-
-
 def write_labels(path: Path, labels: np.ndarray) -> None:
     """A label image as napari and Fiji open it: uint16 TIFF (uint32 past 65,535 objects), zlib-compressed."""
     dtype = np.uint16 if labels.max(initial=0) < 65536 else np.uint32
     tifffile.imwrite(path, labels.astype(dtype), compression="zlib")
 
 
-def done_frames(run: Path, plates: Sequence[str] | None = None) -> pl.DataFrame:
-    """``PathName_DNA``, ``FileName_DNA`` of the frames already in the run's image or error tables (one row each);
-    ``plates``: only those plates' image parts are read (a distributed worker's unit)."""
+def done_frames(run: Path, key: list[str], plates: Sequence[str] | None = None) -> pl.DataFrame:
+    """The ``key`` columns (the nuclei channel's folder and file name) of the frames already in the run's image or
+    error tables (one row each); ``plates``: only those plates' image parts are read (a distributed worker's unit)."""
     images = run / "images"
     folders = [images / f"plate={p}" for p in plates] if plates is not None else [images]
-    key = ["PathName_DNA", "FileName_DNA"]
     tables = [pl.scan_parquet(parts, hive_partitioning=False).select(key)  # one scan per table: their columns differ
               for group in (folders, [run / "errors"])
               if (parts := [p for f in group if f.is_dir() for p in sorted(f.rglob("part-*.parquet"))])]
     if not tables:
-        return pl.DataFrame(schema={"PathName_DNA": pl.String, "FileName_DNA": pl.String})
+        return pl.DataFrame(schema=dict.fromkeys(key, pl.String))
     return pl.concat(tables).unique().collect()
 
 
@@ -331,7 +327,7 @@ def write_manifest(run: Path, info: ModelInfo, settings: dict, found: Discovery,
         "nucleiscreen": nucleiscreen.__version__,
         "model": {"path": str(info.path), "sha256": info.sha256, "card": info.card},
         "settings": settings,
-        "discovery": {"pattern": found.pattern, "frames": found.frames.height,
+        "discovery": {"pattern": found.pattern, "frames": found.frames.height, "channels": found.names.as_dict(),
                       "plates": dict(found.frames.group_by("Metadata_Plate").len().sort("Metadata_Plate").iter_rows()),
                       "frame_size": {p: f"{w}x{h}" for p, (h, w) in sorted((shapes or {}).items())}},
         "versions": {"python": platform.python_version(), "numpy": np.__version__, "polars": pl.__version__,

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from nucleiscreen.engine.channels import NUCLEI, path_columns
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.segmenter import check
 from nucleiscreen.kernels.measure import typical_area
@@ -80,16 +81,17 @@ def sample_rows(n: int, sample: int = SAMPLE) -> list[int]:
 
 
 def plate_scales(seg, frames: pl.DataFrame, known: dict[str, dict] | None = None,
-                 on_plate: Callable[[str, ScaleEstimate], None] | None = None) -> dict[str, ScaleEstimate]:
+                 on_plate: Callable[[str, ScaleEstimate], None] | None = None,
+                 channel: str = NUCLEI) -> dict[str, ScaleEstimate]:
     """One ``ScaleEstimate`` per plate of ``frames`` (``numbered_frames``' columns) for the Segmenter ``seg``
-    (``sample_scale`` of the plate's frames); ``known``: estimates made before (a resumed run's, ``as_dict`` form),
-    kept as they are so that every frame of a plate is treated alike; ``on_plate`` is called with each new one."""
+    (``sample_scale`` of the plate's frames of the nuclei ``channel``); ``known``: estimates made before (a resumed
+    run's, ``as_dict`` form), kept as they are so that every frame of a plate is treated alike; ``on_plate`` is
+    called with each new one."""
     out = {plate: ScaleEstimate(d["scale"], d.get("nucleus_area_px"), d.get("nuclei", 0), d.get("note", ""))
            for plate, d in (known or {}).items()}
     for (plate,), rows in frames.sort("ImageNumber").group_by("Metadata_Plate", maintain_order=True):
         if plate not in out:
-            out[plate] = sample_scale(seg, [Path(p) / n for p, n in
-                                            rows.select("PathName_DNA", "FileName_DNA").iter_rows()])
+            out[plate] = sample_scale(seg, [Path(p) / n for p, n in rows.select(path_columns(channel)).iter_rows()])
             if on_plate is not None:
                 on_plate(plate, out[plate])
     return out
@@ -111,8 +113,21 @@ def sample_scale(seg, paths: Sequence[Path]) -> ScaleEstimate:
 
 def frames_scale(seg, frames: Sequence[np.ndarray], keep: float = KEEP) -> ScaleEstimate:
     """The ``ScaleEstimate`` of some raw frames, segmented with the Segmenter ``seg`` at trial scales."""
-    def segment_at(scale: float) -> list[np.ndarray]:
-        s = seg.at_scale(scale)
-        return [s.instances(s.classes([s.prepare(raw)], raw.shape)[0], raw) for raw in frames]
+    return labels_at_scale(seg, frames, keep, labels=False)[0]
 
-    return estimate_scale(segment_at, seg.info.card.get("nucleus_area_px"), keep)
+
+def labels_at_scale(seg, frames: Sequence[np.ndarray], keep: float = KEEP,
+                    labels: bool = True) -> tuple[ScaleEstimate, list[np.ndarray] | None]:
+    """The ``ScaleEstimate`` of some raw frames and (``labels``) their nuclei segmented at it: the labels of the
+    estimate's own pass at that scale when there was one (always when the model's scale is kept), so a frame is not
+    segmented twice at one scale."""
+    done: dict[float, list[np.ndarray]] = {}
+
+    def segment_at(scale: float) -> list[np.ndarray]:
+        if scale not in done:
+            s = seg.at_scale(scale)
+            done[scale] = [s.instances(s.classes([s.prepare(raw)], raw.shape)[0], raw) for raw in frames]
+        return done[scale]
+
+    estimate = estimate_scale(segment_at, seg.info.card.get("nucleus_area_px"), keep)
+    return estimate, segment_at(estimate.scale) if labels else None

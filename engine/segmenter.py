@@ -15,7 +15,6 @@ treated the same way everywhere:
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,13 +23,14 @@ import numpy as np
 import polars as pl
 
 from nucleiscreen.engine.backends import Backend, auto_model, create_backend
+from nucleiscreen.engine.channels import NUCLEI
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA, INNER, OUTER, filter_faint, filters
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import histogram, normalization_range, normalize
+from nucleiscreen.kernels.postprocess import PostProcessing, filter_classes
 from nucleiscreen.kernels.quality import frame_quality
 from nucleiscreen.kernels.resize import resize
 
@@ -53,10 +53,10 @@ class Frame:
 
 @dataclass
 class Pending:
-    """A batch submitted to the network: the backend's token (or, for a synchronous backend, its result)."""
+    """A batch submitted to the network: the backend's token."""
 
     token: object
-    mode: str  # "sync", "async" (submit/collect) or "raw" (submit_raw/collect_raw)
+    raw: bool  # submitted as raw frames (submit_raw/collect_raw)
     n: int
     size: tuple[int, int]  # the inputs' size (before padding)
     shape: tuple[int, int] | None  # the raw frames' shape, when the class maps must be resized back to it
@@ -84,11 +84,12 @@ def check(raw: np.ndarray, hist: np.ndarray | None, shape: tuple[int, int] | Non
 
 
 class Segmenter:
-    """One model on one backend with the post-processing settings of its card (or the overrides given here)."""
+    """One model on one backend with the post-processing of its card, some settings overridden (``overrides``:
+    ``PostProcessing`` fields in the frames' pixels, None values not given), for frames of ``pixel_size`` um (None:
+    the model's)."""
 
     def __init__(self, model: str | Path | ModelInfo | None = None, backend: str | Backend = "auto",
-                 threads: int | None = None, min_area: int | None = None, pixel_size: float | None = None,
-                 min_contrast: float | None = None, min_edge_area: int | None = None, grow_area: int | None = None):
+                 threads: int | None = None, overrides: dict | None = None, pixel_size: float | None = None):
         if model is None and isinstance(backend, str):
             self.info = auto_model(backend)  # the shipped model this machine runs best
         else:
@@ -97,18 +98,18 @@ class Segmenter:
         self.backend = create_backend(backend, self.info, threads=threads) if isinstance(backend, str) else backend
         self.norm = self.info.normalization
         self.multiple = self.info.multiple
+        self.card_post = PostProcessing.from_card(self.info.postprocessing)  # in the model's pixels
+        self.overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        try:
+            self.card_post.with_overrides(self.overrides)
+        except ValueError as exc:  # "min_area must be ...": the option's name
+            name, _, rest = str(exc).partition(" ")
+            raise UserError(f"--{name.replace('_', '-')} {rest}") from None
         # Frames at another pixel size (a 10x or 40x screen) are resized to the model's before inference and the
         # class map back after it, so nuclei have the size the network was trained on.
         model_px = self.info.card.get("pixel_size_um")
         if pixel_size is not None and pixel_size <= 0:
             raise UserError(f"--pixel-size must be positive, got {pixel_size}")
-        for name, value in (("--min-area", min_area), ("--min-edge-area", min_edge_area), ("--grow-area", grow_area)):
-            if value is not None and value < 0:
-                raise UserError(f"{name} must be 0 or more pixels, got {value}")
-        if min_contrast is not None and not 0 <= min_contrast < 1:
-            raise UserError(f"--min-contrast must be in [0, 1) (a fraction of the frame's range), got {min_contrast}")
-        self.overrides = {"min_area": min_area, "min_contrast": min_contrast, "min_edge_area": min_edge_area,
-                          "grow_area": grow_area}
         self._set_scale(pixel_size / model_px if pixel_size and model_px and abs(pixel_size / model_px - 1) > 0.02
                         else 1.0)
 
@@ -122,36 +123,20 @@ class Segmenter:
     def _set_scale(self, scale: float) -> None:
         self.scale = scale
         # Raw frames go to a backend that normalizes on its device (only uint8/uint16 ones at the model's scale).
-        self.raw_input = bool(getattr(self.backend, "raw_input", False)) and self.scale == 1.0
+        self.raw_input = self.backend.raw_input and self.scale == 1.0
         # Post-processing runs on the class map at the frame's own size, so the card's lengths and areas (in model
-        # pixels) are converted to frame pixels; a --min-area given here is in frame pixels already.
-        post, s, given = self.info.postprocessing, self.scale, self.overrides
-        self.post_args = {}
-        if "max_grow" in post:
-            self.post_args["max_grow"] = math.ceil(post["max_grow"] / s)
-        if "min_area" in post:
-            self.post_args["min_area"] = max(1, round(post["min_area"] / s**2))
-        if given["min_area"] is not None:
-            self.post_args["min_area"] = given["min_area"]
-        # the faint-object filter (kernels/contrast.py)
-        self.min_contrast = float(post.get("min_contrast", 0.0) if given["min_contrast"] is None
-                                  else given["min_contrast"])
-        self.contrast_area = max(1, round(int(post.get("contrast_area", DEFAULT_CONTRAST_AREA)) / s**2))
-        self.contrast_ring = (round(INNER / s), max(round(OUTER / s), round(INNER / s) + 1))
-        self.min_edge_area = round(int(post.get("min_edge_area", 0)) / s**2) if given["min_edge_area"] is None \
-            else given["min_edge_area"]
-        # the growth of small objects into their bright outer ring (kernels/contrast.py)
-        self.grow = {"grow_area": round(int(post.get("grow_area", 0)) / s**2) if given["grow_area"] is None
-                     else given["grow_area"], "grow_level": float(post.get("grow_level", 0.5))}
+        # pixels) are converted to frame pixels; an override is in frame pixels already.
+        self.post = self.card_post.at_scale(scale).with_overrides(self.overrides)
 
     # -- frames in ----------------------------------------------------------------------------------------------------
-    def load(self, path: str | Path, shape: tuple[int, int] | None = None) -> Frame:
-        """Read and prepare one frame; ``FrameReadError`` for a file that is not one 2-D frame, ``FrameCheckError``
-        for one that is but cannot be segmented (see ``check``). ``shape``: the frame size of its plate."""
+    def load(self, path: str | Path, shape: tuple[int, int] | None = None, channel: str = NUCLEI) -> Frame:
+        """Read and prepare one frame of the ``channel`` named; ``FrameReadError`` for a file that is not one 2-D
+        frame, ``FrameCheckError`` for one that is but cannot be segmented (see ``check``). ``shape``: the frame size
+        of its plate."""
         raw = read_frame(path)
         hist = histogram(raw)  # one pass for the checks, the quality values and the normalization range
         check(raw, hist, shape, Path(path).name)
-        quality = frame_quality(raw, hist)
+        quality = frame_quality(raw, hist, channel)
         rescale = normalization_range(raw, self.norm, hist) if hist is not None else None
         x = raw if self.raw_input and hist is not None else self.prepare(raw, hist)
         return Frame(raw, x, rescale, quality)
@@ -167,25 +152,19 @@ class Segmenter:
     def submit(self, inputs: Sequence[np.ndarray], shape: tuple[int, int] | None = None) -> Pending:
         """Start the network on same-shape, same-dtype inputs (``Frame.input``) in one batch. Raw frames go to the
         backend as they are (it normalizes and pads them on its device); prepared ones are padded to the network's
-        multiple here. On a backend with ``submit``/``collect`` or ``submit_raw``/``collect_raw`` (TensorRT, torch on
-        CUDA) this returns at once, so the caller can prepare the next batch meanwhile; otherwise the result is
-        computed here."""
+        multiple here. On an asynchronous backend (TensorRT, torch on CUDA) this returns at once, so the caller can
+        prepare the next batch meanwhile; otherwise the result is computed here."""
         h, w = inputs[0].shape
         if inputs[0].dtype in RAW_DTYPES and self.raw_input:
-            return Pending(self.backend.submit_raw(inputs), "raw", len(inputs), (h, w), shape)
+            return Pending(self.backend.submit_raw(inputs), True, len(inputs), (h, w), shape)
         ph, pw = (-h) % self.multiple, (-w) % self.multiple
         batch = np.stack([np.pad(x, ((0, ph), (0, pw)), mode="reflect") if ph or pw else x for x in inputs])
-        if hasattr(self.backend, "submit"):
-            return Pending(self.backend.submit(batch[:, None]), "async", len(inputs), (h, w), shape)
-        return Pending(self.backend.infer(batch[:, None]), "sync", len(inputs), (h, w), shape)
+        return Pending(self.backend.submit(batch[:, None]), False, len(inputs), (h, w), shape)
 
     def collect(self, pending: Pending) -> list[np.ndarray]:
         """The class maps of a submitted batch (waits for it), cropped back and resized to the raw frames' shape
         when the frames were rescaled."""
-        if pending.mode == "raw":
-            out = self.backend.collect_raw(pending.token)
-        else:
-            out = self.backend.collect(pending.token) if pending.mode == "async" else pending.token
+        out = self.backend.collect_raw(pending.token) if pending.raw else self.backend.collect(pending.token)
         h, w = pending.size
         maps = [np.ascontiguousarray(out[k, :h, :w]) for k in range(pending.n)]
         if pending.shape is not None and pending.shape != (h, w):
@@ -198,31 +177,34 @@ class Segmenter:
         return self.collect(self.submit(inputs, shape))
 
     # -- nuclei out ---------------------------------------------------------------------------------------------------
-    def erase_faint(self, classes: np.ndarray, raw: np.ndarray,
-                    rescale: tuple[float, float] | None = None) -> np.ndarray:
-        """The class map without the objects the model card's faint-object filter and edge-sliver limit reject, and
-        with its small objects grown (``classes`` itself when the card asks for none of these or nothing changes).
-        ``rescale``: the frame's ``Frame.rescale``, when known (the filter then reads the raw frame directly)."""
-        if not filters(self.min_contrast, self.min_edge_area, self.grow["grow_area"]):
+    def filtered(self, classes: np.ndarray, raw: np.ndarray,
+                 rescale: tuple[float, float] | None = None) -> np.ndarray:
+        """The class map after the object filter of the post-processing (``classes`` itself when it has none or
+        nothing changes). ``rescale``: the frame's ``Frame.rescale``, when known (the filter then reads the raw frame
+        directly)."""
+        if not self.post.filters:
             return classes
         if rescale is None and raw.dtype in RAW_DTYPES:
             rescale = normalization_range(raw, self.norm)
         image = raw if rescale is not None else normalize(raw, self.norm)
-        return filter_faint(classes, image, self.min_contrast, self.contrast_area, self.contrast_ring,
-                            self.min_edge_area, rescale=rescale, **self.grow, **self.post_args)
+        return filter_classes(classes, image, self.post, rescale)
 
-    def instances(self, classes: np.ndarray, raw: np.ndarray) -> np.ndarray:
-        """Instance labels (int32) of a class map of the raw frame ``raw``."""
-        return instances_from_classes(self.erase_faint(classes, raw), **self.post_args)
+    def instances(self, classes: np.ndarray, raw: np.ndarray,
+                  rescale: tuple[float, float] | None = None) -> np.ndarray:
+        """Instance labels (int32) of a class map of the raw frame ``raw`` (``rescale`` as for ``filtered``)."""
+        return instances_from_classes(self.filtered(classes, raw, rescale), **self.post.instance_args)
 
     def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool, micronucleus_area: int,
-                rescale: tuple[float, float] | None = None) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
-        """Nuclei of a class map measured on the raw frame in one pass (the fused kernels): the label image (None
-        unless ``labels``), the image-table values and, with ``objects``, the per-nucleus table."""
-        classes = self.erase_faint(classes, raw, rescale)
+                rescale: tuple[float, float] | None = None,
+                channel: str = NUCLEI) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
+        """Nuclei of a class map measured on the raw frame (the ``channel`` named) in one pass (the fused kernels):
+        the label image (None unless ``labels``), the image-table values and, with ``objects``, the per-nucleus
+        table."""
+        classes = self.filtered(classes, raw, rescale)
+        args = self.post.instance_args
         if objects:  # the frame summary comes from the object table
-            lab, table = segment_and_measure(classes, raw, label_image=labels, **self.post_args)
-            return lab, summarize_objects(table, micronucleus_area=micronucleus_area), table
-        lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, label_image=labels,
-                                             **self.post_args)
+            lab, table = segment_and_measure(classes, raw, channel=channel, label_image=labels, **args)
+            return lab, summarize_objects(table, micronucleus_area=micronucleus_area, channel=channel), table
+        lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, channel=channel,
+                                             label_image=labels, **args)
         return lab, summary, None

@@ -6,10 +6,10 @@ with no nuclei (a well where every cell died — count fold change < 0.1 is a re
 its background noise stretched over the full range, and a U-Net then sees nuclei in noise. So the range is floored:
 
     lo = P_low(frame),  hi = P_high(frame)
-    range = max(hi - lo, min_range, (min_contrast - 1) * lo)
+    range = max(hi - lo, min_range, (min_ratio - 1) * lo)
     out = clip((frame - lo) / range, 0, 1)
 
-``min_contrast`` asks that the brightest objects be at least that many times the background level (the camera offset
+``min_ratio`` asks that the brightest objects be at least that many times the background level (the camera offset
 plus the dim cytoplasm glow); a frame of background alone stays dark instead of being stretched. Frames that were
 already normalized to 8 bits (the annotated PNGs, whose low percentile is 0) are not affected by it. ``min_range`` is
 an absolute floor in raw units for cameras whose offset has been subtracted.
@@ -32,7 +32,7 @@ class Normalization:
     method: str = "percentile"
     low: float = 0.1
     high: float = 99.9
-    min_contrast: float = 3.0
+    min_ratio: float = 3.0  # the range is at least (min_ratio - 1) x the low percentile (module docstring)
     min_range: float = 0.0
 
     def to_dict(self) -> dict:
@@ -42,7 +42,8 @@ class Normalization:
     def from_dict(cls, d: dict) -> Normalization:
         if d.get("method", "percentile") != "percentile":
             raise ValueError(f"unknown normalization method {d.get('method')!r} (expected 'percentile')")
-        return cls(**{k: d[k] for k in ("method", "low", "high", "min_contrast", "min_range") if k in d})
+        d = {"min_ratio": d["min_contrast"], **d} if "min_contrast" in d else d  # its name in cards before 0.2
+        return cls(**{k: d[k] for k in ("method", "low", "high", "min_ratio", "min_range") if k in d})
 
 
 @numba.njit(nogil=True, cache=True)
@@ -120,7 +121,7 @@ def normalization_range(frame: np.ndarray, params: Normalization = Normalization
     """``(lo, scale)`` of the module docstring's formula, ``out = clip((frame - lo) * scale, 0, 1)`` with
     ``scale = 1 / range``: what ``normalize`` applies, for kernels that normalize the pixels they read on the fly."""
     lo, hi = percentiles(frame, params.low, params.high, hist)
-    return lo, 1.0 / max(hi - lo, params.min_range, (params.min_contrast - 1.0) * lo, 1e-6)
+    return lo, 1.0 / max(hi - lo, params.min_range, (params.min_ratio - 1.0) * lo, 1e-6)
 
 
 def normalize(

@@ -3,10 +3,11 @@
 CellProfiler works on intensities scaled to [0, 1] by the image's bit depth (a 16-bit frame is divided by 65535), so
 for a raw frame ``x`` of an integer dtype with maximum value ``M``:
 
-- ``ImageQuality_FocusScore_DNA`` = var(x / M) / mean(x / M) = var(x) / (M * mean(x)), the normalized variance over the
-  whole frame (population variance); 0 for a frame whose mean is 0. Blur lowers it: compare frames of one screen.
-- ``ImageQuality_PercentMaximal_DNA`` = 100 * (pixels equal to the frame's maximum) / pixels: saturation shows as a
-  plateau of pixels at the maximum.
+- ``ImageQuality_FocusScore_<channel>`` = var(x / M) / mean(x / M) = var(x) / (M * mean(x)), the normalized
+  variance over the whole frame (population variance); 0 for a frame whose mean is 0. Blur lowers it: compare frames
+  of one screen.
+- ``ImageQuality_PercentMaximal_<channel>`` = 100 * (pixels equal to the frame's maximum) / pixels: saturation shows
+  as a plateau of pixels at the maximum.
 Float frames are taken as already scaled (M = 1). For uint8 and uint16 frames the sums come from the frame's
 histogram (``kernels/normalize.py``, which the engine makes once for the normalization too), in integers: the
 same values as a pass over the pixels wherever float64 sums of the pixels are exact (below 2**53).
@@ -19,7 +20,10 @@ import numpy as np
 
 from nucleiscreen.kernels.normalize import histogram
 
-QUALITY_COLUMNS = ("ImageQuality_FocusScore_DNA", "ImageQuality_PercentMaximal_DNA")
+
+def quality_columns(channel: str) -> tuple[str, str]:
+    """The image-table columns ``frame_quality`` gives for a frame of ``channel`` (focus score, percent maximal)."""
+    return f"ImageQuality_FocusScore_{channel}", f"ImageQuality_PercentMaximal_{channel}"
 
 
 @numba.njit(nogil=True, cache=True)
@@ -54,9 +58,9 @@ def _histogram_moments(hist):
     return float(s), float(s2), hist[top]
 
 
-def frame_quality(frame: np.ndarray, hist: np.ndarray | None = None) -> dict[str, float]:
-    """Focus score and percent maximal of one 2-D frame (see the module docstring); ``hist``: the frame's
-    ``nucleiscreen.kernels.normalize.histogram`` (uint8 and uint16 frames), when the caller has it already."""
+def frame_quality(frame: np.ndarray, hist: np.ndarray | None = None, channel: str = "DNA") -> dict[str, float]:
+    """Focus score and percent maximal of one 2-D frame of ``channel`` (see the module docstring); ``hist``: the
+    frame's ``nucleiscreen.kernels.normalize.histogram`` (uint8 and uint16 frames), when the caller has it already."""
     if frame.ndim != 2 or frame.size == 0:
         raise ValueError(f"frame_quality expects a non-empty 2-D frame, got shape {frame.shape}")
     scale = float(np.iinfo(frame.dtype).max) if np.issubdtype(frame.dtype, np.integer) else 1.0
@@ -69,7 +73,5 @@ def frame_quality(frame: np.ndarray, hist: np.ndarray | None = None) -> dict[str
     n = frame.size
     mean = s / n
     var = max(s2 / n - mean * mean, 0.0)
-    return {
-        "ImageQuality_FocusScore_DNA": var / (scale * mean) if mean > 0 else 0.0,
-        "ImageQuality_PercentMaximal_DNA": 100.0 * at_top / n,
-    }
+    focus, maximal = quality_columns(channel)
+    return {focus: var / (scale * mean) if mean > 0 else 0.0, maximal: 100.0 * at_top / n}

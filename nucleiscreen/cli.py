@@ -136,37 +136,45 @@ def cmd_export(a: argparse.Namespace) -> None:
         print(f"TensorRT plan for {h}x{w} frames, batch 1-32: {plan}")
 
 
-def cmd_predict(a: argparse.Namespace) -> None:
+def _overrides(a: argparse.Namespace) -> dict:
+    """The post-processing settings given on the command line (``kernels/postprocess.py``; None: the card's)."""
+    from nucleiscreen.kernels.postprocess import OVERRIDABLE
+
+    return {k: getattr(a, k) for k in OVERRIDABLE}
+
+
+def cmd_predict(a: argparse.Namespace) -> int:
     from nucleiscreen.engine.predict import predict
 
-    written = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
-                      pixel_size=a.pixel_size, min_contrast=a.min_contrast, min_area=a.min_area,
-                      min_edge_area=a.min_edge_area, grow_area=a.grow_area, on_scale=_print_image_scale)
-    print(f"wrote {len(written)} label image(s) to {a.out}")
+    def report(path: Path, reason: str) -> None:
+        print(f"error: {reason if path.name in reason else f'{path}: {reason}'}", file=sys.stderr)
+
+    result = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
+                     pixel_size=a.pixel_size, overrides=_overrides(a), on_scale=_print_image_scale, on_error=report)
+    print(f"wrote {len(result.written)} label image(s) to {a.out}"
+          + (f"; {len(result.failed)} image(s) failed (above)" if result.failed else ""))
+    return 1 if result.failed else 0
 
 
 def _segment(a: argparse.Namespace):
-    from nucleiscreen.engine.pipeline import SegmentOptions, parse_shard, segment
+    from nucleiscreen.engine.channels import Channels
+    from nucleiscreen.engine.pipeline import SegmentOptions, parse_shard
+    from nucleiscreen.engine.run import segment
 
     opts = SegmentOptions(backend=a.backend, batch_size=a.batch_size, threads=a.threads, objects=a.objects,
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
-                          min_contrast=a.min_contrast, min_area=a.min_area, min_edge_area=a.min_edge_area,
-                          grow_area=a.grow_area, shard=parse_shard(a.shard) if a.shard else None,
-                          checkpoint_seconds=a.checkpoint_seconds)
+                          post=_overrides(a), channels=Channels.parse(a.channels, a.nuclei_channel, a.channel),
+                          shard=parse_shard(a.shard) if a.shard else None, checkpoint_seconds=a.checkpoint_seconds)
+    executor = None
     if a.executor == "ray":
-        from nucleiscreen.engine.discover import discover
-        from nucleiscreen.engine.ray_executor import segment_on_ray
+        from nucleiscreen.engine.ray_executor import RayExecutor
 
-        found = discover(a.sources, a.pattern, a.channel)
-        print(found.summary())
-        result = segment_on_ray(found, a.out, a.model, opts, address=a.address, workers=a.workers,
-                                gpus_per_worker=a.gpus_per_worker, on_scale=_print_scale)
+        executor = RayExecutor(address=a.address, workers=a.workers, gpus_per_worker=a.gpus_per_worker)
     elif a.address or a.workers or a.gpus_per_worker:
         raise UserError("--address, --workers and --gpus-per-worker go with --executor ray")
-    else:
-        result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, channel=a.channel,
-                         on_discovered=lambda found: print(found.summary()), on_scale=_print_scale)
+    result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, executor=executor,
+                     on_discovered=lambda found: print(found.summary()), on_scale=_print_scale)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
@@ -262,8 +270,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
         bench_pipeline(frames=a.frames or 64, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-                       threads=a.threads, min_contrast=a.min_contrast, min_area=a.min_area,
-                       min_edge_area=a.min_edge_area, grow_area=a.grow_area)
+                       threads=a.threads, overrides=_overrides(a))
 
 
 # ------------------------------------------------------------------------------------------------------ parser
@@ -329,7 +336,14 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="run folder to write (re-running resumes it)")
     p.add_argument("--pattern", default="auto",
                    help="file naming: auto, cx7, imagexpress, opera, or a regex with named groups (default: auto)")
-    p.add_argument("--channel", type=int, help="nuclei channel number as in the file names (default: the pattern's)")
+    p.add_argument("--channels", metavar="NAME=TOKEN,...",
+                   help="the channels of a field by name, each the channel token of the file names (CX7 d0, "
+                        "ImageXpress w1, Opera ch1, or a number), e.g. DNA=d0,Lyso=d1,Cell=d2; the first is "
+                        "segmented (default: the pattern's nuclei channel alone, named DNA)")
+    p.add_argument("--nuclei-channel", metavar="NAME", help="the channel of --channels that is segmented "
+                                                             "(default: the first)")
+    p.add_argument("--channel", type=int, help="the nuclei channel's number as in the file names, named DNA (the "
+                                               "same as --channels DNA=N; default: the pattern's)")
     p.add_argument("--objects", action="store_true", help="also write one row per nucleus (RUN/objects/)")
     p.add_argument("--save-labels", action="store_true", help="write label TIFFs (RUN/labels/) for napari/Fiji")
     p.add_argument("--micronucleus-area", type=int, default=100,

@@ -12,7 +12,8 @@ import time
 from pathlib import Path
 
 from nucleiscreen.engine.analyze import analyze, format_summary
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions
+from nucleiscreen.engine.run import segment
 from nucleiscreen.simulate import PLANTED, simulate_screen
 
 

@@ -26,8 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.contrast import DEFAULT_CONTRAST_AREA
-from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
+from nucleiscreen.kernels.postprocess import PostProcessing
 from nucleiscreen.simulate import PIXEL_SIZE_UM
 
 CLASSES = ["background", "interior", "boundary"]
@@ -260,16 +259,12 @@ def model_card(ck: dict, dtype: str, tta: int = 1) -> dict:
         # the typical nucleus area (px) of the model's output on its training frames: what --pixel-size auto matches
         "nucleus_area_px": ck.get("postprocessing", {}).get("nucleus_area_px"),
         "normalization": cfg["norm"],
+        # the calibrated post-processing (kernels/postprocess.py), else the validation's of the training config
         "postprocessing": {"method": "instances_from_classes", "boundary_width": cfg.get("boundary_width", 2),
                            "solid_area": cfg.get("solid_area", 0),
-                           "max_grow": ck.get("postprocessing", {}).get("max_grow", cfg.get("max_grow", 8)),
-                           "min_area": ck.get("postprocessing", {}).get("min_area", DEFAULT_MIN_AREA),
-                           "min_contrast": ck.get("postprocessing", {}).get("min_contrast", 0.0),
-                           "min_edge_area": ck.get("postprocessing", {}).get("min_edge_area", 0),
-                           "grow_area": ck.get("postprocessing", {}).get("grow_area", 0),
-                           "grow_level": ck.get("postprocessing", {}).get("grow_level", 0.5),
-                           "boundary_bias": bias,  # applied inside the graph, before the ArgMax (ExportHead)
-                           "contrast_area": DEFAULT_CONTRAST_AREA},
+                           **PostProcessing.from_card({**cfg, **cfg.get("post", {}),
+                                                       **ck.get("postprocessing", {})}).to_card(),
+                           "boundary_bias": bias},  # applied inside the graph, before the ArgMax (ExportHead)
         "training_data": {"sources": cfg["train"], "simulated_fraction": cfg["sim_fraction"], "steps": ck.get("step"),
                           "init": cfg.get("init"),  # the checkpoint fine-tuned, or those whose weights were averaged
                           "teacher": cfg.get("teacher"),  # the model file distilled from (trainer/distill.py)

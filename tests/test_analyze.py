@@ -290,7 +290,8 @@ def test_cli_rules_and_reference(tmp_path, capsys):
 def test_analyze_names_the_plates_a_run_has_not_finished(tmp_path):
     """Against the frames per plate that segment discovered: a run of one shard of two leaves every plate half
     done, and analyze says so; once the other shard is in, it says nothing."""
-    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions
+    from nucleiscreen.engine.run import segment
     from nucleiscreen.simulate import simulate_screen
 
     sim = simulate_screen(tmp_path / "sim", plates=2, fields=1, size=128, seed=9, masks=False)

@@ -5,8 +5,9 @@ import pytest
 
 from nucleiscreen.engine.backends import create_backend
 from nucleiscreen.engine.model import load_model_info
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.pipeline import SegmentOptions
 from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 

@@ -119,17 +119,16 @@ def test_growth_never_bridges_to_another_object_or_to_unclaimed_boundary():
 def test_segmenter_applies_the_cards_edge_limit_unless_overridden(tmp_path, capsys):
     seg = Segmenter()
     post = seg.info.postprocessing
-    assert seg.min_edge_area == post.get("min_edge_area", 0)
-    assert seg.grow == {"grow_area": post.get("grow_area", 0), "grow_level": post.get("grow_level", 0.5)}
-    seg.min_contrast, seg.post_args["min_area"], seg.grow["grow_area"] = 0.0, 4, 0
+    assert seg.post.min_edge_area == post.get("min_edge_area", 0)
+    assert (seg.post.grow_area, seg.post.grow_level) == (post.get("grow_area", 0), post.get("grow_level", 0.5))
+    seg = Segmenter(overrides={"min_contrast": 0.0, "min_area": 4, "grow_area": 0, "min_edge_area": 25})
     classes = np.zeros((64, 64), np.uint8)
     classes[0:4, 20:26] = classes[30:34, 30:34] = 1  # 24 px at the top edge, 16 px inside
     raw = np.where(classes > 0, 9000, 1000).astype(np.uint16)
-    seg.min_edge_area = 25
     labels = seg.instances(classes, raw)
     assert labels.max() == 1 and labels[31, 31] == 1
-    assert Segmenter(min_edge_area=0).min_edge_area == 0
-    assert Segmenter(grow_area=0).grow["grow_area"] == 0
+    assert Segmenter(overrides={"min_edge_area": 0}).post.min_edge_area == 0
+    assert Segmenter(overrides={"grow_area": 0}).post.grow_area == 0
     tifffile.imwrite(tmp_path / "a.tif", raw)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-edge-area", "-1"]) == 2
     err = capsys.readouterr().err
@@ -160,9 +159,9 @@ def test_a_wider_ring_reaches_past_a_bright_halo():
 
 def test_segmenter_applies_the_cards_filter():
     seg = Segmenter()
-    assert seg.min_contrast == seg.info.postprocessing.get("min_contrast", 0.0)
-    seg.min_contrast = 0.0
-    seg.post_args["min_area"] = 4  # the 16-px objects below stay, whatever the card's area limit
+    assert seg.post.min_contrast == seg.info.postprocessing.get("min_contrast", 0.0)
+    # the 16-px objects below stay, whatever the card's area limit
+    seg = Segmenter(overrides={"min_contrast": 0.0, "min_area": 4})
     classes = np.zeros((64, 64), np.uint8)
     classes[10:14, 10:14] = 1
     classes[40:44, 40:44] = 1
@@ -170,19 +169,19 @@ def test_segmenter_applies_the_cards_filter():
     raw[10:14, 10:14] = 9000  # stands out
     raw[40:44, 40:44] = 1400  # faint: 0.05 of the frame's range
     assert seg.instances(classes, raw).max() == 2
-    seg.min_contrast = 0.1
+    seg = Segmenter(overrides={"min_contrast": 0.1, "min_area": 4})
     labels = seg.instances(classes, raw)
     assert labels.max() == 1 and labels[12, 12] == 1
     lab, summary = seg.measure(classes, raw, objects=False, labels=True, micronucleus_area=100)[:2]
     assert (lab == labels).all() and summary["Count_Micronuclei"] == 1  # 16 px: a micronucleus
-    assert (instances_from_classes(classes, **seg.post_args) > 0).sum() == 32  # the filter, not the post args
+    assert (instances_from_classes(classes, **seg.post.instance_args) > 0).sum() == 32  # the filter did it
 
 
 def test_min_contrast_overrides_the_card(tmp_path, capsys):
-    assert Segmenter(min_contrast=0.0).min_contrast == 0.0
-    assert Segmenter(min_contrast=0.3).min_contrast == 0.3
+    assert Segmenter(overrides={"min_contrast": 0.0}).post.min_contrast == 0.0
+    assert Segmenter(overrides={"min_contrast": 0.3}).post.min_contrast == 0.3
     with pytest.raises(UserError, match="min-contrast"):
-        Segmenter(min_contrast=1.5)
+        Segmenter(overrides={"min_contrast": 1.5})
     tifffile.imwrite(tmp_path / "a.tif", np.full((64, 64), 100, np.uint16))
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-contrast", "-0.1"]) == 2
     err = capsys.readouterr().err

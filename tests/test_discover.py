@@ -5,11 +5,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.discover import FRAME_COLUMNS, discover, discover_images
+from nucleiscreen.engine.discover import METADATA_COLUMNS, discover, discover_images
 from nucleiscreen.errors import UserError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-COLUMNS = FRAME_COLUMNS
+COLUMNS = [*METADATA_COLUMNS, "PathName_DNA", "FileName_DNA"]  # one channel, named DNA by default
 
 
 def touch(folder: Path, *names: str) -> Path:

@@ -16,7 +16,7 @@ def test_histogram_percentiles_match_numpy_inverted_cdf():
 
 def test_normalize_stretches_percentiles_to_unit_range():
     frame = np.arange(10000, dtype=np.uint16).reshape(100, 100) + 500
-    out = normalize(frame, Normalization(min_contrast=1.0))
+    out = normalize(frame, Normalization(min_ratio=1.0))
     assert out.dtype == np.float32
     lo, hi = np.percentile(frame, [0.1, 99.9], method="inverted_cdf")
     expected = np.clip((frame.astype(np.float64) - lo) / (hi - lo), 0, 1)
@@ -30,14 +30,14 @@ def test_background_only_frame_stays_dark():
     out = normalize(empty)
     # Without the contrast floor the noise would be stretched over [0, 1].
     assert np.percentile(out, 99) < 0.15
-    stretched = normalize(empty, Normalization(min_contrast=1.0))
+    stretched = normalize(empty, Normalization(min_ratio=1.0))
     assert np.percentile(stretched, 99) > 0.5
 
 
 def test_frames_with_nuclei_are_not_affected_by_the_floor():
     img, labels = synth_frame(np.random.default_rng(2), (512, 512))
     a = normalize(img)
-    b = normalize(img, Normalization(min_contrast=1.0))
+    b = normalize(img, Normalization(min_ratio=1.0))
     np.testing.assert_array_equal(a, b)
     assert a[labels > 0].mean() > 0.3
 

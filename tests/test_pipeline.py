@@ -8,7 +8,9 @@ import pytest
 import tifffile
 
 from nucleiscreen.cli import main
-from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.backends import SyncBackend
+from nucleiscreen.engine.pipeline import SegmentOptions
+from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import FrameSpec, simulate_screen, synth_frame
@@ -95,15 +97,15 @@ def test_background_only_frame_gives_no_nuclei():
 def test_post_processing_follows_the_model_card_unless_overridden(tmp_path, capsys):
     seg = Segmenter()
     post = seg.info.postprocessing  # what the trainer validated the model with
-    assert seg.post_args == {"max_grow": post["max_grow"], "min_area": post["min_area"]}
+    assert (seg.post.max_grow, seg.post.min_area) == (post["max_grow"], post["min_area"])
     n = post["min_area"]
     classes = np.zeros((32, 40), np.uint8)
     classes[10, 2:2 + n] = 1  # a micronucleus seed of exactly the card's min_area
     raw = np.full((32, 40), 100, np.uint16)
     raw[10, 2:2 + n] = 1000
     assert seg.instances(classes, raw).max() == 1
-    assert Segmenter(min_area=n + 1).instances(classes, raw).max() == 0
-    assert Segmenter(min_area=1).post_args["min_area"] == 1
+    assert Segmenter(overrides={"min_area": n + 1}).instances(classes, raw).max() == 0
+    assert Segmenter(overrides={"min_area": 1}).post.min_area == 1
     tifffile.imwrite(tmp_path / "a.tif", raw)
     assert main(["predict", str(tmp_path), "--out", str(tmp_path / "o"), "--min-area", "-3"]) == 2
     err = capsys.readouterr().err
@@ -194,9 +196,10 @@ def test_pixel_size_rescales_to_the_model(tmp_path):
     n2 = int(fine.instances(c2, big).max())
     assert c2.shape == (768, 768) and abs(n1 - n2) <= max(1, 0.1 * n1)
     # the card's lengths and areas are in model pixels: twice as many frame pixels per nucleus here
-    assert fine.post_args["max_grow"] == 2 * base.post_args["max_grow"]
-    assert fine.contrast_area == 4 * base.contrast_area and fine.contrast_ring == (2 * INNER, 2 * OUTER)
-    assert fine.min_edge_area == 4 * base.min_edge_area and fine.grow["grow_area"] == 4 * base.grow["grow_area"]
+    assert fine.post.max_grow == 2 * base.post.max_grow
+    assert fine.post.contrast_area == 4 * base.post.contrast_area and fine.post.ring == (2 * INNER, 2 * OUTER)
+    assert fine.post.min_edge_area == 4 * base.post.min_edge_area
+    assert fine.post.grow_area == 4 * base.post.grow_area
     a1 = (base.instances(c1, img) > 0).sum()
     a2 = (fine.instances(c2, big) > 0).sum()
     assert abs(a2 / (4 * a1) - 1) < 0.1
@@ -247,7 +250,8 @@ def test_killed_run_resumes_to_one_row_per_frame_and_counts_match_truth(tmp_path
 
     sim = simulate_screen(tmp_path / "sim", plates=2, fields=1, size=96, seed=5, masks=True, fmt=fmt)
     run = tmp_path / "run"
-    child = ("import sys; from nucleiscreen.engine.pipeline import SegmentOptions, segment; "
+    child = ("import sys; from nucleiscreen.engine.pipeline import SegmentOptions; "
+             "from nucleiscreen.engine.run import segment; "
              "segment([sys.argv[1]], sys.argv[2], "
              "options=SegmentOptions(progress=False, part_frames=32, batch_size=4))")
     proc = subprocess.Popen([sys.executable, "-c", child, str(sim.images), str(run)])
@@ -268,9 +272,11 @@ def test_killed_run_resumes_to_one_row_per_frame_and_counts_match_truth(tmp_path
     assert abs(found - truth) <= 0.1 * truth, (found, truth)
 
 
-class _AsyncBackend:
+class _AsyncBackend(SyncBackend):
     """Wraps a real backend with submit/collect as the TensorRT backend has them (two slots: at most two batches in
     flight), logs the calls, and fails the submit of batch number ``fail_at``."""
+
+    asynchronous = True
 
     def __init__(self, inner, log, fail_at=None):
         self.inner, self.log, self.results, self.fail_at, self.submits = inner, log, {}, fail_at, 0
@@ -297,10 +303,10 @@ class _AsyncBackend:
 def test_asynchronous_backend_overlaps_batches(tmp_path, monkeypatch):
     """With submit/collect, batch k+1 is submitted before batch k is collected (the GPU path's overlap), a frame
     size change drains the batch in flight first, and the results equal the synchronous path's."""
-    import nucleiscreen.engine.pipeline as pipeline
+    import nucleiscreen.engine.run as run
     import nucleiscreen.engine.segmenter as segmenter
 
-    monkeypatch.setattr(pipeline, "plate_shapes", lambda frames: {})  # sizes mixed in one plate on purpose
+    monkeypatch.setattr(run, "plate_shapes", lambda frames, channel: {})  # sizes mixed in one plate on purpose
     sim = simulate_screen(tmp_path / "sim", plates=1, fields=1, size=96, seed=6, masks=False)
     big = sorted(sim.images.rglob("*.tif"))[:6]
     for p in big:  # a few frames of another size: their own batches

@@ -90,8 +90,9 @@ def test_ray_options_need_the_ray_executor(screen, tmp_path, capsys):
 def test_frame_segmenter_with_auto_scale_takes_each_plates_scale(screen, tmp_path):
     from nucleiscreen.engine.discover import discover
     from nucleiscreen.engine.model import load_model_info
-    from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions
     from nucleiscreen.engine.ray_executor import FrameSegmenter, screen_scales
+    from nucleiscreen.engine.run import numbered_frames, segment
 
     found = discover([screen.images])
     frames = numbered_frames(found).filter(pl.col("Metadata_Plate") == pl.col("Metadata_Plate").first()).head(8)
@@ -112,8 +113,9 @@ def test_frame_segmenter_with_auto_scale_takes_each_plates_scale(screen, tmp_pat
 def test_ray_data_frame_segmenter_gives_the_image_rows_of_a_local_run(screen, tmp_path):
     """FrameSegmenter is the map_batches callable (called here on one batch, as a Ray Data actor calls it)."""
     from nucleiscreen.engine.discover import discover
-    from nucleiscreen.engine.pipeline import SegmentOptions, numbered_frames, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions
     from nucleiscreen.engine.ray_executor import FrameSegmenter
+    from nucleiscreen.engine.run import numbered_frames, segment
 
     found = discover([screen.images])
     frames = numbered_frames(found).head(24)

@@ -57,7 +57,7 @@ def test_raw_frames_give_the_class_maps_of_host_normalization(val_frames):
     assert (got == ref).mean() >= 0.999
 
 
-@pytest.mark.parametrize("norm", [Normalization(), Normalization(low=1, high=99, min_contrast=1, min_range=500)])
+@pytest.mark.parametrize("norm", [Normalization(), Normalization(low=1, high=99, min_ratio=1, min_range=500)])
 def test_device_normalization_gives_the_cpu_kernel_percentiles_exactly(norm):
     rng = np.random.default_rng(3)
     frames = [synth_frame(np.random.default_rng(i), (257, 301))[0] for i in range(3)]
@@ -119,7 +119,8 @@ def test_segment_on_torch_sends_raw_frames_and_matches_onnxruntime(tmp_path):
     import polars as pl
     import tifffile
 
-    from nucleiscreen.engine.pipeline import SegmentOptions, segment
+    from nucleiscreen.engine.pipeline import SegmentOptions
+    from nucleiscreen.engine.run import segment
     from nucleiscreen.engine.segmenter import Segmenter
 
     src = tmp_path / "frames"

@@ -4,12 +4,13 @@ objects that the model card carries."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from nucleiscreen.kernels.contrast import filter_faint
-from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA, instances_from_classes
 from nucleiscreen.kernels.measure import typical_area
+from nucleiscreen.kernels.postprocess import PostProcessing, postprocess
 from nucleiscreen.network import class_argmax
 from nucleiscreen.trainer.data import Sample
 from nucleiscreen.trainer.hover import hover_instances
@@ -32,26 +33,14 @@ def class_map(out: torch.Tensor, boundary_bias: float = 0.0) -> np.ndarray:
     return class_argmax(out, boundary_bias)[0].cpu().numpy()
 
 
-def to_instances(out: torch.Tensor, arch: str, max_grow: int = 3, image: np.ndarray | None = None,
-                 min_contrast: float = 0.0, boundary_bias: float = 0.0, min_area: int = DEFAULT_MIN_AREA,
-                 min_edge_area: int = 0, grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
-    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing."""
+def to_instances(out: torch.Tensor, arch: str, image: np.ndarray, post: PostProcessing,
+                 boundary_bias: float = 0.0) -> np.ndarray:
+    """Instances of one image from the network's output (1 x C x H x W), by the architecture's post-processing: for
+    the U-Net the engine's own (``kernels/postprocess.py``) on the class map with ``boundary_bias``; ``image`` is the
+    normalized input."""
     if arch == "hover":
         return hover_instances(out[0].cpu().numpy())
-    return unet_instances(class_map(out, boundary_bias), max_grow, image, min_contrast, min_area, min_edge_area,
-                          grow_area, grow_level)
-
-
-def unet_instances(classes: np.ndarray, max_grow: int, image: np.ndarray | None = None,
-                   min_contrast: float = 0.0, min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0,
-                   grow_area: int = 0, grow_level: float = 0.5) -> np.ndarray:
-    """The engine's post-processing of a U-Net class map: faint small objects erased when ``min_contrast`` > 0
-    (``image``: the normalized input), edge slivers under ``min_edge_area`` px too, objects under ``grow_area`` px
-    grown by their bright outer ring (``grow_level``), then ``instances_from_classes`` (objects under ``min_area`` px
-    dropped)."""
-    grown = {"max_grow": max_grow, "min_area": min_area}
-    return instances_from_classes(filter_faint(classes, image, min_contrast, min_edge_area=min_edge_area,
-                                               grow_area=grow_area, grow_level=grow_level, **grown), **grown)
+    return postprocess(class_map(out, boundary_bias), image, post)
 
 
 GROW_CHOICES = (2, 3, 4, 5, 6, 8)
@@ -87,41 +76,43 @@ def calibrate_postprocessing(net: torch.nn.Module, samples: list[Sample], device
     net.eval()
     logits = [predict_logits(net, s.image, device, multiple).float().cpu() for s in samples]
 
-    def score(threshold: float | None, bias: float, max_grow: int, min_contrast: float = 0.0,
-              min_area: int = DEFAULT_MIN_AREA, min_edge_area: int = 0, grow: tuple[int, float] = (0, 0.5)) -> float:
+    def score(threshold: float | None, bias: float, post: PostProcessing) -> float:
         """F1 at ``threshold`` (None: the mean over thresholds) of ``samples`` with this post-processing."""
         counts = Counts()
         for s, out in zip(samples, logits):
-            counts.add(match(s.labels, unet_instances(class_map(out, bias), max_grow, s.image, min_contrast,
-                                                      min_area, min_edge_area, *grow)))
+            counts.add(match(s.labels, postprocess(class_map(out, bias), s.image, post)))
         return round(counts.f1(threshold) if threshold is not None else counts.f1_mean(), 4)
 
     def best(scores: dict):  # ties go to the values nearest zero (the least change)
         return max(scores, key=lambda k: (scores[k], *(-abs(v) for v in np.atleast_1d(k))))
 
-    grid = {(b, g): score(None, b, g) for b in BIAS_CHOICES for g in GROW_CHOICES}
+    base = PostProcessing()
+    grid = {(b, g): score(None, b, replace(base, max_grow=g)) for b in BIAS_CHOICES for g in GROW_CHOICES}
     by_bias = {b: max(grid[b, g] for g in GROW_CHOICES) for b in BIAS_CHOICES}
     b = best(by_bias)
     grow = {g: grid[b, g] for g in GROW_CHOICES}
-    g = best(grow)
-    detection = {(c, a): score(0.5, b, g, c, a) for c in CONTRAST_CHOICES for a in AREA_CHOICES}
+    post = replace(base, max_grow=best(grow))
+    detection = {(c, a): score(0.5, b, replace(post, min_contrast=c, min_area=a)) for c in CONTRAST_CHOICES
+                 for a in AREA_CHOICES}
     c, a = best(detection)
-    edge = {e: score(0.5, b, g, c, a, e) for e in EDGE_CHOICES}
-    e = best(edge)
-    growth = {(0, 0.5): score(None, b, g, c, a, e)}
-    growth.update({(ga, gl): score(None, b, g, c, a, e, (ga, gl)) for ga in GROW_AREA_CHOICES[1:]
-                   for gl in GROW_LEVEL_CHOICES})
+    post = replace(post, min_contrast=c, min_area=a)
+    edge = {e: score(0.5, b, replace(post, min_edge_area=e)) for e in EDGE_CHOICES}
+    post = replace(post, min_edge_area=best(edge))
+    growth = {(0, 0.5): score(None, b, post)}
+    growth.update({(ga, gl): score(None, b, replace(post, grow_area=ga, grow_level=gl))
+                   for ga in GROW_AREA_CHOICES[1:] for gl in GROW_LEVEL_CHOICES})
     ga, gl = max(growth, key=lambda k: (growth[k], -k[0], k[1]))  # ties: the least growth
-    return {"boundary_bias": b, "f1_mean_by_boundary_bias": by_bias, "max_grow": g, "f1_mean_by_max_grow": grow,
-            "min_contrast": c, "min_area": a,
+    post = replace(post, grow_area=ga, grow_level=gl)
+    return {"boundary_bias": b, "f1_mean_by_boundary_bias": by_bias, "max_grow": post.max_grow,
+            "f1_mean_by_max_grow": grow, "min_contrast": c, "min_area": a,
             "f1_0.50_by_min_contrast_and_area": {ci: {ai: detection[ci, ai] for ai in AREA_CHOICES}
                                                  for ci in CONTRAST_CHOICES},
-            "min_edge_area": e, "f1_0.50_by_min_edge_area": edge,
+            "min_edge_area": post.min_edge_area, "f1_0.50_by_min_edge_area": edge,
             "grow_area": ga, "grow_level": gl,
             "f1_mean_without_growth": growth[0, 0.5],
             "f1_mean_by_grow_area_and_level": {ai: {li: growth[ai, li] for li in GROW_LEVEL_CHOICES}
                                                for ai in GROW_AREA_CHOICES[1:]},
             "images": len(samples),
             # the typical nucleus area of the calibrated output: the model card's nucleus_area_px (--pixel-size auto)
-            "nucleus_area_px": typical_area([unet_instances(class_map(out, b), g, s.image, c, a, e, ga, gl)
+            "nucleus_area_px": typical_area([postprocess(class_map(out, b), s.image, post)
                                              for s, out in zip(samples, logits)])[0]}

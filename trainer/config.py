@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from nucleiscreen.errors import UserError
-from nucleiscreen.kernels.instances import DEFAULT_MIN_AREA
 from nucleiscreen.kernels.normalize import Normalization
+from nucleiscreen.kernels.postprocess import PostProcessing
 from nucleiscreen.network import UNetConfig
 from nucleiscreen.trainer.data import Deformation, Target
 
 ARCHITECTURES = ("unet", "hover")
+_POST_FIELDS = {f.name for f in fields(PostProcessing)}
 
 
 @dataclass
@@ -71,20 +72,12 @@ class TrainConfig:
     keep_checkpoints: bool = False  # also keep each validation's weights as step<N>.pt (for an average of a run's
     # last checkpoints, as unet-tiny-soup.json takes them)
     select_by: str = "f1_mean"  # best.pt: f1_mean (mean validation F1 over IoU 0.5-0.95) or f1_0.50
-    max_grow: int = 3  # U-Net post-processing growth of seeds through boundary pixels during validation; the final
-    # value is calibrated on training images after training (see calibrate_postprocessing) and goes into the model card
-    min_contrast: float = 0.0  # U-Net post-processing: small objects fainter than this are erased during validation
-    # (kernels/contrast.py; 0: none); calibrated like max_grow
-    min_area: int = DEFAULT_MIN_AREA  # U-Net post-processing: objects under this many pixels are dropped during
-    # validation; calibrated like max_grow
+    post: PostProcessing = field(default_factory=lambda: PostProcessing(max_grow=3))  # the U-Net's post-processing
+    # during validation (kernels/postprocess.py; a config may also give its settings as top-level keys, max_grow
+    # etc.); after training the final settings are calibrated on training images (calibrate_postprocessing) and go
+    # into the model card
     boundary_bias: float = 0.0  # added to the boundary logit before the argmax during validation (ExportHead);
-    # calibrated like max_grow
-    min_edge_area: int = 0  # U-Net post-processing: objects touching the frame's edge with fewer pixels are erased
-    # during validation (kernels/contrast.py; 0: none); calibrated like max_grow
-    grow_area: int = 0  # U-Net post-processing: objects under this many pixels grow into the bright pixels of their
-    # outer ring during validation (kernels/contrast.py; 0: none); calibrated like max_grow
-    grow_level: float = 0.5  # ... the pixels at least this fraction of the way from the background to the object's
-    # mean; calibrated with grow_area
+    # calibrated like the post-processing
     val_every: int = 250
     seed: int = 0
     device: str = "auto"
@@ -98,7 +91,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
-        known = set(cls.__dataclass_fields__)
+        known = set(cls.__dataclass_fields__) | _POST_FIELDS
         unknown = sorted(set(d) - known)
         if unknown:
             raise UserError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
@@ -111,6 +104,9 @@ class TrainConfig:
                 d["norm"] = Normalization.from_dict(d["norm"])
             if "deformation" in d:
                 d["deformation"] = Deformation(**d["deformation"])
+            flat = {k: d.pop(k) for k in [k for k in d if k in _POST_FIELDS]}  # max_grow, ... as top-level keys
+            if flat or "post" in d:
+                d["post"] = PostProcessing(**{**asdict(cls().post), **d.get("post", {}), **flat})
         except (TypeError, ValueError) as exc:  # an unknown or mistyped key inside train/model/norm/deformation
             raise UserError(f"training option: {exc}") from None
         init = d.get("init")
@@ -169,8 +165,7 @@ def read_json(path: str | Path, what: str) -> dict:
 
 
 def with_postprocessing(cfg: TrainConfig, post: dict) -> TrainConfig:
-    """``cfg`` validating with a checkpoint's calibrated post-processing (``post``); a setting the checkpoint predates
-    keeps the configuration's value."""
-    return replace(cfg, **{k: post.get(k, getattr(cfg, k)) for k in ("max_grow", "min_contrast", "boundary_bias",
-                                                                     "min_area", "min_edge_area", "grow_area",
-                                                                     "grow_level")})
+    """``cfg`` validating with a checkpoint's calibrated post-processing (``post``, the model card's form); a setting
+    the checkpoint predates keeps the configuration's value."""
+    return replace(cfg, post=cfg.post.with_overrides({k: post.get(k) for k in _POST_FIELDS}),
+                   boundary_bias=post.get("boundary_bias", cfg.boundary_bias))

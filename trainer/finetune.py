@@ -30,6 +30,7 @@ from nucleiscreen.engine.readers import IMAGE_SUFFIXES, FrameReadError, read_fra
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.kernels.normalize import normalize
+from nucleiscreen.kernels.postprocess import PostProcessing
 from nucleiscreen.network import UNetConfig
 from nucleiscreen.trainer.calibrate import calibrate_postprocessing
 from nucleiscreen.trainer.checkpoint import Logits
@@ -39,8 +40,6 @@ from nucleiscreen.trainer.train import loss_fn, pick_device, validate
 
 MASK_SUFFIXES = ("_cp_masks", "_masks", "_mask", "_labels", "_label")
 MASK_FOLDERS = ("masks", "labels")
-POST_KEYS = ("max_grow", "min_area", "min_contrast", "min_edge_area", "grow_area", "grow_level", "boundary_bias",
-             "nucleus_area_px")
 
 
 @dataclass
@@ -207,7 +206,9 @@ def write_model(info, net: Logits, post: dict, out: Path, training: dict, metric
             init.CopyFrom(numpy_helper.from_array(value.astype(numpy_helper.to_array(init).dtype), init.name))
     _set_boundary_bias(model, net.output, float(post["boundary_bias"]))
     card = json.loads(next(p.value for p in model.metadata_props if p.key == CARD_KEY))
-    card["postprocessing"] = {**card.get("postprocessing", {}), **{k: post[k] for k in POST_KEYS[:-1] if k in post}}
+    old = card.get("postprocessing", {})
+    card["postprocessing"] = {**old, **PostProcessing.from_card({**old, **post}).to_card(),
+                              "boundary_bias": post["boundary_bias"]}
     card["nucleus_area_px"] = post.get("nucleus_area_px") or card.get("nucleus_area_px")
     card["training_data"] = training
     card["validation_metrics"] = {k: v for k, v in metrics.items() if k != "by_size"}

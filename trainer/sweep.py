@@ -77,7 +77,7 @@ def score_checkpoint(path: str | Path, val: str) -> dict:
     cfg = with_postprocessing(cfg, ck.get("postprocessing", {}))
     samples = load_folder(val, cfg.norm, None, cfg.target)
     summary = validate(net, samples, torch.device("cpu"), cfg)
-    summary.update(arch=cfg.arch, max_grow=cfg.max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
+    summary.update(arch=cfg.arch, max_grow=cfg.post.max_grow if cfg.arch == "unet" else None, depth=cfg.model.depth,
                    base=cfg.model.base, step=ck.get("step"),
                    params_m=round(sum(p.numel() for p in net.parameters()) / 1e6, 2))
     return summary

@@ -145,9 +145,7 @@ def validate(net: torch.nn.Module, samples: list[Sample], device: torch.device, 
         target = torch.from_numpy(s.classes.astype(np.int64))[None].to(device)
         small = torch.from_numpy(s.small)[None].to(device)
         losses.append(float(batch_loss(out, target, small, s.labels[None], weights, cfg)))
-        counts.add(match(s.labels, to_instances(out, cfg.arch, cfg.max_grow, s.image, cfg.min_contrast,
-                                                 cfg.boundary_bias, cfg.min_area, cfg.min_edge_area, cfg.grow_area,
-                                                 cfg.grow_level)))
+        counts.add(match(s.labels, to_instances(out, cfg.arch, s.image, cfg.post, cfg.boundary_bias)))
     net.train()
     out = counts.summary()
     out["loss"] = float(np.mean(losses)) if losses else float("nan")

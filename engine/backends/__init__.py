@@ -1,16 +1,15 @@
-"""Inference backends behind one interface.
+"""Inference backends behind one interface, the ``Backend`` protocol.
 
-A backend is made from a model file and runs ``infer(batch)``: ``batch`` is N x 1 x H x W float32 (already
-normalized and padded to the model's spatial multiple); the result is the N x H x W uint8 class map. Backends:
-``onnxruntime`` (ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed), ``torch`` (ONNX
-files and training checkpoints; CUDA FP16 channels-last, or the CPU) and ``tensorrt`` (ONNX files built into cached
-plans; unverified: no GPU with TensorRT has run it yet) and ``openvino`` (ONNX files on Intel's CPU runtime, the
-``[openvino]`` extra). A backend with ``raw_input`` (torch) also takes raw integer
-frames (``submit_raw``/``collect_raw``) and normalizes and pads them itself, on its device.
+A backend is made from a model file and turns a batch of network inputs into class maps. Backends: ``onnxruntime``
+(ONNX files; CPU by default, the CUDA provider when onnxruntime-gpu is installed), ``torch`` (ONNX files and training
+checkpoints; CUDA FP16 channels-last, or the CPU), ``tensorrt`` (ONNX files built into cached plans; unverified: no
+GPU with TensorRT has run it yet) and ``openvino`` (ONNX files on Intel's CPU runtime, the ``[openvino]`` extra).
+``SyncBackend`` gives the synchronous ones the protocol's asynchronous and raw-input parts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -20,11 +19,77 @@ from nucleiscreen.errors import UserError
 
 
 class Backend(Protocol):
+    """What the engine asks of an inference backend; every capability is declared here, none is probed for.
+
+    Attributes
+    ----------
+    name : str
+        ``onnxruntime``, ``openvino``, ``torch`` or ``tensorrt``.
+    description : str
+        One line for the console and the manifest: runtime, version, device, precision.
+    preferred_batch : int
+        The batch size used when none is asked for (1 on a CPU, 16 on a GPU).
+    device_type : str
+        ``cpu`` or ``cuda``: where the network runs.
+    asynchronous : bool
+        Whether a submitted batch (``submit``, or ``submit_raw``) runs while the caller goes on (the engine collects
+        a batch only after submitting the next, so it prepares and post-processes meanwhile).
+    raw_input : bool
+        Whether ``submit_raw`` takes raw uint8/uint16 frames and normalizes and pads them on the device.
+    """
+
     name: str
     description: str
-    preferred_batch: int  # the batch size used when none is asked for
+    preferred_batch: int
+    device_type: str
+    asynchronous: bool
+    raw_input: bool
 
-    def infer(self, batch: np.ndarray) -> np.ndarray: ...
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Class maps (N x H x W uint8: 0 background, 1 interior, 2 boundary) of a batch N x 1 x H x W of normalized
+        frames (float32, or float16 for an FP16 model), padded to the model's spatial multiple; waits for them."""
+        ...
+
+    def submit(self, batch: np.ndarray) -> object:
+        """Start ``infer`` on a batch; a token for ``collect``. Returns at once where ``asynchronous``."""
+        ...
+
+    def collect(self, token: object) -> np.ndarray:
+        """The class maps of a submitted batch (waits for them)."""
+        ...
+
+    def submit_raw(self, frames: Sequence[np.ndarray]) -> object:
+        """Start the class maps of same-shape raw uint8/uint16 frames (unpadded, not normalized: the backend does
+        both as ``kernels/normalize.py`` does); only where ``raw_input``."""
+        ...
+
+    def collect_raw(self, token: object) -> np.ndarray:
+        """The class maps (N x H x W) of a ``submit_raw`` batch."""
+        ...
+
+
+class SyncBackend:
+    """The parts of ``Backend`` a synchronous, normalized-input-only backend shares: ``submit`` computes at once and
+    its token is the result; no raw input."""
+
+    device_type = "cpu"
+    asynchronous = False
+    raw_input = False
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def submit(self, batch: np.ndarray) -> np.ndarray:
+        return self.infer(batch)
+
+    def collect(self, token: np.ndarray) -> np.ndarray:
+        return token
+
+    def submit_raw(self, frames: Sequence[np.ndarray]) -> object:
+        raise NotImplementedError(f"the {self.name} backend takes normalized frames only (raw_input is False)")
+
+    def collect_raw(self, token: object) -> np.ndarray:
+        raise NotImplementedError(f"the {self.name} backend takes normalized frames only (raw_input is False)")
 
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")

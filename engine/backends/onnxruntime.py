@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from nucleiscreen.engine.backends import SyncBackend
 from nucleiscreen.engine.model import ModelInfo
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(SyncBackend):
     """Runs the model's ``image`` -> ``classes`` graph with the best provider onnxruntime offers here."""
 
     name = "onnxruntime"
@@ -27,7 +28,8 @@ class OnnxRuntimeBackend:
         self.dtype = np.float16 if model.input_dtype == "float16" else np.float32
         # On the CPU a batch of large frames only adds cache misses (measured: 1104^2 frames, batch 8 took 1.7x the
         # time per frame of batch 1); accelerators need batches to fill.
-        self.preferred_batch = 1 if self.provider == "CPUExecutionProvider" else 16
+        self.device_type = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
+        self.preferred_batch = 1 if self.device_type == "cpu" else 16
         self.description = f"onnxruntime {ort.__version__} ({self.provider}, {np.dtype(self.dtype).name})"
 
     def infer(self, batch: np.ndarray) -> np.ndarray:

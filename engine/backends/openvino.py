@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from nucleiscreen.engine.backends import SyncBackend
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
 
 SHAPES_KEPT = 4  # compiled shapes kept (a plate's batch and its last, smaller one; a second plate size)
 
 
-class OpenVinoBackend:
+class OpenVinoBackend(SyncBackend):
     """Runs the model's ``image`` -> ``classes`` graph on OpenVINO's CPU plugin."""
 
     name = "openvino"

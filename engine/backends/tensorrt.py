@@ -96,7 +96,12 @@ class _Slot:
 
 
 class TensorRTBackend:
+    """``Backend``: asynchronous (two execution slots), normalized input only, on CUDA."""
+
     name = "tensorrt"
+    device_type = "cuda"
+    asynchronous = True
+    raw_input = False
 
     def __init__(self, model: ModelInfo, threads: int | None = None, max_batch: int = 32):
         if model.is_checkpoint:
@@ -197,3 +202,8 @@ class TensorRTBackend:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         return self.collect(self.submit(batch))
+
+    def submit_raw(self, frames) -> object:
+        raise NotImplementedError("the tensorrt backend takes normalized frames only (raw_input is False)")
+
+    collect_raw = submit_raw

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from nucleiscreen.engine.backends import SyncBackend
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.normalize import Normalization
@@ -43,13 +44,17 @@ def normalize_on_device(frames, norm: Normalization):
                         device=flat.device)
     lohi = torch.searchsorted(cdf, need).to(torch.float32)  # the first bin whose cumulative count reaches `need`
     lo, hi = lohi[:, 0], lohi[:, 1]
-    rng = torch.maximum(hi - lo, (norm.min_contrast - 1.0) * lo).clamp_(min=max(norm.min_range, 1e-6))
+    rng = torch.maximum(hi - lo, (norm.min_ratio - 1.0) * lo).clamp_(min=max(norm.min_range, 1e-6))
     x = (values.to(torch.float32) - lo[:, None, None]) * (1.0 / rng)[:, None, None]
     return x.clamp_(0.0, 1.0), lo, hi
 
 
-class TorchBackend:
+class TorchBackend(SyncBackend):
+    """``Backend``: normalized batches synchronously (``infer``); raw uint8/uint16 frames normalized, padded and
+    segmented on the device, asynchronously on CUDA (``submit_raw``: copy and compute on their own streams)."""
+
     name = "torch"
+    raw_input = True
 
     def __init__(self, model: ModelInfo, threads: int | None = None, device: str | None = None,
                  graphs: bool = False, compile: bool = False, channels_last: bool = True):
@@ -60,6 +65,8 @@ class TorchBackend:
         self.torch = torch
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.cuda = self.device.type == "cuda"
+        self.device_type = self.device.type
+        self.asynchronous = self.cuda
         self.dtype = torch.float16 if self.cuda else torch.float32
         if model.is_checkpoint:
             from nucleiscreen.network import ExportHead, boundary_bias, load_checkpoint
@@ -101,8 +108,6 @@ class TorchBackend:
             return self.net(x).cpu().numpy()
 
     # -- raw frames: normalization, padding, network and ArgMax on the device ----------------------------------------
-    raw_input = True
-
     def _compute(self, frames):
         """Class maps (N x H x W uint8) of raw integer frames already on the device."""
         torch = self.torch
