@@ -126,3 +126,38 @@ def test_segment_summary_names_failed_frames_by_stage_and_fail_on_error_exits_1(
     out = capsys.readouterr().out
     assert "(0 already done, 1 failed)" in out and "failed frames by stage: decode 1" in out
     assert main(["--quiet", "segment", str(frames), "--out", str(tmp_path / "run2"), "--fail-on-error"]) == 1
+
+
+def test_predict_reports_a_bad_image_and_segments_the_others(capsys, tmp_path):
+    """One unreadable image among good ones: one line for it on stderr, the others written, exit status 1."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for i in range(2):
+        img, _ = __import__("nucleiscreen.simulate", fromlist=["synth_frame"]).synth_frame(
+            np.random.default_rng(i), (128, 128))
+        tifffile.imwrite(imgs / f"good{i}.tif", img)
+    (imgs / "broken.tif").write_bytes(b"II*\x00" + b"\x00" * 20)  # a TIFF header and nothing behind it
+    tifffile.imwrite(imgs / "blank.tif", np.zeros((64, 64), np.uint16))  # decodes, but Segmenter.load refuses it
+    assert main(["--quiet", "predict", str(imgs), "--out", str(tmp_path / "p"), "--pixel-size", "model"]) == 1
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 2 and "broken.tif" in lines[1] and "blank.tif" in lines[0] and "Traceback" not in captured.err
+    assert all(line.startswith("error: ") for line in lines)
+    assert sorted(p.name for p in (tmp_path / "p").glob("*_labels.tif")) == ["good0_labels.tif", "good1_labels.tif"]
+    assert "2 image(s) failed" in captured.out
+
+
+def test_predict_reuses_the_scale_estimates_segmentation(tmp_path, monkeypatch):
+    """With --pixel-size auto an image whose scale is kept is segmented once, by the estimate's own pass."""
+    from nucleiscreen.engine.predict import predict
+    from nucleiscreen.engine.segmenter import Segmenter
+    from nucleiscreen.simulate import synth_frame
+
+    img, _ = synth_frame(np.random.default_rng(5), (384, 384))
+    tifffile.imwrite(tmp_path / "a.tif", img)
+    calls = []
+    classes = Segmenter.classes
+    monkeypatch.setattr(Segmenter, "classes", lambda self, *a, **k: calls.append(self.scale) or classes(self, *a, **k))
+    scales = []
+    result = predict([tmp_path / "a.tif"], tmp_path / "p", pixel_size="auto", on_scale=lambda n, e: scales.append(e))
+    assert len(result.written) == 1 and scales[0].scale == 1.0 and calls == [1.0]

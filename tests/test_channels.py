@@ -1,0 +1,92 @@
+"""Channels as data: ``--channels NAME=TOKEN`` names a screen's channels, every column of a channel carries its name,
+and a wrong option is one line before anything is written."""
+
+import polars as pl
+import pytest
+
+from nucleiscreen.cli import main
+from nucleiscreen.engine.channels import Channels
+from nucleiscreen.engine.discover import discover
+from nucleiscreen.errors import UserError
+from nucleiscreen.simulate import simulate_screen
+
+
+@pytest.fixture(scope="module")
+def screen(tmp_path_factory):
+    return simulate_screen(tmp_path_factory.mktemp("ch") / "sim", plates=1, fields=1, size=96, seed=4, masks=False,
+                           channels=3, progress=False)
+
+
+def test_parse_names_tokens_and_the_nuclei_channel():
+    ch = Channels.parse("DNA=d0, Lyso=d1,Cell=2")
+    assert ch.names == ("DNA", "Lyso", "Cell") and ch.numbers == (0, 1, 2) and ch.nuclei == "DNA"
+    assert ch.markers == ("Lyso", "Cell") and ch.columns()[:2] == ["PathName_DNA", "FileName_DNA"]
+    assert Channels.parse("Hoechst=w1,Actin=w2", nuclei="Hoechst").nuclei == "Hoechst"
+    assert Channels.parse(None) == Channels() and Channels.parse(None, number=2).numbers == (2,)
+
+
+@pytest.mark.parametrize("text,nuclei,message", [
+    ("DNA", None, "NAME=TOKEN"),
+    ("DNA=x", None, "NAME=TOKEN"),
+    ("DNA=d0,DNA=d1", None, "given twice"),
+    ("DNA=d0,Lyso=d0", None, "named twice"),
+    ("my_dna=d0", None, "letters and digits"),
+    ("1st=d0", None, "start with a letter"),
+    ("DNA=d0", "Lyso", "not one of"),
+])
+def test_bad_channel_options_are_one_line(text, nuclei, message):
+    with pytest.raises(UserError, match=message):
+        Channels.parse(text, nuclei)
+
+
+def test_discovery_groups_a_fields_frames(screen):
+    found = discover([screen.images], channels=Channels.parse("DNA=d0,Lyso=d1,Cell=d2"))
+    frames = found.frames
+    assert frames.height == 384 and found.incomplete.height == 0
+    assert [c for c in frames.columns if c.startswith("FileName_")] == ["FileName_DNA", "FileName_Lyso",
+                                                                        "FileName_Cell"]
+    row = frames.row(0, named=True)
+    assert row["FileName_DNA"].endswith("d0.tif") and row["FileName_Cell"].endswith("d2.tif")
+    assert row["FileName_DNA"][:-6] == row["FileName_Lyso"][:-6] == row["FileName_Cell"][:-6]  # one field
+    with pytest.raises(UserError, match="Lyso=d7 is not among"):
+        discover([screen.images], channels=Channels.parse("DNA=d0,Lyso=d7"))
+    with pytest.raises(UserError, match="write channels as d1"):
+        discover([screen.images], channels=Channels.parse("DNA=d0,Lyso=w1"))
+
+
+def test_a_field_missing_a_channel_is_listed_apart(screen, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(screen.images, images)
+    gone = sorted(images.rglob("*d1.tif"))[5]
+    gone.unlink()
+    found = discover([images], channels=Channels.parse("DNA=d0,Lyso=d1"))
+    assert found.frames.height == 383 and found.incomplete.height == 1
+    assert found.incomplete["Missing"].to_list() == [["Lyso"]]
+    assert "fields lacking a channel: 1" in found.summary()
+
+
+def test_the_nuclei_channel_renamed_names_every_column(screen, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["--quiet", "segment", str(screen.images), "--out", str(out), "--channels", "Hoechst=d0",
+                 "--objects", "--pixel-size", "model"]) == 0
+    images = pl.read_parquet(out / "images" / "**" / "*.parquet")
+    objects = pl.read_parquet(out / "objects" / "**" / "*.parquet")
+    assert {"PathName_Hoechst", "FileName_Hoechst", "ImageQuality_FocusScore_Hoechst",
+            "Mean_Nuclei_Intensity_MeanIntensity_Hoechst"} <= set(images.columns)
+    assert "Intensity_MeanIntensity_Hoechst" in objects.columns
+    assert not [c for c in (*images.columns, *objects.columns) if c.endswith("_DNA")]
+    capsys.readouterr()
+    # a run folder begun with other channels is refused unless --overwrite
+    assert main(["--quiet", "segment", str(screen.images), "--out", str(out), "--pixel-size", "model"]) == 2
+    assert "channels" in capsys.readouterr().err
+
+
+def test_bad_channel_options_on_the_command_line_write_nothing(screen, tmp_path, capsys):
+    for args in (["--channels", "DNA=d0,Lyso=d9"], ["--channels", "DNA=d0,DNA=d1"], ["--channels", "a-b=d0"],
+                 ["--channels", "DNA=d0", "--channel", "0"]):
+        assert main(["--quiet", "segment", str(screen.images), "--out", str(tmp_path / "r"), *args]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "r").exists()
