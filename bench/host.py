@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 
 from nucleiscreen.engine.backends import SyncBackend
-from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
+from nucleiscreen.simulate import FRAME_SIZE, frame_file_name, plate_name, synth_frame, well_names
 
 
 class ReplayBackend(SyncBackend):
@@ -105,7 +105,7 @@ def _run(src: Path, maps: Path, tmp: Path, cpus: list[int], objects: bool) -> di
     return result
 
 
-def main(frames: int = 600, size: int = 1104, cores: int | None = None, repeats: int = 3) -> dict:
+def main(frames: int = 600, size: int = FRAME_SIZE, cores: int | None = None, repeats: int = 3) -> dict:
     available = sorted(os.sched_getaffinity(0))
     cores = min(cores or len(available), len(available))
     results: dict = {"frames": frames, "size": size, "cores": cores, "modes": {}}

@@ -22,7 +22,7 @@ from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
-from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
+from nucleiscreen.simulate import FRAME_SIZE, frame_file_name, plate_name, synth_frame, well_names
 
 
 def write_frames(folder: Path, frames: int, size: int, seed: int = 0) -> list[Path]:
@@ -58,7 +58,7 @@ def sequential(paths: list[Path], seg: Segmenter) -> dict[str, float]:
     return t
 
 
-def main(frames: int = 64, size: int = 1104, model: str | None = None, backend: str = "auto",
+def main(frames: int = 64, size: int = FRAME_SIZE, model: str | None = None, backend: str = "auto",
          batch_size: int | None = None, threads: int | None = None, overrides: dict | None = None) -> dict:
     """``overrides``: post-processing settings (``kernels/postprocess.py``) for both contenders."""
     with tempfile.TemporaryDirectory() as tmp:

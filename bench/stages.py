@@ -41,6 +41,7 @@ from nucleiscreen.engine.segmenter import Segmenter, check
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.kernels.normalize import histogram
 from nucleiscreen.kernels.quality import frame_quality
+from nucleiscreen.simulate import FRAME_SIZE
 
 
 def _best(stages: dict[str, Callable[[int], object]], n: int, repeats: int) -> dict[str, float]:
@@ -55,7 +56,7 @@ def _best(stages: dict[str, Callable[[int], object]], n: int, repeats: int) -> d
     return {name: float(np.mean(v)) for name, v in best.items()}
 
 
-def main(frames: int = 8, size: int = 1104, repeats: int = 3) -> dict:
+def main(frames: int = 8, size: int = FRAME_SIZE, repeats: int = 3) -> dict:
     numba.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -7,7 +7,9 @@ line, ``error: ...``, with exit status 2; ``--debug`` shows the traceback instea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import inspect
 import json
 import os
 import sys
@@ -71,7 +73,8 @@ def _finetune(a: argparse.Namespace) -> None:
         raise UserError("--finetune takes --model, --out, --steps only")
     if not a.out:
         raise UserError("--finetune needs --out MODEL.onnx, the fine-tuned model to write")
-    r = finetune(a.finetune, a.out, model=a.model, steps=300 if a.steps is None else a.steps, progress=not a.quiet)
+    steps = {} if a.steps is None else {"steps": a.steps}
+    r = finetune(a.finetune, a.out, model=a.model, progress=not a.quiet, **steps)
     names = ", ".join(r.held_out)
     print(f"fine-tuned on {len(r.train)} frame(s) in {r.seconds / 60:.1f} min"
           + (f" (resized by {r.scale:.3f} to the model's nucleus size)" if r.scale != 1 else ""))
@@ -238,6 +241,7 @@ def cmd_demo(a: argparse.Namespace) -> None:
 
 def cmd_bench(a: argparse.Namespace) -> None:
     what = a.what or ("suite" if a.quick else "pipeline")
+    given = {k: v for k, v in (("frames", a.frames), ("size", a.size)) if v is not None}  # else each bench's own
     if what == "suite":
         from nucleiscreen.bench.suite import main as bench_suite
 
@@ -245,11 +249,11 @@ def cmd_bench(a: argparse.Namespace) -> None:
     elif what == "host":
         from nucleiscreen.bench.host import main as bench_host
 
-        bench_host(frames=a.frames or 600, size=a.size, cores=a.threads)
+        bench_host(cores=a.threads, **given)
     elif what == "gpu":
         from nucleiscreen.bench.gpu import main as bench_gpu
 
-        bench_gpu(out=a.out, frames=a.frames or 4096, model=a.model, quick=a.quick)
+        bench_gpu(out=a.out, model=a.model, quick=a.quick, **{k: v for k, v in given.items() if k == "frames"})
     elif what == "kernels":
         from nucleiscreen.bench.kernels import main as bench_kernels
 
@@ -257,11 +261,11 @@ def cmd_bench(a: argparse.Namespace) -> None:
     elif what == "cpu":
         from nucleiscreen.bench.cpu import main as bench_cpu
 
-        bench_cpu(frames=a.frames or 10)
+        bench_cpu(**{k: v for k, v in given.items() if k == "frames"})
     elif what == "stages":
         from nucleiscreen.bench.stages import main as bench_stages
 
-        bench_stages(frames=a.frames or 16, size=a.size)
+        bench_stages(**given)
     elif what == "reliability":
         from nucleiscreen.bench.reliability import main as bench_reliability
 
@@ -269,11 +273,19 @@ def cmd_bench(a: argparse.Namespace) -> None:
     else:
         from nucleiscreen.bench.pipeline import main as bench_pipeline
 
-        bench_pipeline(frames=a.frames or 64, size=a.size, model=a.model, backend=a.backend, batch_size=a.batch_size,
-                       threads=a.threads, overrides=_overrides(a))
+        bench_pipeline(model=a.model, backend=a.backend, batch_size=a.batch_size, threads=a.threads,
+                       overrides=_overrides(a), **given)
 
 
 # ------------------------------------------------------------------------------------------------------ parser
+def _defaults(owner) -> dict:
+    """The defaults of a function's parameters or a dataclass's fields: the CLI shows its owners' defaults (each is
+    written once, where it is used) rather than copies of them."""
+    if dataclasses.is_dataclass(owner):
+        return {f.name: f.default for f in dataclasses.fields(owner)}
+    return {k: p.default for k, p in inspect.signature(owner).parameters.items()}
+
+
 def _pixel_size(text: str) -> float | str | None:
     if text in ("auto", "model"):
         return text if text == "auto" else None  # model: the model's own scale, no estimate
@@ -322,9 +334,9 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
                         "card's, calibrated on its training frames; 0: no growth)")
     p.add_argument("--backend", default="auto",
                    help="inference backend: auto, onnxruntime, openvino, tensorrt (ONNX files), torch (ONNX files "
-                        "and .pt checkpoints; needs PyTorch and onnx) (default: auto, the fastest available: "
-                        "TensorRT, onnxruntime on CUDA, torch on CUDA, OpenVINO on the CPU when installed, "
-                        "onnxruntime on the CPU)")
+                        "and .pt checkpoints; needs PyTorch and onnx) (default: %(default)s, the fastest available: "
+                        "TensorRT, onnxruntime on CUDA, torch on CUDA, onnxruntime on the CPU; OpenVINO only when "
+                        "asked for)")
     p.add_argument("--threads", type=int, help="worker threads for decoding and post-processing (default: all cores)")
     if batch:
         p.add_argument("--batch-size", type=int,
@@ -332,10 +344,13 @@ def _engine_options(p: argparse.ArgumentParser, batch: bool = True, pixel_size: 
 
 
 def _segment_options(p: argparse.ArgumentParser) -> None:
+    from nucleiscreen.engine.pipeline import SegmentOptions
+
     p.add_argument("sources", nargs="+", help="folders (searched recursively) or frame files")
     p.add_argument("--out", required=True, help="run folder to write (re-running resumes it)")
     p.add_argument("--pattern", default="auto",
-                   help="file naming: auto, cx7, imagexpress, opera, or a regex with named groups (default: auto)")
+                   help="file naming: auto, cx7, imagexpress, opera, or a regex with named groups (default: "
+                        "%(default)s)")
     p.add_argument("--channels", metavar="NAME=TOKEN,...",
                    help="the channels of a field by name, each the channel token of the file names (CX7 d0, "
                         "ImageXpress w1, Opera ch1, or a number), e.g. DNA=d0,Lyso=d1,Cell=d2; the first is "
@@ -346,8 +361,9 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
                                                "same as --channels DNA=N; default: the pattern's)")
     p.add_argument("--objects", action="store_true", help="also write one row per nucleus (RUN/objects/)")
     p.add_argument("--save-labels", action="store_true", help="write label TIFFs (RUN/labels/) for napari/Fiji")
-    p.add_argument("--micronucleus-area", type=int, default=100,
-                   help="objects under this area in px are micronuclei, not nuclei (default: 100)")
+    seg = _defaults(SegmentOptions)
+    p.add_argument("--micronucleus-area", type=int, default=seg["micronucleus_area"],
+                   help="objects under this area in px are micronuclei, not nuclei (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="empty the run folder first (needed to change the model or settings of an existing run)")
     p.add_argument("--retry-errors", action="store_true", help="attempt the frames of the error table again")
@@ -355,21 +371,24 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
                                    "folder, for N processes or nodes; 'slurm' takes K and N from a job array")
     p.add_argument("--fail-on-error", action="store_true",
                    help="exit 1 when any frame failed (default: 0 once every frame is in the image or error table)")
-    p.add_argument("--checkpoint-seconds", type=float, default=60.0,
+    p.add_argument("--checkpoint-seconds", type=float, default=seg["checkpoint_seconds"],
                    help="write the tables' parts at least this often, so a killed run loses at most about this much "
-                        "work (default: 60)")
+                        "work (default: %(default)s)")
     p.add_argument("--executor", choices=["local", "ray"], default="local",
                    help="local: this process; ray: work units (a plate, or 4,096 frames of one) on Ray actors that "
-                        "write into the shared run folder (the [ray] extra) (default: local)")
+                        "write into the shared run folder (the [ray] extra) (default: %(default)s)")
     p.add_argument("--address", help="ray: the cluster to join (default: start a local Ray instance)")
     p.add_argument("--workers", type=int, help="ray: actors, each with --threads CPUs (default: local cores / threads)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0, help="ray: GPUs each actor asks for (default: 0)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0,
+                   help="ray: GPUs each actor asks for (default: %(default)s)")
     _engine_options(p)
 
 
 def _analysis_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--z-prime-min", type=float, default=0.5,
-                   help="flag plates whose robust Z' (positive controls vs OTP) is under this (default: 0.5)")
+    from nucleiscreen.engine.qc import Z_PRIME_MIN
+
+    p.add_argument("--z-prime-min", type=float, default=Z_PRIME_MIN,
+                   help="flag plates whose robust Z' (positive controls vs OTP) is under this (default: %(default)s)")
     p.add_argument("--no-frame-qc", action="store_true",
                    help="keep every frame (default: leave out-of-focus and saturated frames out of the wells)")
     p.add_argument("--no-report", action="store_true", help="write the tables but not report.html")
@@ -382,6 +401,10 @@ def _analysis_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from nucleiscreen.demo import demo  # the owners of the defaults the help shows
+    from nucleiscreen.simulate import FRAME_SIZE, simulate_screen
+    from nucleiscreen.trainer import FINETUNE_STEPS
+
     parser = argparse.ArgumentParser(
         prog="nucleiscreen",
         description="Segment Hoechst-stained nuclei across a plate screen with a U-Net, measure them, normalize to "
@@ -400,13 +423,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a synthetic screen: 384-well plates of 16-bit CX7-like Hoechst frames named "
                                    "like the real screen's, ground-truth masks, layout.csv and truth.csv.")
     p.add_argument("out", help="output folder (must be new or empty)")
-    p.add_argument("--plates", type=int, default=4, help="plates (default: 4)")
-    p.add_argument("--fields", type=int, default=4, help="fields per well (default: 4)")
-    p.add_argument("--size", type=int, default=1104, help="frame size in px at the CX7 pixel size (default: 1104)")
-    p.add_argument("--format", default="tif", choices=["tif", "c01"], help="frame file format (default: tif)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--wells-per-gene", type=int, default=3, help="wells (siRNAs) per gene (default: 3)")
-    p.add_argument("--channels", type=int, default=1, help="channels per field, d0 = Hoechst (default: 1)")
+    sim = _defaults(simulate_screen)
+    p.add_argument("--plates", type=int, default=sim["plates"], help="plates (default: %(default)s)")
+    p.add_argument("--fields", type=int, default=sim["fields"], help="fields per well (default: %(default)s)")
+    p.add_argument("--size", type=int, default=sim["size"],
+                   help="frame size in px at the CX7 pixel size (default: %(default)s)")
+    p.add_argument("--format", default=sim["fmt"], choices=["tif", "c01"],
+                   help="frame file format (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=sim["seed"], help="random seed (default: %(default)s)")
+    p.add_argument("--wells-per-gene", type=int, default=sim["wells_per_gene"],
+                   help="wells (siRNAs) per gene (default: %(default)s)")
+    p.add_argument("--channels", type=int, default=sim["channels"],
+                   help="channels per field, d0 = Hoechst (default: %(default)s)")
     p.add_argument("--no-masks", action="store_true", help="do not write ground-truth masks")
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     p.set_defaults(func=cmd_simulate)
@@ -423,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune", metavar="DIR",
                    help="fine-tune a shipped model (--model) on your annotated frames: DIR holds images/ and masks/ "
                         "(or labels/), or images beside their masks (<name>_masks.tif, Cellpose's <name>_cp_masks.png)"
-                        "; a fifth is held out, --out names the .onnx to write; --steps (default 300)")
+                        f"; a fifth is held out, --out names the .onnx to write; --steps (default {FINETUNE_STEPS})")
     p.add_argument("--model", help="with --finetune: the ONNX model to start from (default: the shipped one)")
     p.add_argument("--out", help="override the config's output folder (--finetune: the .onnx file to write)")
     p.add_argument("--steps", type=int, help="override the number of steps")
@@ -461,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probabilities", action="store_true", help="also output the softmax probabilities")
     p.add_argument("--tta", type=int, default=1, metavar="N",
                    help="test-time augmentation in the graph: average the softmax over N of the 8 flips and quarter "
-                        "turns (1, 2, 4 or 8; costs N forward passes per frame) (default: 1, none)")
+                        "turns (1, 2, 4 or 8; costs N forward passes per frame) (default: %(default)s, none)")
     p.add_argument("--tensorrt", metavar="HxW",
                    help="also build the TensorRT plan for frames of this size as the network sees them (after any "
                         "--pixel-size rescaling of segment; optimization profile batch 1-32, timing cache; cached per "
@@ -502,10 +530,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", help="simulate a small screen, run everything, print the hits",
                        description="Simulate a small CX7-like screen with planted hits, segment it with the shipped "
                                    "U-Net on the CPU, analyze it and print the hit table (a few minutes on 2 cores).")
-    p.add_argument("--out", default="nucleiscreen-demo", help="output folder (default: ./nucleiscreen-demo)")
-    p.add_argument("--plates", type=int, default=2, help="plates (default: 2)")
-    p.add_argument("--fields", type=int, default=2, help="fields per well (default: 2)")
-    p.add_argument("--size", type=int, default=512, help="frame size in px (default: 512)")
+    dem = _defaults(demo)
+    p.add_argument("--out", default=dem["out"], help="output folder (default: ./%(default)s)")
+    p.add_argument("--plates", type=int, default=dem["plates"], help="plates (default: %(default)s)")
+    p.add_argument("--fields", type=int, default=dem["fields"], help="fields per well (default: %(default)s)")
+    p.add_argument("--size", type=int, default=dem["size"], help="frame size in px (default: %(default)s)")
     p.add_argument("--threads", type=int, help="worker threads (default: all cores)")
     p.set_defaults(func=cmd_demo)
 
@@ -525,12 +554,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", nargs="?", choices=["pipeline", "host", "gpu", "kernels", "cpu", "stages", "reliability",
                                            "suite"],
                    help="what to measure (default: pipeline; with --quick alone: the whole suite, small)")
-    p.add_argument("--frames", type=int,
-                   help="frames to process (default: pipeline 64, host 600, gpu 4096 end to end, stages 16)")
+    p.add_argument("--frames", type=int, help="frames to process (default: each benchmark's own, in its --help "
+                                              "section above and its module)")
     p.add_argument("--out", default="bench-results", help="gpu, suite: folder for the JSON and Markdown results")
     p.add_argument("--quick", action="store_true",
                    help="alone: every benchmark, small (under 2 minutes); gpu: fewer batch sizes and frames")
-    p.add_argument("--size", type=int, default=1104, help="frame size in px (default: 1104)")
+    p.add_argument("--size", type=int, help=f"frame size in px (default: the CX7's, {FRAME_SIZE})")
     _engine_options(p, pixel_size=False)
     p.set_defaults(func=cmd_bench)
     return parser

@@ -5,6 +5,8 @@
 
 from nucleiscreen.errors import UserError
 
+FINETUNE_STEPS = 300  # train --finetune: steps on a user's annotated frames (docs/training.md)
+
 
 def require_torch() -> None:
     """Fail with one clear line when the [train] extra is missing."""

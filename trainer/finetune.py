@@ -32,6 +32,7 @@ from nucleiscreen.kernels.measure import typical_area
 from nucleiscreen.kernels.normalize import normalize
 from nucleiscreen.kernels.postprocess import PostProcessing
 from nucleiscreen.network import UNetConfig
+from nucleiscreen.trainer import FINETUNE_STEPS
 from nucleiscreen.trainer.calibrate import calibrate_postprocessing
 from nucleiscreen.trainer.checkpoint import Logits
 from nucleiscreen.trainer.config import TrainConfig, with_postprocessing
@@ -126,7 +127,7 @@ def model_target(info) -> Target:
     return Target(width=int(post.get("boundary_width", 2)), solid_area=int(post.get("solid_area", 0)))
 
 
-def finetune(folder: str | Path, out: str | Path, model: str | Path | None = None, steps: int = 300,
+def finetune(folder: str | Path, out: str | Path, model: str | Path | None = None, steps: int = FINETUNE_STEPS,
              batch: int = 4, crop: int = 256, lr: float = 3e-4, seed: int = 0, threads: int | None = None,
              progress: bool = True) -> FinetuneResult:
     """Fine-tune ``model`` (default: the shipped one) on the annotated frames of ``folder`` and write the new ONNX
