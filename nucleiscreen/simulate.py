@@ -42,6 +42,11 @@ PLANTED = {
     "UBB": (0.02, 1.0),
     "POLR2A": (0.025, 1.0),
 }
+# Marker phenotypes of a screen with more than one channel (MarkerSpec fields): lysosomal damage (LMP: many cells
+# with many bright galectin puncta in d1), and a brighter cell-body stain (d2). LIPA, a control, has the first.
+LYSO = {"puncta_positive": 0.7, "puncta_brightness": 1.4}
+PLANTED_MARKERS = {"CTSD": LYSO, "LAMP2": LYSO, "RAC1": {"cell_stain": 1.8}}
+CONTROL_MARKERS = {"LIPA": LYSO}
 # Controls: (gene_symbol, role, count multiplier, area multiplier, wells per plate). They sit in columns 1 and 24.
 CONTROLS = [
     ("OTP", "negative", 1.0, 1.0, 12),
@@ -130,7 +135,8 @@ def _ellipse_window(shape, cy, cx, a, b, theta, reach):
 
 
 def synth_frame(
-    rng: np.random.Generator, shape: tuple[int, int] = (FRAME_SIZE, FRAME_SIZE), spec: FrameSpec | None = None
+    rng: np.random.Generator, shape: tuple[int, int] = (FRAME_SIZE, FRAME_SIZE), spec: FrameSpec | None = None,
+    cells: list | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one raw 16-bit Hoechst frame and its instance labels.
 
@@ -142,6 +148,10 @@ def synth_frame(
         Frame size in pixels at the CX7 20x pixel size.
     spec : FrameSpec
         Density, nucleus size multiplier, brightness, blur.
+    cells : list, optional
+        Filled with one ``Cell`` per nucleus (not the micronuclei): its label in ``labels`` and the cell body drawn
+        around it (the cytoplasm glow of this channel), for ``synth_markers``. Drawing them takes no randomness, so the
+        frame is the same with or without.
 
     Returns
     -------
@@ -171,13 +181,14 @@ def synth_frame(
     texture *= 0.28 / (texture.std() + 1e-6)
     label = 0
 
-    def paint(cy, cx, area, ar, bright, wobble, is_micro):
+    def paint(cy, cx, area, ar, bright, wobble, is_micro) -> int:
+        """The object's label (0: none drawn)."""
         nonlocal label
         a = np.sqrt(area * ar / np.pi)  # semi-major
         b = np.sqrt(area / ar / np.pi)
         win = _ellipse_window(shape, cy, cx, a, b, rng.uniform(0, np.pi), int(np.ceil(a * 1.25)) + 2)
         if win is None:
-            return
+            return 0
         (y0, y1, x0, x1), u, v = win
         rho = np.sqrt(u * u + v * v)
         phi = np.arctan2(v, u)
@@ -187,7 +198,7 @@ def synth_frame(
         rel = rho / edge
         inside = rel < 1.0
         if not inside.any():
-            return
+            return 0
         mine = inside & (rel < score[y0:y1, x0:x1])
         label += 1
         labels[y0:y1, x0:x1][mine] = label
@@ -198,25 +209,27 @@ def synth_frame(
         else:
             sig = bright * dome * (1.0 + texture[y0:y1, x0:x1])
         nucleus_signal[y0:y1, x0:x1] = np.where(mine, sig, nucleus_signal[y0:y1, x0:x1])
+        return label
 
-    cells = []
+    nuclei = []
     for (cy, cx), area, ar in zip(centres, areas, aspect):
         bright = spec.brightness * rng.lognormal(0.0, 0.22)
         if rng.random() < 0.03:  # condensed (mitotic / pre-apoptotic) nucleus: small and bright
             area *= 0.5
             bright *= 1.8
         wobble = rng.normal(0.0, [0.05, 0.035, 0.02, 0.015])
-        paint(cy, cx, area, ar, bright, wobble, False)
-        cells.append((cy, cx, area, bright))
+        nuclei.append((cy, cx, area, bright, paint(cy, cx, area, ar, bright, wobble, False)))
 
-    # Cytoplasm glow: a larger, smooth, elongated body around each nucleus, offset from it.
-    for cy, cx, area, bright in cells:
+    # Cytoplasm glow: a larger, smooth, elongated body around each nucleus, offset from it (the cell body).
+    bodies = []
+    for cy, cx, area, bright, own in nuclei:
         r = np.sqrt(area / np.pi) * rng.uniform(1.9, 2.9)
         ar = rng.uniform(1.2, 2.6)
         theta = rng.uniform(0, np.pi)
         ocy = cy + rng.normal(0, 0.3 * r)
         ocx = cx + rng.normal(0, 0.3 * r)
         a, b = r * np.sqrt(ar), r / np.sqrt(ar)
+        bodies.append((own, ocy, ocx, a, b, theta))
         win = _ellipse_window(shape, ocy, ocx, a, b, theta, int(a * 1.6) + 2)
         if win is None:
             continue
@@ -227,8 +240,8 @@ def synth_frame(
     # Micronuclei and fragments: near a nucleus when there is one, small and often very bright.
     for _ in range(n_micro):
         area = float(micro_areas[_])
-        if cells and rng.random() < 0.8:
-            cy, cx, parea, _b = cells[rng.integers(len(cells))]
+        if nuclei and rng.random() < 0.8:
+            cy, cx, parea, _b, _own = nuclei[rng.integers(len(nuclei))]
             d = np.sqrt(parea / np.pi) * rng.uniform(1.05, 1.8)
             ang = rng.uniform(0, 2 * np.pi)
             my, mx = cy + d * np.sin(ang), cx + d * np.cos(ang)
@@ -249,16 +262,144 @@ def synth_frame(
     counts = rng.poisson(photons / gain).astype(np.float32) * gain
     counts += spec.offset + rng.normal(0.0, 6.0, shape).astype(np.float32)
     image = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
-    return image, _relabel(labels)
+    lut = _relabelling(labels)
+    if cells is not None:
+        cells.extend(Cell(int(lut[own]), *body) for own, *body in bodies if own and lut[own])
+    return image, lut[labels]
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Consecutive ids 1..N; drops ids whose pixels were all taken by later, nearer objects."""
+def _relabelling(labels: np.ndarray) -> np.ndarray:
+    """The look-up table to consecutive ids 1..N, dropping ids whose pixels were all taken by later, nearer
+    objects."""
     present = np.unique(labels)
     present = present[present > 0]
     lut = np.zeros(int(labels.max()) + 1, np.uint16)
     lut[present] = np.arange(1, present.size + 1, dtype=np.uint16)
-    return lut[labels]
+    return lut
+
+
+@dataclass(frozen=True)
+class Cell:
+    """A cell of a simulated field: its nucleus's label and its body, an ellipse (centre, semi-axes, angle)."""
+
+    nucleus: int
+    cy: float
+    cx: float
+    a: float
+    b: float
+    theta: float
+
+
+@dataclass(frozen=True)
+class MarkerSpec:
+    """The other two stains of a field (``synth_markers``): d1, a lysosome/galectin-like marker (a dim diffuse
+    cytoplasm and bright puncta), and d2, a cell-body stain; both with a stronger vignetting than the Hoechst
+    channel's (``vignetting``: the fall-off at the frame's corners)."""
+
+    puncta_positive: float = 0.08  # fraction of cells with many puncta (lysosomal damage: galectin puncta, LMP)
+    puncta_low: float = 2.0  # mean puncta of a cell that is not positive, ...
+    puncta_high: float = 14.0  # ... and of a positive one
+    puncta_brightness: float = 1.0  # x the puncta's usual brightness
+    cell_stain: float = 1.0  # x the cell-body stain's brightness
+    lyso_brightness: float = 900.0
+    cell_brightness: float = 1800.0
+    vignetting: float = 0.3
+    offset: float = 300.0
+
+
+@dataclass
+class FieldMarkers:
+    """The marker channels of a field and their truth: ``lyso`` (d1) and ``cell`` (d2) uint16 frames, the cells'
+    labels (each cell has its nucleus's label; a cell holds its nucleus), and the puncta as rows (y, x, cell)."""
+
+    lyso: np.ndarray
+    cell: np.ndarray
+    cells: np.ndarray
+    puncta: np.ndarray
+
+
+def cell_labels(shape: tuple[int, int], nuclei: np.ndarray, cells: list[Cell]) -> tuple[np.ndarray, np.ndarray]:
+    """The cells' labels (a pixel of several bodies goes to the one whose ellipse it is deepest in; a nucleus's
+    pixels to its own cell) and, per pixel, how close the second-nearest body is (0: a boundary between two cells,
+    1: no other body near), for the dim line a cell-body stain shows where cells meet."""
+    best = np.full(shape, np.inf, np.float32)
+    second = np.full(shape, np.inf, np.float32)
+    labels = np.zeros(shape, np.uint16)
+    for c in cells:
+        win = _ellipse_window(shape, c.cy, c.cx, c.a, c.b, c.theta, int(c.a) + 2)
+        if win is None:
+            continue
+        (y0, y1, x0, x1), u, v = win
+        q = u * u + v * v
+        b, s2, lab = best[y0:y1, x0:x1], second[y0:y1, x0:x1], labels[y0:y1, x0:x1]
+        inside = q < 1.0
+        nearer = inside & (q < b)
+        s2[nearer] = b[nearer]
+        s2[inside & ~nearer] = np.minimum(s2[inside & ~nearer], q[inside & ~nearer])
+        b[nearer] = q[nearer]
+        lab[nearer] = c.nucleus
+    own = np.zeros(int(nuclei.max(initial=0)) + 1, np.uint16)
+    own[[c.nucleus for c in cells]] = [c.nucleus for c in cells]
+    held = own[nuclei] > 0
+    labels[held] = nuclei[held]  # a cell holds its whole nucleus
+    gap = np.where(np.isfinite(second), second - np.where(np.isfinite(best), best, 0.0), 1.0)
+    return labels, np.clip(gap / 0.08, 0.0, 1.0)
+
+
+def synth_markers(rng: np.random.Generator, nuclei: np.ndarray, cells: list[Cell],
+                  spec: MarkerSpec = MarkerSpec()) -> FieldMarkers:
+    """Draw the marker channels of a field whose Hoechst frame ``synth_frame`` drew (``nuclei``: its labels,
+    ``cells``: what it recorded), after it from the same ``rng`` so that the Hoechst frame is the same with or
+    without them. d1: a dim diffuse cytoplasm and, in each cell's cytoplasm, Poisson(``puncta_low``) puncta, or
+    Poisson(``puncta_high``) in the ``puncta_positive`` share of cells; puncta are Gaussian spots (sigma 1.2 px) at
+    least 5 px apart. d2: each cell a dome of stain, dimmer over its nucleus and along the lines where cells meet."""
+    shape = nuclei.shape
+    h, w = shape
+    labels, apart = cell_labels(shape, nuclei, cells)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    vignette = 1.0 - spec.vignetting * (((yy - h / 2) / FRAME_SIZE) ** 2 + ((xx - w / 2) / FRAME_SIZE) ** 2) * 2
+    cyto = (labels > 0) & (nuclei == 0)
+    spots = np.zeros(shape, np.float32)
+    diffuse = np.zeros(shape, np.float32)
+    dome = np.zeros(shape, np.float32)
+    puncta = []
+    flat_labels = labels.ravel()
+    order = np.argsort(flat_labels, kind="stable")
+    bounds = np.searchsorted(flat_labels[order], np.arange(int(labels.max(initial=0)) + 2))
+    for c in cells:
+        pixels = order[bounds[c.nucleus]:bounds[c.nucleus + 1]]
+        if pixels.size == 0:
+            continue
+        ys, xs = pixels // w, pixels % w
+        bright = spec.cell_brightness * spec.cell_stain * rng.lognormal(0.0, 0.15)
+        q = (((xs - c.cx) * np.cos(c.theta) + (ys - c.cy) * np.sin(c.theta)) / c.a) ** 2 + \
+            ((-(xs - c.cx) * np.sin(c.theta) + (ys - c.cy) * np.cos(c.theta)) / c.b) ** 2
+        dome[ys, xs] = bright * (0.45 + 0.55 * np.sqrt(np.clip(1.0 - q, 0.0, 1.0)))
+        diffuse[ys, xs] = spec.lyso_brightness * 0.25 * rng.lognormal(0.0, 0.15)
+        free = pixels[cyto.ravel()[pixels]]
+        mean = spec.puncta_high if rng.random() < spec.puncta_positive else spec.puncta_low
+        n = rng.poisson(mean)
+        placed: list[tuple[float, float]] = []
+        for _ in range(4 * n):
+            if len(placed) == n or free.size == 0:
+                break
+            k = int(free[rng.integers(free.size)])
+            py, px = k // w + rng.uniform(-0.5, 0.5), k % w + rng.uniform(-0.5, 0.5)
+            if all((py - qy) ** 2 + (px - qx) ** 2 >= 25.0 for qy, qx in placed):
+                placed.append((py, px))
+        for py, px in placed:
+            amp = spec.lyso_brightness * spec.puncta_brightness * rng.lognormal(0.0, 0.25) * 2 * np.pi * 1.2**2 * 3
+            spots[min(h - 1, max(0, round(py))), min(w - 1, max(0, round(px)))] += amp
+            puncta.append((py, px, c.nucleus))
+    dome *= np.where(nuclei > 0, 0.75, 1.0) * (0.55 + 0.45 * apart)
+    lyso = diffuse + gaussian_blur(spots, 1.2)
+    frames = []
+    for signal in (lyso, dome):
+        photons = np.clip(gaussian_blur(signal * vignette, 1.0) + 30.0 * vignette, 0, None)
+        counts = rng.poisson(photons / 2.0).astype(np.float32) * 2.0
+        counts += spec.offset + rng.normal(0.0, 6.0, shape).astype(np.float32)
+        frames.append(np.clip(np.rint(counts), 0, 65535).astype(np.uint16))
+    return FieldMarkers(frames[0], frames[1], labels, np.array(puncta, np.float64).reshape(-1, 3))
 
 
 # -------------------------------------------------------------------------------------------------------- screens
@@ -271,14 +412,16 @@ class WellPlan:
     sirna_id: str
     count_multiplier: float
     area_multiplier: float
+    markers: dict = field(default_factory=dict)  # MarkerSpec fields of its marker phenotype (none: {})
 
 
 def well_names() -> list[str]:
     return [f"{r}{c:02d}" for r in ROWS for c in range(1, COLUMNS + 1)]
 
 
-def plan_screen(plates: int = 4, wells_per_gene: int = 3, seed: int = 0) -> list[WellPlan]:
-    """Assign genes, controls and planted phenotypes to the wells of ``plates`` 384-well plates."""
+def plan_screen(plates: int = 4, wells_per_gene: int = 3, seed: int = 0, markers: bool = False) -> list[WellPlan]:
+    """Assign genes, controls and planted phenotypes to the wells of ``plates`` 384-well plates; ``markers``: also
+    the marker phenotypes (``PLANTED_MARKERS``, LIPA's), for a screen with marker channels."""
     if plates < 1:
         raise UserError("--plates must be at least 1")
     if wells_per_gene < 1:
@@ -292,13 +435,15 @@ def plan_screen(plates: int = 4, wells_per_gene: int = 3, seed: int = 0) -> list
         i = 0
         for gene, role, cm, am, k in CONTROLS:
             for j in range(k):
-                plan.append(WellPlan(plate, control_wells[i], gene, role, f"{gene}-{j + 1}", cm, am))
+                plan.append(WellPlan(plate, control_wells[i], gene, role, f"{gene}-{j + 1}", cm, am,
+                                     CONTROL_MARKERS.get(gene, {}) if markers else {}))
                 i += 1
     slots = [(p, w) for p in names for w in sample_wells]
     n_genes = len(slots) // wells_per_gene
-    if n_genes < len(PLANTED):
+    if n_genes < len(PLANTED) + (len(PLANTED_MARKERS) if markers else 0):
         raise UserError(f"{plates} plate(s) with {wells_per_gene} wells per gene leave no room for the planted genes")
-    genes = list(PLANTED) + [f"SIMG{i:05d}" for i in range(1, n_genes - len(PLANTED) + 1)]
+    planted = [*PLANTED, *(PLANTED_MARKERS if markers else ())]
+    genes = planted + [f"SIMG{i:05d}" for i in range(1, n_genes - len(planted) + 1)]
     # Deal each gene's siRNAs over different plates: siRNA j of gene g goes to slot g + j * n_genes, after a shuffle
     # of the slots within each plate so planted genes land in random wells.
     order = np.concatenate([rng.permutation(len(sample_wells)) + k * len(sample_wells) for k in range(plates)])
@@ -310,7 +455,8 @@ def plan_screen(plates: int = 4, wells_per_gene: int = 3, seed: int = 0) -> list
             if gene not in PLANTED:  # siRNA-to-siRNA variation of neutral genes
                 cm *= float(rng.lognormal(0.0, 0.1))
                 am *= float(rng.lognormal(0.0, 0.04))
-            plan.append(WellPlan(plate, well, gene, "sample", f"{gene}-{j + 1}", cm, am))
+            plan.append(WellPlan(plate, well, gene, "sample", f"{gene}-{j + 1}", cm, am,
+                                 PLANTED_MARKERS.get(gene, {}) if markers else {}))
     used = {(p.plate, p.well) for p in plan}
     for plate in names:
         for well in well_names():
@@ -357,8 +503,10 @@ def simulate_screen(
 
     Output: ``out/images/<plate>/<plate>_<well>f<field>d<channel>.(tif|C01)``, ``out/masks/<plate>/<stem>.tif``
     (uint16 instance labels of the Hoechst channel d0), ``out/layout.csv`` (the layout-file interface) and
-    ``out/truth.csv`` (each well's planted count and area multipliers). Channels d1, d2 (when ``channels`` > 1) are
-    dim stand-ins for the screen's other stains, there so discovery has to pick d0.
+    ``out/truth.csv`` (each well's planted count and area multipliers, and marker phenotype). With ``channels`` 2 or
+    3, d1 is a lysosome/galectin-like punctate marker and d2 a cell-body stain (``synth_markers``), with the marker
+    phenotypes planted (``PLANTED_MARKERS``, LIPA's); the masks then include each field's cell labels
+    (``<stem>_cells.tif``) and ``out/puncta.parquet`` every punctum (plate, well, field, y, x, cell).
     """
     from nucleiscreen.engine.readers import write_c01
 
@@ -372,7 +520,10 @@ def simulate_screen(
     root = Path(out)
     if root.exists() and any(root.iterdir()):
         raise UserError(f"output folder {root} is not empty: choose a new folder")
-    plan = plan_screen(plates, wells_per_gene, seed)
+    if not 1 <= channels <= 3:
+        raise UserError(f"--channels {channels}: the simulator draws 1 (Hoechst), 2 (+ a punctate marker) or 3 "
+                        "(+ a cell-body stain) channels")
+    plan = plan_screen(plates, wells_per_gene, seed, markers=channels > 1)
     images, mask_dir = root / "images", root / "masks"
     for plate in sorted({p.plate for p in plan}):
         (images / plate).mkdir(parents=True, exist_ok=True)
@@ -390,22 +541,33 @@ def simulate_screen(
             nuclei_per_frame=NUCLEI_PER_FRAME * wp.count_multiplier * plate_effect[wp.plate],
             area_scale=wp.area_multiplier,
         )
-        img, lab = synth_frame(rng, (size, size), spec)
+        cells = [] if channels > 1 else None
+        img, lab = synth_frame(rng, (size, size), spec, cells)
         name = frame_file_name(wp.plate, wp.well, fieldno, 0, fmt)
         _write_frame(images / wp.plate / name, img, fmt, write_c01)
         if masks:
             tifffile.imwrite(mask_dir / wp.plate / (Path(name).stem + ".tif"), lab, compression="zlib")
-        for ch in range(1, channels):
-            other = (img // (3 * ch)).astype(np.uint16)
-            other_name = frame_file_name(wp.plate, wp.well, fieldno, ch, fmt)
-            _write_frame(images / wp.plate / other_name, other, fmt, write_c01)
+        if channels == 1:
+            return None
+        drawn = synth_markers(rng, lab, cells, MarkerSpec(**wp.markers))
+        for ch, frame in zip(range(1, channels), (drawn.lyso, drawn.cell)):
+            _write_frame(images / wp.plate / frame_file_name(wp.plate, wp.well, fieldno, ch, fmt), frame, fmt,
+                         write_c01)
+        if masks:
+            tifffile.imwrite(mask_dir / wp.plate / (Path(name).stem + "_cells.tif"), drawn.cells, compression="zlib")
+        return wp.plate, wp.well, fieldno, drawn.puncta
 
     jobs = [(wp, f) for wp in plan for f in range(fields)]
     workers = workers or min(8, os.cpu_count() or 1)
+    puncta = []
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(jobs), unit="frame", desc="simulate",
                                                    disable=not progress) as bar:
-        for _ in pool.map(make, jobs):
+        for done in pool.map(make, jobs):
+            if done is not None:
+                puncta.append(done)
             bar.update()
+    if puncta and masks:
+        _write_puncta(root / "puncta.parquet", puncta)
     # Written last: a layout file means the screen is complete (the demo reuses a complete one).
     _write_truth(root / "truth.csv", plan)
     _write_layout(root / "layout.csv", plan)
@@ -430,9 +592,28 @@ def _write_layout(path: Path, plan: list[WellPlan]) -> None:
 
 
 def _write_truth(path: Path, plan: list[WellPlan]) -> None:
+    markers = any(p.markers for p in plan)
     with open(path, "w", newline="") as f:
         wr = csv.writer(f)
-        wr.writerow(["plate", "well", "gene_symbol", "role", "count_multiplier", "area_multiplier", "planted"])
+        wr.writerow(["plate", "well", "gene_symbol", "role", "count_multiplier", "area_multiplier", "planted",
+                     *(["puncta_positive", "cell_stain", "planted_marker"] if markers else [])])
         for p in plan:
-            wr.writerow([p.plate, p.well, p.gene_symbol, p.role, f"{p.count_multiplier:.4f}",
-                         f"{p.area_multiplier:.4f}", int(p.gene_symbol in PLANTED)])
+            row = [p.plate, p.well, p.gene_symbol, p.role, f"{p.count_multiplier:.4f}", f"{p.area_multiplier:.4f}",
+                   int(p.gene_symbol in PLANTED)]
+            if markers:
+                spec = MarkerSpec(**p.markers)
+                kind = "lyso" if "puncta_positive" in p.markers else "cell" if p.markers else ""
+                row += [f"{spec.puncta_positive:.4f}", f"{spec.cell_stain:.4f}", kind]
+            wr.writerow(row)
+
+
+def _write_puncta(path: Path, fields: list[tuple[str, str, int, np.ndarray]]) -> None:
+    """Every punctum of the screen: plate, well, field, y, x (px, sub-pixel) and the cell (its nucleus's label)."""
+    import polars as pl
+
+    tables = [pl.DataFrame({"plate": [plate] * len(p), "well": [well] * len(p), "field": [f] * len(p),
+                            "y": p[:, 0], "x": p[:, 1], "cell": p[:, 2].astype(np.int64)},
+                           schema={"plate": pl.String, "well": pl.String, "field": pl.Int64, "y": pl.Float64,
+                                   "x": pl.Float64, "cell": pl.Int64})
+              for plate, well, f, p in fields]
+    pl.concat(tables).sort("plate", "well", "field").write_parquet(path)

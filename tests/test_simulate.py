@@ -105,3 +105,46 @@ def test_simulate_refuses_bad_options(tmp_path):
         simulate_screen(tmp_path / "n", fmt="jpg")
     with pytest.raises(UserError, match="plates"):
         simulate_screen(tmp_path / "m", plates=0)
+
+
+def test_marker_channels_have_cells_holding_their_nuclei_and_puncta_in_their_cytoplasm():
+    """synth_markers: every cell holds its whole nucleus, every punctum lies in its own cell's cytoplasm, more cells
+    are punctum-positive with the LMP phenotype, and the Hoechst frame is the same whether the markers are drawn."""
+    from nucleiscreen.simulate import MarkerSpec, synth_markers
+
+    dna, nuclei = synth_frame(np.random.default_rng(2), (384, 384))
+    cells = []
+    dna2, nuclei2 = synth_frame(np.random.default_rng(2), (384, 384), cells=cells)
+    np.testing.assert_array_equal(dna, dna2)
+    np.testing.assert_array_equal(nuclei, nuclei2)
+    assert len(cells) >= 5 and {c.nucleus for c in cells} <= set(np.unique(nuclei)) - {0}
+    normal = synth_markers(np.random.default_rng(3), nuclei, cells)
+    lmp = synth_markers(np.random.default_rng(3), nuclei, cells, MarkerSpec(puncta_positive=0.9))
+    for drawn in (normal, lmp):
+        assert drawn.lyso.dtype == drawn.cell.dtype == np.uint16 and drawn.cells.shape == nuclei.shape
+        for c in cells:
+            assert (drawn.cells[nuclei == c.nucleus] == c.nucleus).all()  # cell >= nucleus
+        ys, xs = np.clip(np.rint(drawn.puncta[:, :2]).astype(int), 0, 383).T
+        own = drawn.puncta[:, 2].astype(int)
+        assert np.mean(drawn.cells[ys, xs] == own) > 0.97 and np.mean(nuclei[ys, xs] == 0) > 0.97
+    per_cell = [np.bincount(d.puncta[:, 2].astype(int), minlength=nuclei.max() + 1)[[c.nucleus for c in cells]]
+                for d in (normal, lmp)]
+    assert np.mean(per_cell[1] >= 8) > 2 * np.mean(per_cell[0] >= 8)
+    # the corners of a marker frame are dimmer than its centre where there is no cell (vignetting)
+    assert normal.cell[normal.cells == 0].mean() > 0
+
+
+def test_a_three_channel_screen_writes_markers_and_their_truth(tmp_path):
+    import polars as pl
+
+    sim = simulate_screen(tmp_path / "s", plates=1, fields=1, size=96, seed=3, channels=3)
+    found = discover([sim.images])
+    assert set(found.channels) == {0, 1, 2}
+    truth = pl.read_csv(sim.truth)
+    lyso = set(truth.filter(pl.col("planted_marker") == "lyso")["gene_symbol"])
+    assert lyso == {"LIPA", "CTSD", "LAMP2"} and set(truth.filter(pl.col("planted_marker") == "cell")["gene_symbol"]) \
+        == {"RAC1"}
+    assert (sim.root / "puncta.parquet").exists()
+    assert len(list(sim.masks.rglob("*_cells.tif"))) == 384
+    with pytest.raises(UserError, match="channels"):
+        simulate_screen(tmp_path / "four", plates=1, channels=4)
