@@ -68,7 +68,7 @@ def tiff_bytes(**options) -> bytes:
 
 
 def dib_bytes(image: np.ndarray = IMAGE) -> bytes:
-    """A single-plane uint16 DIB from the documented layout (module docstring of engine/readers.py)."""
+    """A single-plane uint16 DIB from the documented layout (module docstring of engine/readers/cellomics.py)."""
     header = bytearray(52)
     struct.pack_into("<iiihhi", header, 0, 52, image.shape[1], image.shape[0], 1, 16, 0)
     struct.pack_into("<i", header, 20, image.nbytes)
