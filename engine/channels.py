@@ -32,6 +32,7 @@ class Channels:
     numbers: tuple[int | None, ...] = (None,)
     prefixes: tuple[str, ...] = ("",)
     nuclei: str = NUCLEI
+    named: bool = False  # given by --channels: every channel is measured (without, today's nuclei tables alone)
 
     @classmethod
     def parse(cls, text: str | None, nuclei: str | None = None, number: int | None = None) -> Channels:
@@ -65,12 +66,12 @@ class Channels:
         nuclei = nuclei or names[0]
         if nuclei not in names:
             raise UserError(f"--nuclei-channel {nuclei} is not one of --channels' names ({', '.join(names)})")
-        return cls(tuple(names), tuple(numbers), tuple(prefixes), nuclei)
+        return cls(tuple(names), tuple(numbers), tuple(prefixes), nuclei, named=True)
 
     def resolved(self, nuclei_number: int) -> Channels:
         """These channels with the nuclei channel's number filled in where it was left to the pattern."""
         numbers = tuple(nuclei_number if n is None else n for n in self.numbers)
-        return Channels(self.names, numbers, self.prefixes, self.nuclei)
+        return Channels(self.names, numbers, self.prefixes, self.nuclei, self.named)
 
     @property
     def number(self) -> dict[str, int | None]:
@@ -86,7 +87,7 @@ class Channels:
         return [c for name in self.names for c in path_columns(name)]
 
     def as_dict(self) -> dict:
-        return {"names": list(self.names), "numbers": list(self.numbers), "nuclei": self.nuclei}
+        return {"names": list(self.names), "numbers": list(self.numbers), "nuclei": self.nuclei, "named": self.named}
 
 
 def path_columns(name: str) -> tuple[str, str]:

@@ -24,17 +24,21 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 from tqdm import tqdm
 
 from nucleiscreen.engine.channels import Channels, frame_path, path_columns
-from nucleiscreen.engine.readers import FrameReadError
+from nucleiscreen.engine.illumination import Illumination
+from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import PartWriter, write_labels
 from nucleiscreen.engine.scale import ScaleEstimate
 from nucleiscreen.engine.segmenter import Frame, FrameCheckError, Pending, Segmenter
 from nucleiscreen.errors import StorageError, UserError
+from nucleiscreen.kernels.illumination import correct
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.kernels.postprocess import OVERRIDABLE
+from nucleiscreen.kernels.quality import frame_quality
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,8 @@ class SegmentOptions:
     pixel_size: float | str | None = None  # um per pixel of the frames; None: the model's; "auto": estimated per
     # plate (engine/scale.py)
     channels: Channels = Channels()
+    illum: str | None = None  # plate: each plate's marker channels illumination-corrected (engine/illumination.py);
+    # none; None: plate when the channels have markers
     part_frames: int = 4096
     checkpoint_seconds: float = 60.0  # parts are also written after this much work: a kill loses at most about it
     progress: bool = True
@@ -124,6 +130,8 @@ class Scheduler:
                  shapes: dict[str, tuple[int, int]] | None = None, scales: dict[str, float] | None = None):
         self.seg, self.opts, self.run, self.pool = seg, opts, run, pool
         self.nuclei = opts.channels.nuclei
+        self.markers = opts.channels.markers
+        self.illum = Illumination(run) if opts.illum == "plate" and self.markers else None
         self.shapes = shapes or {}  # each plate's frame size (``plate_shapes``); a frame of another is refused
         # the Segmenter of each plate whose frames are resized for inference (--pixel-size auto)
         self.segs = {plate: seg.at_scale(s) for plate, s in (scales or {}).items() if s != seg.scale}
@@ -157,10 +165,17 @@ class Scheduler:
             self.busy[stage] += time.perf_counter() - since
 
     def _load(self, rec: dict) -> tuple[dict, Frame | FrameReadError]:
+        """A field's frames, read together: the nuclei channel's for the network, the others (illumination-corrected
+        with ``--illum plate``) for the measurements; any one that cannot be read fails the field, with its reason."""
         t = time.perf_counter()
         try:
             frame = self._seg(rec).load(frame_path(rec, self.nuclei), self.shapes.get(rec["Metadata_Plate"]),
                                         self.nuclei)
+            for name in self.markers:
+                raw = read_marker(frame_path(rec, name), name, frame.raw.shape)
+                frame.quality.update(frame_quality(raw, None, name))
+                function = self.illum.for_frame(rec["Metadata_Plate"], name) if self.illum is not None else None
+                frame.markers[name] = correct(raw, *function) if function is not None else raw
         except FrameReadError as exc:
             frame = exc
         self._spent("decode", t)
@@ -170,7 +185,8 @@ class Scheduler:
         t = time.perf_counter()
         opts = self.opts
         labels, summary, objects = self._seg(rec).measure(classes, frame.raw, opts.objects, opts.save_labels,
-                                                          opts.micronucleus_area, frame.rescale, self.nuclei)
+                                                          opts.micronucleus_area, frame.rescale, self.nuclei,
+                                                          frame.markers if opts.channels.named else None)
         if opts.save_labels:
             folder = self.run / "labels" / f"plate={rec['Metadata_Plate']}"
             path = folder / (Path(rec[path_columns(self.nuclei)[1]]).stem + "_labels.tif")
@@ -243,6 +259,22 @@ class Scheduler:
                 self._fail(rec, "postprocess", f"{type(exc).__name__}: {exc}")
             else:
                 self.done.append(Outcome(rec, row, objects))
+
+
+def read_marker(path: Path, channel: str, shape: tuple[int, int]) -> np.ndarray:
+    """A marker channel's frame, refused (``FrameReadError``, the channel named) when it cannot be read, is not one
+    2-D frame of the nuclei frame's ``shape``, or has non-finite pixels."""
+    try:
+        raw = read_frame(path)
+    except FrameReadError as exc:
+        raise FrameReadError(f"{channel} channel: {exc}") from None
+    if raw.shape != tuple(shape):
+        size = "x".join(map(str, raw.shape[::-1]))
+        raise FrameCheckError(f"{path.name}: the {channel} frame is {size}, the field's nuclei frame "
+                              f"{shape[1]}x{shape[0]}")
+    if raw.dtype.kind == "f" and not np.isfinite(raw).all():
+        raise FrameCheckError(f"{path.name}: the {channel} frame has NaN or infinite pixels")
+    return raw
 
 
 def frame_batches(frames: pl.DataFrame, size: int) -> Iterator[list[dict]]:

@@ -24,10 +24,13 @@ import polars as pl
 
 from nucleiscreen.engine.channels import Channels, frame_path, path_columns
 from nucleiscreen.engine.discover import METADATA_COLUMNS, Discovery, discover
+from nucleiscreen.engine.illumination import MODES as ILLUM_MODES
+from nucleiscreen.engine.illumination import plate_functions
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.engine.pipeline import SegmentOptions, SegmentResult, UnitSpec, make_segmenter, segment_frames
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.engine.runfolder import (
+    PartWriter,
     RunLock,
     done_frames,
     new_token,
@@ -121,6 +124,32 @@ class Run:
             self.scales = run_scales(seg, self.path, self.screen, self.options.channels.nuclei, on_scale)
         self.todo = pending_frames(self.path, self.frames, self.options.channels)
 
+    def estimate_illumination(self, on_illum: Callable | None = None) -> None:
+        """With ``--illum plate``, each plate's illumination function per marker channel, estimated once
+        (``engine/illumination.py``) and kept in ``RUN/illum/``."""
+        opts = self.options
+        if opts.illum == "plate" and opts.channels.markers:
+            plate_functions(self.path, self.screen, opts.channels.markers, self.shapes, opts.threads or 1, on_illum)
+
+    def record_incomplete(self) -> None:
+        """The fields that lack a channel's frame, as rows of the error table (stage ``discover``, the channels
+        named), once: not again on resume, and by one shard only."""
+        incomplete = self.found.incomplete
+        if incomplete is None or not incomplete.height or (self.options.shard or (0, 1))[0] != 0:
+            return
+        keys = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+        parts = sorted((self.path / "errors").glob("part-*.parquet"))
+        if parts:
+            known = pl.scan_parquet(parts).filter(pl.col("Stage") == "discover").select(keys).collect()
+            incomplete = incomplete.join(known, on=keys, how="anti")
+        writer = PartWriter(self.path, max(1, incomplete.height), dict(self.found.frames.schema),
+                            self.options.channels, token=self.token)
+        numbers = self.options.channels.number
+        for rec in incomplete.iter_rows(named=True):
+            missing = ", ".join(f"{name} (channel {numbers[name]})" for name in rec["Missing"])
+            writer.add_error(rec, "discover", f"no frame of {missing} for this field")
+        writer.flush()
+
     @property
     def spec(self) -> UnitSpec:
         return UnitSpec(self.path, self.options, dict(self.found.frames.schema), self.shapes,
@@ -149,11 +178,13 @@ def segment(
     on_scale: Callable[[str, ScaleEstimate], None] | None = None,
     segmenter: Segmenter | None = None,
     executor: Executor | None = None,
+    on_illum: Callable | None = None,
 ) -> SegmentResult:
     """Segment every frame of the discovered screen into the run folder ``out`` (module docstring).
 
     ``on_discovered`` is called with the discovery before any frame is read (the CLI prints its summary),
-    ``on_scale`` with each plate's scale estimated with ``--pixel-size auto``; ``executor``: where the frames are
+    ``on_scale`` with each plate's scale estimated with ``--pixel-size auto``, ``on_illum(plate, channel, function,
+    frames)`` with each illumination function estimated with ``--illum plate``; ``executor``: where the frames are
     segmented (default: here); ``segmenter``: a Segmenter made by the caller (a benchmark's own backend), in place of
     the one ``model`` and ``options`` describe, for the local executor."""
     opts = options or SegmentOptions()
@@ -170,11 +201,16 @@ def segment(
         model = run_model(run_dir)  # the model the folder was begun with, when there is one
     info = executor.model(model, opts)  # fail first
     found = sources if isinstance(sources, Discovery) else discover(sources, pattern, channels=opts.channels)
-    opts = replace(opts, channels=found.names)  # their numbers resolved, for the workers and the manifest
+    illum = opts.illum or ("plate" if found.names.markers else "none")
+    if illum not in ILLUM_MODES:
+        raise UserError(f"--illum {illum}: choose one of {', '.join(ILLUM_MODES)}")
+    opts = replace(opts, channels=found.names, illum=illum)  # resolved, for the workers and the manifest
     if on_discovered is not None:
         on_discovered(found)
     with Run(run_dir, info, opts, found) as run:
+        run.record_incomplete()
         run.estimate_scales(executor.scale_segmenter(info, opts) if opts.pixel_size == "auto" else None, on_scale)
+        run.estimate_illumination(on_illum)
         result, execution = executor.execute(run)
         return run.close(result, execution, executor.name)
 

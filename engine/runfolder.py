@@ -36,12 +36,13 @@ from nucleiscreen.engine.channels import Channels
 from nucleiscreen.engine.discover import METADATA_COLUMNS, Discovery
 from nucleiscreen.engine.model import ModelInfo
 from nucleiscreen.errors import StorageError, UserError
+from nucleiscreen.kernels.intensity import channel_columns
 from nucleiscreen.kernels.measure import summary_schema
 from nucleiscreen.kernels.postprocess import OVERRIDABLE
 from nucleiscreen.kernels.quality import quality_columns
 
 # Settings that change the numbers in the tables: a run folder is resumed only with the same ones.
-RESULT_SETTINGS = ("micronucleus_area", "objects", "pixel_size", "channels", *OVERRIDABLE)
+RESULT_SETTINGS = ("micronucleus_area", "objects", "pixel_size", "channels", "illum", *OVERRIDABLE)
 OBJECT_KEYS = ("ImageNumber", *METADATA_COLUMNS)  # what each object row carries of its frame
 
 
@@ -58,8 +59,12 @@ class PartWriter:
         self.object_keys = {"ImageNumber": pl.Int64, **{k: frame_schema[k] for k in OBJECT_KEYS[1:]}}
         # Fixed types: a part whose frames all lack a value (no nucleus off the border) must not type it Null.
         frame = {k: frame_schema[k] for k in (*METADATA_COLUMNS, *channels.columns())}
-        quality = dict.fromkeys(quality_columns(channels.nuclei), pl.Float64)
-        self.schemas = {"images": {"ImageNumber": pl.Int64, **frame, **quality, **summary_schema(channels.nuclei)},
+        measured = channels.names if channels.named else (channels.nuclei,)
+        quality = {c: pl.Float64 for name in measured for c in quality_columns(name)}
+        summary = summary_schema(channels.nuclei)
+        if channels.named:  # every channel's frame mean and nuclei mean (kernels/intensity.py)
+            summary |= {k: v for name in measured for k, v in channel_columns(name, objects=False).items()}
+        self.schemas = {"images": {"ImageNumber": pl.Int64, **frame, **quality, **summary},
                         "errors": {**frame, "ImageNumber": pl.Int64, "Stage": pl.String, "Error": pl.String}}
         self.rows: dict[tuple[str, str], list] = defaultdict(list)
         self.token = token or new_token()  # in every part name: which writer wrote it

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
+from nucleiscreen.kernels.intensity import FEATURES, measure_channel
 from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
 from nucleiscreen.kernels.normalize import histogram, normalization_range, normalize
 from nucleiscreen.kernels.postprocess import PostProcessing, filter_classes
@@ -48,7 +49,8 @@ class Frame:
     raw: np.ndarray
     input: np.ndarray  # what the backend is given: the normalized network input, or the raw frame (raw_input)
     rescale: tuple[float, float] | None  # (lo, scale) of the normalization for uint8/uint16 frames, else None
-    quality: dict[str, float]  # ImageQuality_* (kernels/quality.py)
+    quality: dict[str, float]  # ImageQuality_* (kernels/quality.py), of every channel read
+    markers: dict[str, np.ndarray] = field(default_factory=dict)  # the field's other channels, as measured
 
 
 @dataclass
@@ -195,16 +197,30 @@ class Segmenter:
         return instances_from_classes(self.filtered(classes, raw, rescale), **self.post.instance_args)
 
     def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool, micronucleus_area: int,
-                rescale: tuple[float, float] | None = None,
-                channel: str = NUCLEI) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
+                rescale: tuple[float, float] | None = None, channel: str = NUCLEI,
+                markers: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
         """Nuclei of a class map measured on the raw frame (the ``channel`` named) in one pass (the fused kernels):
         the label image (None unless ``labels``), the image-table values and, with ``objects``, the per-nucleus
-        table."""
+        table. ``markers``: the field's other channels (named), measured in the same nuclei (``measure_channel``);
+        with them the nuclei channel's own frame mean, and per nucleus its min and median intensity, are added."""
         classes = self.filtered(classes, raw, rescale)
         args = self.post.instance_args
+        paint = labels or markers is not None
         if objects:  # the frame summary comes from the object table
-            lab, table = segment_and_measure(classes, raw, channel=channel, label_image=labels, **args)
-            return lab, summarize_objects(table, micronucleus_area=micronucleus_area, channel=channel), table
-        lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, channel=channel,
-                                             label_image=labels, **args)
-        return lab, summary, None
+            lab, table = segment_and_measure(classes, raw, channel=channel, label_image=paint, **args)
+            summary = summarize_objects(table, micronucleus_area=micronucleus_area, channel=channel)
+        else:
+            lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, channel=channel,
+                                                 label_image=paint, **args)
+            table = None
+        if markers is not None:
+            n = table.height if table is not None else int(lab.max(initial=0))
+            columns = {}
+            for name, image in ((channel, raw), *markers.items()):
+                own = ("MinIntensity", "MedianIntensity") if name == channel else FEATURES
+                values, per_object = measure_channel(lab, n, image, name, micronucleus_area, objects, own)
+                summary.update({k: v for k, v in values.items() if k not in summary})  # the fused kernel's first
+                columns.update(per_object or {})
+            if table is not None:
+                table = table.with_columns(pl.Series(k, v) for k, v in columns.items())
+        return lab if labels else None, summary, table

@@ -20,6 +20,7 @@ from typing import NamedTuple
 
 import numba
 import numpy as np
+import polars as pl
 
 FEATURES = ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
             "MedianIntensity")
@@ -137,3 +138,29 @@ def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = No
     low[empty] = high[empty] = np.nan
     total = np.where(empty, np.nan, total)
     return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:])
+
+
+def channel_columns(channel: str, objects: bool, features: tuple[str, ...] = FEATURES) -> dict[str, pl.DataType]:
+    """The columns ``measure_channel`` gives for a channel: the image table's (the frame's mean and its nuclei's
+    mean intensity) or, with ``objects``, the object table's (``Intensity_<feature>_<channel>``)."""
+    if objects:
+        return {f"Intensity_{f}_{channel}": pl.Float64 for f in features}
+    return {f"Intensity_MeanIntensity_{channel}": pl.Float64,
+            f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": pl.Float64}
+
+
+def measure_channel(labels: np.ndarray, n: int, image: np.ndarray, channel: str, micronucleus_area: int,
+                    objects: bool, features: tuple[str, ...] = FEATURES) -> tuple[dict, dict | None]:
+    """A channel measured in the nuclei ``labels`` (objects 1..``n``): the image-table values (the frame's mean
+    intensity, CellProfiler's MeasureImageIntensity ``Intensity_MeanIntensity_<channel>``, and the mean over the
+    nuclei counted in ``Mean_Nuclei_AreaShape_Area`` -- at least ``micronucleus_area`` px, off the border -- of their
+    ``MeanIntensity``) and, with ``objects``, the ``features`` per nucleus as columns (``channel_columns``)."""
+    stats = object_intensities(labels, image, n, median=objects and "MedianIntensity" in features)
+    kept = (stats.area >= micronucleus_area) & ~stats.touches
+    summary = {f"Intensity_MeanIntensity_{channel}": float(image.mean(dtype=np.float64)),
+               f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": float(stats.mean[kept].mean()) if kept.any()
+               else None}
+    if not objects:
+        return summary, None
+    values = stats.features()
+    return summary, {f"Intensity_{f}_{channel}": values[f] for f in features}

@@ -168,6 +168,7 @@ def _segment(a: argparse.Namespace):
                           save_labels=a.save_labels, micronucleus_area=a.micronucleus_area, progress=not a.quiet,
                           overwrite=a.overwrite, retry_errors=a.retry_errors, pixel_size=a.pixel_size,
                           post=_overrides(a), channels=Channels.parse(a.channels, a.nuclei_channel, a.channel),
+                          illum=a.illum,
                           shard=parse_shard(a.shard) if a.shard else None, checkpoint_seconds=a.checkpoint_seconds)
     executor = None
     if a.executor == "ray":
@@ -177,7 +178,8 @@ def _segment(a: argparse.Namespace):
     elif a.address or a.workers or a.gpus_per_worker:
         raise UserError("--address, --workers and --gpus-per-worker go with --executor ray")
     result = segment(a.sources, a.out, model=a.model, options=opts, pattern=a.pattern, executor=executor,
-                     on_discovered=lambda found: print(found.summary()), on_scale=_print_scale)
+                     on_discovered=lambda found: print(found.summary()), on_scale=_print_scale,
+                     on_illum=_print_illum)
     busy = ", ".join(f"{k} {v:.1f}s" for k, v in sorted(result.busy.items()))
     print(f"segmented {result.frames} frame(s) in {result.seconds:.1f}s with {result.backend}"
           f" ({result.skipped} already done, {result.failed} failed); busy: {busy}")
@@ -302,6 +304,11 @@ def _print_scale(name: str, estimate) -> None:
     print(f"scale of {name}: {estimate.scale:.3f} ({estimate.note})")
 
 
+def _print_illum(plate: str, channel: str, function, frames: int) -> None:
+    print(f"illumination of {plate}, {channel}: {function.falloff:.0%} fall-off from the brightest part of the field "
+          f"({frames} frames)")
+
+
 def _print_image_scale(name: str, estimate) -> None:
     if estimate.scale != 1.0:  # predict: only the images resized
         _print_scale(name, estimate)
@@ -359,6 +366,10 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
                                                              "(default: the first)")
     p.add_argument("--channel", type=int, help="the nuclei channel's number as in the file names, named DNA (the "
                                                "same as --channels DNA=N; default: the pattern's)")
+    p.add_argument("--illum", choices=["plate", "none"],
+                   help="plate: each plate's flat field and background per marker channel, estimated from a sample "
+                        "of its frames before the run (RUN/illum/), corrects those channels before they are measured; "
+                        "none: measured raw (default: plate when --channels names a marker channel)")
     p.add_argument("--objects", action="store_true", help="also write one row per nucleus (RUN/objects/)")
     p.add_argument("--save-labels", action="store_true", help="write label TIFFs (RUN/labels/) for napari/Fiji")
     seg = _defaults(SegmentOptions)
