@@ -183,15 +183,15 @@ def cmd_segment(a: argparse.Namespace) -> int:
 
 
 def _print_analysis(res) -> None:
-    from nucleiscreen.engine.analyze import format_summary
+    from nucleiscreen.engine.screen.analyze import format_summary
 
     print()
     print(format_summary(res))
 
 
 def _analysis_options(a: argparse.Namespace) -> dict:
-    from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
-    from nucleiscreen.engine.qc import FrameQC
+    from nucleiscreen.engine.screen.hits import DEFAULT_RULES, HitRule
+    from nucleiscreen.engine.screen.qc import FrameQC
 
     rules = []
     for text in a.rule or []:
@@ -205,14 +205,14 @@ def _analysis_options(a: argparse.Namespace) -> dict:
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
-    from nucleiscreen.engine.analyze import analyze
+    from nucleiscreen.engine.screen.analyze import analyze
 
     _print_analysis(analyze(a.run, a.layout, a.out, **_analysis_options(a)))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from nucleiscreen.engine.analyze import analyze
-    from nucleiscreen.engine.layout import read_layout
+    from nucleiscreen.engine.screen.analyze import analyze
+    from nucleiscreen.engine.screen.layout import read_layout
 
     if a.shard:
         raise UserError("--shard splits `segment` over processes; run `nucleiscreen analyze` once all shards are done")

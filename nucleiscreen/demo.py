@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nucleiscreen.engine.analyze import analyze, format_summary
 from nucleiscreen.engine.pipeline import SegmentOptions, segment
+from nucleiscreen.engine.screen.analyze import analyze, format_summary
 from nucleiscreen.simulate import PLANTED, simulate_screen
 
 

@@ -1,5 +1,5 @@
 """The gene table: each gene's sample wells (its siRNAs, across plates) combined into one row of medians, the
-row that the hit rules of :mod:`nucleiscreen.engine.hits` are applied to.
+row that the hit rules of :mod:`nucleiscreen.engine.screen.hits` are applied to.
 """
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, check_rules, well_summary
-from nucleiscreen.engine.plates import log2
+from nucleiscreen.engine.screen.hits import DEFAULT_RULES, HitRule, check_rules, well_summary
+from nucleiscreen.engine.screen.plates import log2
 
 GENE_MEDIANS = ("count_fc", "area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
                 "nuclei_per_field")
@@ -22,7 +22,7 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+        From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     rules
         Hit rules; each adds ``wells_pass_<rule.name>``, the number of the gene's wells that pass the rule on
         their own fold changes.

@@ -10,7 +10,7 @@ The defaults are the paper's (Kazemi Rashed et al., Table I); a gene is a hit wh
 
 Hits come from sample wells only; controls (PLK1, KIF11, OTP, mock, ...) are reported by
 :func:`control_summary` with their fold changes and never appear among the hits. A gene's row
-(:func:`~nucleiscreen.engine.genes.aggregate_genes`) and a control's row summarize their wells the same way,
+(:func:`~nucleiscreen.engine.screen.genes.aggregate_genes`) and a control's row summarize their wells the same way,
 with :func:`well_summary`.
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nucleiscreen.engine.qc import positive_z_primes
+from nucleiscreen.engine.screen.qc import positive_z_primes
 from nucleiscreen.errors import UserError
 
 OPERATORS = ("<", "<=", ">", ">=")
@@ -160,7 +160,7 @@ def call_hits(genes: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> 
     Parameters
     ----------
     genes
-        From :func:`~nucleiscreen.engine.genes.aggregate_genes` (sample wells only).
+        From :func:`~nucleiscreen.engine.screen.genes.aggregate_genes` (sample wells only).
     rules
         The hit rules, applied to each gene's row (its medians).
 
@@ -191,7 +191,7 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+        From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     rules
         Each adds ``wells_pass_<rule.name>``: positive controls should pass the count rules.
 
@@ -202,7 +202,7 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         (these wells are the normalization reference), ``wells``, ``plates``, ``wells_analysed``,
         ``nuclei_per_field``, ``count_fc``, ``area_fc``, ``count_ssmd`` (medians over the wells that have
         one), ``count_fc_min``, ``count_fc_max``, ``z_prime_robust`` (positive controls: the median over plates of
-        the control's robust Z′ against the plate's reference, :func:`~nucleiscreen.engine.qc.positive_z_primes`;
+        the control's robust Z′ against the plate's reference, :func:`~nucleiscreen.engine.screen.qc.positive_z_primes`;
         null for other roles), then the rules' pass counts. Sorted negative, positive,
         other, empty; within a role the reference first, then by name. The mock and untransfected rows next
         to the non-targeting reference show transfection toxicity.
