@@ -190,8 +190,8 @@ def _print_analysis(res) -> None:
 
 
 def _analysis_options(a: argparse.Namespace) -> dict:
-    from nucleiscreen.engine.screen.hits import DEFAULT_RULES, HitRule
     from nucleiscreen.engine.screen.qc import FrameQC
+    from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 
     rules = []
     for text in a.rule or []:

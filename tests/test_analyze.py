@@ -15,11 +15,12 @@ import tifffile
 
 from nucleiscreen.engine.screen.analyze import analyze
 from nucleiscreen.engine.screen.genes import aggregate_genes
-from nucleiscreen.engine.screen.hits import call_hits, control_summary, format_table
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
 from nucleiscreen.engine.screen.layout import read_layout
 from nucleiscreen.engine.screen.plates import normalize_plates
 from nucleiscreen.engine.screen.qc import plate_qc
 from nucleiscreen.engine.screen.report import example_frames, frame_thumbnail
+from nucleiscreen.engine.screen.report.text import format_table
 from nucleiscreen.engine.screen.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 

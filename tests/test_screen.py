@@ -9,17 +9,12 @@ import polars as pl
 import pytest
 
 from nucleiscreen.engine.screen.genes import aggregate_genes
-from nucleiscreen.engine.screen.hits import (
-    DEFAULT_RULES,
-    Condition,
-    HitRule,
-    call_hits,
-    control_summary,
-    format_table,
-)
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
 from nucleiscreen.engine.screen.layout import LAYOUT_COLUMNS, well_parts
 from nucleiscreen.engine.screen.plates import MAD_SCALE, median_polish, normalize_plates
 from nucleiscreen.engine.screen.qc import FrameQC, plate_qc, positive_z_primes
+from nucleiscreen.engine.screen.report.text import format_table
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, Condition, HitRule
 from nucleiscreen.engine.screen.wells import WELL_COLUMNS, aggregate_wells
 from nucleiscreen.errors import UserError
 

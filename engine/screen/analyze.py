@@ -30,11 +30,13 @@ import polars as pl
 
 from nucleiscreen.engine.runfolder import object_parts
 from nucleiscreen.engine.screen.genes import aggregate_genes
-from nucleiscreen.engine.screen.hits import DEFAULT_RULES, HitRule, call_hits, control_summary, format_table
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
 from nucleiscreen.engine.screen.layout import read_layout
 from nucleiscreen.engine.screen.plates import normalize_plates
 from nucleiscreen.engine.screen.qc import Z_PRIME_MIN, FrameQC, plate_qc
 from nucleiscreen.engine.screen.report import example_frames, write_report
+from nucleiscreen.engine.screen.report.text import format_table
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 from nucleiscreen.engine.screen.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA

@@ -2,7 +2,10 @@
 how good each plate is (:func:`plate_qc`: reference level and spread, Z′-factors, transfection toxicity;
 :func:`positive_z_primes`: the Z′ of each positive control).
 
-Everything here is a polars expression or group-by; there are no Python loops over rows.
+Everything here is a polars expression or group-by; there are no Python loops over rows. Z′ is a statistic of the
+normalized wells (it needs each plate's reference wells), so this module follows
+:mod:`~nucleiscreen.engine.screen.plates`, whose robust statistics it uses; the control summary of
+:mod:`~nucleiscreen.engine.screen.hits` reports each positive control's Z′.
 """
 
 from __future__ import annotations

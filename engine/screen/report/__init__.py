@@ -14,7 +14,8 @@ The modules, from the page down:
 - :mod:`~nucleiscreen.engine.screen.report.frames`: :func:`example_frames` chooses the frames to show (a polars query
   over the image table); :func:`frame_thumbnail` draws one;
 - :mod:`~nucleiscreen.engine.screen.report.plots`: the six plots;
-- :mod:`~nucleiscreen.engine.screen.report.svg`: the chart kit they are drawn with.
+- :mod:`~nucleiscreen.engine.screen.report.svg`: the chart kit they are drawn with;
+- :mod:`~nucleiscreen.engine.screen.report.text`: values and tables as text (the page's cells, the terminal summary).
 """
 
 from nucleiscreen.engine.screen.report.frames import example_frames, frame_thumbnail

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.screen.hits import DEFAULT_RULES, HitRule, format_value
 from nucleiscreen.engine.screen.report.frames import THUMBNAIL_CROP, frame_thumbnail
 from nucleiscreen.engine.screen.report.plots import (
     controls_per_plate,
@@ -22,6 +21,8 @@ from nucleiscreen.engine.screen.report.plots import (
     z_prime_plot,
 )
 from nucleiscreen.engine.screen.report.svg import escape
+from nucleiscreen.engine.screen.report.text import format_value
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1320px; padding: 0 1em; }
