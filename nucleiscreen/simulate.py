@@ -360,7 +360,7 @@ def simulate_screen(
     ``out/truth.csv`` (each well's planted count and area multipliers). Channels d1, d2 (when ``channels`` > 1) are
     dim stand-ins for the screen's other stains, there so discovery has to pick d0.
     """
-    from nucleiscreen.engine.readers import write_c01
+    from nucleiscreen.cellomics import write_c01
 
     fmt = fmt.lower()
     if fmt not in ("tif", "c01"):
