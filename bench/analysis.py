@@ -31,13 +31,13 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from nucleiscreen.engine.analyze import analyze
-from nucleiscreen.engine.genes import aggregate_genes
-from nucleiscreen.engine.hits import call_hits, control_summary
-from nucleiscreen.engine.layout import read_layout
-from nucleiscreen.engine.plates import normalize_plates
-from nucleiscreen.engine.qc import FrameQC, plate_qc
-from nucleiscreen.engine.wells import aggregate_wells
+from nucleiscreen.engine.screen.analyze import analyze
+from nucleiscreen.engine.screen.genes import aggregate_genes
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
+from nucleiscreen.engine.screen.layout import read_layout
+from nucleiscreen.engine.screen.plates import normalize_plates
+from nucleiscreen.engine.screen.qc import FrameQC, plate_qc
+from nucleiscreen.engine.screen.wells import aggregate_wells
 from nucleiscreen.simulate import CONTROLS, PLANTED, plate_name, well_names
 
 WELLS_PER_GENE = 4

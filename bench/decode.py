@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from nucleiscreen.engine.readers import read_frame, write_c01
+from nucleiscreen.cellomics import write_c01
+from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.simulate import synth_frame
 
 

@@ -32,9 +32,10 @@ import tifffile
 
 from nucleiscreen.bench.latency import cpu_variants
 from nucleiscreen.bench.pipeline import write_frames
+from nucleiscreen.cellomics import write_c01
 from nucleiscreen.engine.backends import CPU_MODEL
 from nucleiscreen.engine.pipeline import SegmentOptions
-from nucleiscreen.engine.readers import read_frame, write_c01
+from nucleiscreen.engine.readers import read_frame
 from nucleiscreen.engine.run import segment
 from nucleiscreen.engine.runfolder import write_labels
 from nucleiscreen.engine.segmenter import Segmenter, check

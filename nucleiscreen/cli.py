@@ -196,15 +196,15 @@ def cmd_segment(a: argparse.Namespace) -> int:
 
 
 def _print_analysis(res) -> None:
-    from nucleiscreen.engine.analyze import format_summary
+    from nucleiscreen.engine.screen.analyze import format_summary
 
     print()
     print(format_summary(res))
 
 
 def _analysis_options(a: argparse.Namespace) -> dict:
-    from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule
-    from nucleiscreen.engine.qc import FrameQC
+    from nucleiscreen.engine.screen.qc import FrameQC
+    from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 
     rules = []
     for text in a.rule or []:
@@ -218,14 +218,14 @@ def _analysis_options(a: argparse.Namespace) -> dict:
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
-    from nucleiscreen.engine.analyze import analyze
+    from nucleiscreen.engine.screen.analyze import analyze
 
     _print_analysis(analyze(a.run, a.layout, a.out, **_analysis_options(a)))
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from nucleiscreen.engine.analyze import analyze
-    from nucleiscreen.engine.layout import read_layout
+    from nucleiscreen.engine.screen.analyze import analyze
+    from nucleiscreen.engine.screen.layout import read_layout
 
     if a.shard:
         raise UserError("--shard splits `segment` over processes; run `nucleiscreen analyze` once all shards are done")
@@ -396,7 +396,7 @@ def _segment_options(p: argparse.ArgumentParser) -> None:
 
 
 def _analysis_flags(p: argparse.ArgumentParser) -> None:
-    from nucleiscreen.engine.qc import Z_PRIME_MIN
+    from nucleiscreen.engine.screen.qc import Z_PRIME_MIN
 
     p.add_argument("--z-prime-min", type=float, default=Z_PRIME_MIN,
                    help="flag plates whose robust Z' (positive controls vs OTP) is under this (default: %(default)s)")

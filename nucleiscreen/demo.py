@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nucleiscreen.engine.analyze import analyze, format_summary
 from nucleiscreen.engine.pipeline import SegmentOptions
 from nucleiscreen.engine.run import segment
+from nucleiscreen.engine.screen.analyze import analyze, format_summary
 from nucleiscreen.simulate import PLANTED, simulate_screen
 
 

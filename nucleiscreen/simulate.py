@@ -26,6 +26,7 @@ import numpy as np
 import tifffile
 from tqdm import tqdm
 
+from nucleiscreen.cellomics import write_c01
 from nucleiscreen.errors import UserError
 
 PIXEL_SIZE_UM = 0.325 * 2  # CX7, 20x objective, 2x2 binning -> 1104 x 1104 frames (approximate)
@@ -508,8 +509,6 @@ def simulate_screen(
     phenotypes planted (``PLANTED_MARKERS``, LIPA's); the masks then include each field's cell labels
     (``<stem>_cells.tif``) and ``out/puncta.parquet`` every punctum (plate, well, field, y, x, cell).
     """
-    from nucleiscreen.engine.readers import write_c01
-
     fmt = fmt.lower()
     if fmt not in ("tif", "c01"):
         raise UserError(f"unknown --format {fmt!r}: use tif or c01")
@@ -544,15 +543,14 @@ def simulate_screen(
         cells = [] if channels > 1 else None
         img, lab = synth_frame(rng, (size, size), spec, cells)
         name = frame_file_name(wp.plate, wp.well, fieldno, 0, fmt)
-        _write_frame(images / wp.plate / name, img, fmt, write_c01)
+        _write_frame(images / wp.plate / name, img, fmt)
         if masks:
             tifffile.imwrite(mask_dir / wp.plate / (Path(name).stem + ".tif"), lab, compression="zlib")
         if channels == 1:
             return None
         drawn = synth_markers(rng, lab, cells, MarkerSpec(**wp.markers))
         for ch, frame in zip(range(1, channels), (drawn.lyso, drawn.cell)):
-            _write_frame(images / wp.plate / frame_file_name(wp.plate, wp.well, fieldno, ch, fmt), frame, fmt,
-                         write_c01)
+            _write_frame(images / wp.plate / frame_file_name(wp.plate, wp.well, fieldno, ch, fmt), frame, fmt)
         if masks:
             tifffile.imwrite(mask_dir / wp.plate / (Path(name).stem + "_cells.tif"), drawn.cells, compression="zlib")
         return wp.plate, wp.well, fieldno, drawn.puncta
@@ -575,7 +573,7 @@ def simulate_screen(
                            len(jobs))
 
 
-def _write_frame(path: Path, img: np.ndarray, fmt: str, write_c01) -> None:
+def _write_frame(path: Path, img: np.ndarray, fmt: str) -> None:
     if fmt == "c01":
         write_c01(path, img, pixel_size_um=PIXEL_SIZE_UM)
     else:

@@ -13,14 +13,15 @@ import polars as pl
 import pytest
 import tifffile
 
-from nucleiscreen.engine.analyze import analyze
-from nucleiscreen.engine.genes import aggregate_genes
-from nucleiscreen.engine.hits import call_hits, control_summary, format_table
-from nucleiscreen.engine.layout import read_layout
-from nucleiscreen.engine.plates import normalize_plates
-from nucleiscreen.engine.qc import plate_qc
-from nucleiscreen.engine.report import example_frames, frame_thumbnail
-from nucleiscreen.engine.wells import aggregate_wells
+from nucleiscreen.engine.screen.analyze import analyze
+from nucleiscreen.engine.screen.genes import aggregate_genes
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
+from nucleiscreen.engine.screen.layout import read_layout
+from nucleiscreen.engine.screen.plates import normalize_plates
+from nucleiscreen.engine.screen.qc import plate_qc
+from nucleiscreen.engine.screen.report import example_frames, frame_thumbnail
+from nucleiscreen.engine.screen.report.text import format_table
+from nucleiscreen.engine.screen.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 
 PLATES = ("MFGTMPcx7_170702000001", "MFGTMPcx7_170702000002")

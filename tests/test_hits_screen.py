@@ -8,7 +8,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.analyze import analyze
+from nucleiscreen.engine.screen.analyze import analyze
 from nucleiscreen.simulate import PLANTED, plan_screen
 
 PLATES = 4

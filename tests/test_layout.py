@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.layout import LAYOUT_COLUMNS, expand_layout, infer_role, negative_kind, read_layout
+from nucleiscreen.engine.screen.layout import LAYOUT_COLUMNS, expand_layout, infer_role, negative_kind, read_layout
 from nucleiscreen.errors import UserError
 
 

@@ -10,14 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from nucleiscreen.engine.readers import (
-    FrameReadError,
-    read_c01,
-    read_c01_header,
-    read_dib,
-    read_frame,
-    write_c01,
-)
+from nucleiscreen.cellomics import write_c01
+from nucleiscreen.engine.readers import FrameReadError, read_c01, read_c01_header, read_dib, read_frame
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -8,19 +8,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from nucleiscreen.engine.genes import aggregate_genes
-from nucleiscreen.engine.hits import (
-    DEFAULT_RULES,
-    Condition,
-    HitRule,
-    call_hits,
-    control_summary,
-    format_table,
-)
-from nucleiscreen.engine.layout import LAYOUT_COLUMNS, well_parts
-from nucleiscreen.engine.plates import MAD_SCALE, median_polish, normalize_plates
-from nucleiscreen.engine.qc import FrameQC, plate_qc, positive_z_primes
-from nucleiscreen.engine.wells import WELL_COLUMNS, aggregate_wells
+from nucleiscreen.engine.screen.genes import aggregate_genes
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
+from nucleiscreen.engine.screen.layout import LAYOUT_COLUMNS, well_parts
+from nucleiscreen.engine.screen.plates import MAD_SCALE, median_polish, normalize_plates
+from nucleiscreen.engine.screen.qc import FrameQC, plate_qc, positive_z_primes
+from nucleiscreen.engine.screen.report.text import format_table
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, Condition, HitRule
+from nucleiscreen.engine.screen.wells import WELL_COLUMNS, aggregate_wells
 from nucleiscreen.errors import UserError
 
 

@@ -5,8 +5,8 @@ import pytest
 import tifffile
 
 from nucleiscreen.engine.discover import discover
-from nucleiscreen.engine.layout import read_layout
 from nucleiscreen.engine.readers import read_frame
+from nucleiscreen.engine.screen.layout import read_layout
 from nucleiscreen.errors import UserError
 from nucleiscreen.simulate import PLANTED, FrameSpec, plan_screen, simulate_screen, synth_frame
 

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from nucleiscreen.engine.readers.cellomics import CellomicsHeader, read_c01, read_c01_header, read_dib, write_c01
+from nucleiscreen.engine.readers.cellomics import CellomicsHeader, read_c01, read_c01_header, read_dib
 from nucleiscreen.engine.readers.checks import MAX_FRAME_BYTES, FrameReadError, _fill, _open, _read_bytes
 from nucleiscreen.engine.readers.png import _decode_png
 from nucleiscreen.engine.readers.tiff import _plain_tiff, _read_tifffile
@@ -40,7 +40,6 @@ __all__ = [
     "read_c01_header",
     "read_dib",
     "read_frame",
-    "write_c01",
 ]
 
 IMAGE_SUFFIXES = frozenset({".tif", ".tiff", ".png", ".c01", ".dib"})

@@ -1,23 +1,7 @@
-"""The Cellomics ``.C01`` / ``.DIB`` format of the CellInsight CX7: read (:func:`read_c01`, :func:`read_dib`,
-:func:`read_c01_header`) and write (:func:`write_c01`).
-
-The layout follows Bio-Formats' ``CellomicsReader``. A ``.DIB`` file is a 52-byte
-little-endian header followed by the pixels; a ``.C01`` file is a 4-byte marker (the integer 16,
-big-endian) followed by one zlib stream that inflates to a ``.DIB``::
-
-    offset  type   field
-     0      int32  (skipped; written as the header length, 52)
-     4      int32  width
-     8      int32  height
-    12      int16  planes
-    14      int16  bits per pixel (8, 16 or 32)
-    16      int32  compression (0: none)
-    20      int32  (skipped; written as the pixel data length)
-    24      int32  pixels per metre, x
-    28      int32  pixels per metre, y
-    32      int32  colours used
-    36      int32  colours important
-    52      pixels: plane after plane, row after row, width * height * bits / 8 bytes per plane
+"""The Cellomics ``.C01`` / ``.DIB`` format of the CellInsight CX7, read: :func:`read_c01`, :func:`read_dib`,
+:func:`read_c01_header`. The layout (after Bio-Formats' ``CellomicsReader``: a 52-byte header, then the pixels, the
+whole zlib-compressed behind a 4-byte marker in a ``.C01``) and its writer live in :mod:`nucleiscreen.cellomics`,
+below the engine, where the simulator writes them too.
 
 Besides the claims every format's header is held to (:mod:`~nucleiscreen.engine.readers.checks`), a C01 starts with
 the marker 16, and its stream and a DIB hold exactly the pixels the header describes: more would mean a header that
@@ -28,13 +12,13 @@ ignored (the stream's checksum covers header and pixels).
 from __future__ import annotations
 
 import os
-import struct
 import zlib
 from dataclasses import dataclass
 
 import imagecodecs
 import numpy as np
 
+from nucleiscreen.cellomics import C01_MARKER, HEADER_BYTES, HEADER_FIELDS
 from nucleiscreen.engine.readers.checks import (
     _MAX_DEFLATE_RATIO,
     FrameReadError,
@@ -44,9 +28,6 @@ from nucleiscreen.engine.readers.checks import (
     _read_bytes,
 )
 
-C01_MARKER = 16
-HEADER_BYTES = 52
-_HEADER = struct.Struct("<4xiihhi4xiiii")  # the 40 bytes of fields in the table above
 _PIXEL_TYPES = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4")}
 
 
@@ -152,53 +133,6 @@ def read_c01_header(path: str | os.PathLike) -> CellomicsHeader:
     return _parse_header(_inflate_header(start, path), path)
 
 
-def write_c01(
-    path: str | os.PathLike,
-    image: np.ndarray,
-    pixel_size_um: float | None = None,
-    level: int = 1,
-) -> None:
-    """Write a 2-D uint8 or uint16 image as a single-plane Cellomics ``.C01`` file.
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Where to write; the file is replaced.
-    image : numpy.ndarray
-        2-D (rows x columns) uint8 or uint16 array.
-    pixel_size_um : float, optional
-        Pixel size in µm; stored as pixels per metre ``round(1e6 / pixel_size_um)`` on both axes.
-        0 (unknown) when not given.
-    level : int
-        zlib compression level, 0-9 (9 is the Deflate maximum). 1 by default: it writes several
-        times faster than 6 and the files are only ~1 % larger on microscope frames.
-
-    Raises
-    ------
-    ValueError
-        ``image`` is not 2-D uint8/uint16, or ``pixel_size_um`` is not positive.
-    """
-    image = np.asarray(image)
-    if image.ndim != 2 or image.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"write_c01 needs a 2-D uint8 or uint16 image, got {image.dtype} {image.shape}")
-    if pixel_size_um is not None and not pixel_size_um > 0:
-        raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
-    height, width = image.shape
-    bits = image.dtype.itemsize * 8
-    per_metre = 0 if pixel_size_um is None else round(1e6 / pixel_size_um)
-    fields = _HEADER.pack(width, height, 1, bits, 0, per_metre, per_metre, 0, 0)
-    header = bytearray(HEADER_BYTES)
-    header[: _HEADER.size] = fields
-    struct.pack_into("<i", header, 0, HEADER_BYTES)
-    struct.pack_into("<i", header, 20, image.nbytes)
-    pixels = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("<"))
-    # imagecodecs' deflate_encode writes a standard zlib stream through libdeflate, ~2x faster than zlib.
-    stream = imagecodecs.deflate_encode(bytes(header) + pixels.tobytes(), level=level)
-    with open(path, "wb") as fh:
-        fh.write(C01_MARKER.to_bytes(4, "big"))
-        fh.write(stream)
-
-
 def _inflate(data: bytes, path: str | os.PathLike) -> np.ndarray:
     """Inflate the zlib stream after a C01's 4-byte marker into a writable uint8 array: the DIB the header describes,
     or what the stream holds when it ends early, or one byte more than the header's size when it holds more (``_plane``
@@ -248,7 +182,7 @@ def _parse_header(dib, path: str | os.PathLike) -> CellomicsHeader:
     """Decode and check the 52-byte header at the start of ``dib`` (bytes or a uint8 array)."""
     if len(dib) < HEADER_BYTES:
         raise FrameReadError(f"{path}: {len(dib)} bytes, shorter than the {HEADER_BYTES}-byte Cellomics header")
-    header = CellomicsHeader(*_HEADER.unpack_from(dib, 0)[:7])
+    header = CellomicsHeader(*HEADER_FIELDS.unpack_from(dib, 0)[:7])
     if header.width <= 0 or header.height <= 0 or header.planes <= 0:
         raise FrameReadError(
             f"{path}: invalid Cellomics header (width {header.width}, height {header.height}, planes {header.planes})"

@@ -10,14 +10,15 @@ count fold change of every plate (16 x 24 wells; hover a well for its gene and f
 
 The modules, from the page down:
 
-- :mod:`~nucleiscreen.engine.report.page`: :func:`write_report`, the page and its tables;
-- :mod:`~nucleiscreen.engine.report.frames`: :func:`example_frames` chooses the frames to show (a polars query
+- :mod:`~nucleiscreen.engine.screen.report.page`: :func:`write_report`, the page and its tables;
+- :mod:`~nucleiscreen.engine.screen.report.frames`: :func:`example_frames` chooses the frames to show (a polars query
   over the image table); :func:`frame_thumbnail` draws one;
-- :mod:`~nucleiscreen.engine.report.plots`: the six plots;
-- :mod:`~nucleiscreen.engine.report.svg`: the chart kit they are drawn with.
+- :mod:`~nucleiscreen.engine.screen.report.plots`: the six plots;
+- :mod:`~nucleiscreen.engine.screen.report.svg`: the chart kit they are drawn with;
+- :mod:`~nucleiscreen.engine.screen.report.text`: values and tables as text (the page's cells, the terminal summary).
 """
 
-from nucleiscreen.engine.report.frames import example_frames, frame_thumbnail
-from nucleiscreen.engine.report.page import write_report
+from nucleiscreen.engine.screen.report.frames import example_frames, frame_thumbnail
+from nucleiscreen.engine.screen.report.page import write_report
 
 __all__ = ["example_frames", "frame_thumbnail", "write_report"]

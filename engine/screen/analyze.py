@@ -6,8 +6,8 @@ Reads ``RUN/images/plate=*/part-*.parquet`` (one row per frame), and when presen
 cut-off the run used). Frames flagged by the frame QC (focus, saturation; :class:`FrameQC`) are left out of the
 wells. Writes to ``RUN/analysis/`` (or ``out_dir``):
 
-- ``wells.parquet``: one row per plate and well, normalized (:mod:`nucleiscreen.engine.wells` and
-  :mod:`nucleiscreen.engine.plates` document the columns),
+- ``wells.parquet``: one row per plate and well, normalized (:mod:`nucleiscreen.engine.screen.wells` and
+  :mod:`nucleiscreen.engine.screen.plates` document the columns),
 - ``genes.parquet``: one row per gene of the sample wells,
 - ``plates.parquet``: plate QC (reference level, CV, Z′),
 - ``controls.parquet``: the control summary,
@@ -28,14 +28,16 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.genes import aggregate_genes
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, call_hits, control_summary, format_table
-from nucleiscreen.engine.layout import read_layout
-from nucleiscreen.engine.plates import normalize_plates
-from nucleiscreen.engine.qc import Z_PRIME_MIN, FrameQC, plate_qc
-from nucleiscreen.engine.report import example_frames, write_report
 from nucleiscreen.engine.runfolder import object_parts
-from nucleiscreen.engine.wells import aggregate_wells
+from nucleiscreen.engine.screen.genes import aggregate_genes
+from nucleiscreen.engine.screen.hits import call_hits, control_summary
+from nucleiscreen.engine.screen.layout import read_layout
+from nucleiscreen.engine.screen.plates import normalize_plates
+from nucleiscreen.engine.screen.qc import Z_PRIME_MIN, FrameQC, plate_qc
+from nucleiscreen.engine.screen.report import example_frames, write_report
+from nucleiscreen.engine.screen.report.text import format_table
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
+from nucleiscreen.engine.screen.wells import aggregate_wells
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 
@@ -82,13 +84,13 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     run_dir
         The folder written by ``nucleiscreen segment --out RUN``.
     layout_path
-        The layout file (see :mod:`nucleiscreen.engine.layout`).
+        The layout file (see :mod:`nucleiscreen.engine.screen.layout`).
     out_dir
         Where to write; default ``RUN/analysis``.
     rules
         Hit rules, applied to gene medians; default the paper's.
     reference
-        The reference wells of each plate (see :func:`~nucleiscreen.engine.plates.normalize_plates`).
+        The reference wells of each plate (see :func:`~nucleiscreen.engine.screen.plates.normalize_plates`).
     frame_qc
         Which frames to exclude by their focus and saturation measures, when the image table has them;
         None: keep every frame.

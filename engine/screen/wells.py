@@ -1,8 +1,8 @@
 """From frame rows to wells: the image table (one row per frame) aggregated to one row per plate and well.
 
 Everything here is a polars expression or group-by; there are no Python loops over rows. Which frames to leave
-out (focus, saturation) is decided by :class:`~nucleiscreen.engine.qc.FrameQC`; :mod:`nucleiscreen.engine.plates`
-normalizes the well table to each plate's reference wells.
+out (focus, saturation) is decided by :class:`~nucleiscreen.engine.screen.qc.FrameQC`;
+:mod:`nucleiscreen.engine.screen.plates` normalizes the well table to each plate's reference wells.
 
 Well table (:func:`aggregate_wells`, one row per plate and well)
 ----------------------------------------------------------------
@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from nucleiscreen.engine.layout import well_parts
+from nucleiscreen.engine.screen.layout import well_parts
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 
@@ -83,7 +83,7 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
         cannot be placed in a well and are ignored here.
     exclude
         A boolean expression over the image table marking frames to leave out (counted in
-        ``fields_excluded``); null counts as false. :meth:`~nucleiscreen.engine.qc.FrameQC.exclude` makes one
+        ``fields_excluded``); null counts as false. :meth:`~nucleiscreen.engine.screen.qc.FrameQC.exclude` makes one
         from the focus and saturation columns.
     objects
         The object table (``segment --objects``: one row per object, at least ``OBJECT_REQUIRED``), or None.

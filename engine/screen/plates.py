@@ -7,7 +7,7 @@ table use the same ones.
 
 Normalized well table
 ---------------------
-:func:`normalize_plates` adds to the well table of :func:`~nucleiscreen.engine.wells.aggregate_wells`, from the
+:func:`normalize_plates` adds to the well table of :func:`~nucleiscreen.engine.screen.wells.aggregate_wells`, from the
 layout: gene_symbol, role, control_name, sirna_id, entrez_id (null for a well that the layout does not list),
 and:
 
@@ -48,7 +48,7 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.layout import expand_layout, is_nontargeting, name_key, negative_kind
+from nucleiscreen.engine.screen.layout import expand_layout, is_nontargeting, name_key, negative_kind
 from nucleiscreen.errors import UserError
 
 MAD_SCALE = 1.4826
@@ -65,9 +65,9 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.wells.aggregate_wells`.
+        From :func:`~nucleiscreen.engine.screen.wells.aggregate_wells`.
     layout
-        From :func:`~nucleiscreen.engine.layout.read_layout` (wildcards are resolved here for the plates of
+        From :func:`~nucleiscreen.engine.screen.layout.read_layout` (wildcards are resolved here for the plates of
         ``wells``).
     reference
         ``"negative"``: the negative wells named as non-targeting (OTP, non-targeting, NT) if the layout names
@@ -98,7 +98,7 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
         A plate of ``wells`` is missing from the layout; a reference name is not in the layout; no plate has a
         usable reference (a reference well with analysed fields and a median above 0 nuclei per field). Plates
         without one, among plates with one, get null fold changes and scores and are flagged by
-        :func:`~nucleiscreen.engine.qc.plate_qc`.
+        :func:`~nucleiscreen.engine.screen.qc.plate_qc`.
     """
     layout = expand_layout(layout, wells["plate"].unique(), source=source)
     df = wells.join(layout.drop("row", "column"), on=["plate", "well"], how="left")

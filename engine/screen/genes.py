@@ -1,5 +1,6 @@
 """The gene table: each gene's sample wells (its siRNAs, across plates) combined into one row of medians, the
-row that the hit rules of :mod:`nucleiscreen.engine.hits` are applied to.
+row that :func:`~nucleiscreen.engine.screen.hits.call_hits` applies the hit rules to; and :func:`well_summary`, the
+summary of a group of wells that a gene's row and a control's row are made of.
 """
 
 from __future__ import annotations
@@ -8,8 +9,8 @@ from collections.abc import Sequence
 
 import polars as pl
 
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, check_rules, well_summary
-from nucleiscreen.engine.plates import log2
+from nucleiscreen.engine.screen.plates import log2
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule, check_rules
 
 GENE_MEDIANS = ("count_fc", "area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
                 "nuclei_per_field")
@@ -22,7 +23,7 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+        From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     rules
         Hit rules; each adds ``wells_pass_<rule.name>``, the number of the gene's wells that pass the rule on
         their own fold changes.
@@ -59,3 +60,28 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         "nuclei_per_field", pl.col("^wells_pass_.*$"),
     ).sort("gene_symbol")
 
+
+def well_summary(medians: Sequence[str], rules: Sequence[HitRule]) -> dict[str, pl.Expr]:
+    """The aggregations that summarize a group of normalized wells (a gene's, a control's), to pass to ``agg``.
+
+    Parameters
+    ----------
+    medians
+        Columns of the well table to summarize by their median over the group's wells that have one.
+    rules
+        Each adds ``wells_pass_<rule.name>``, the number of the group's wells that pass the rule on their own
+        values.
+
+    Returns
+    -------
+    dict of str to polars.Expr
+        Output name -> expression: ``wells``, ``plates`` (distinct), ``wells_analysed`` (wells with a count FC),
+        then ``medians`` under their own names, then the rules' pass counts.
+    """
+    return {
+        "wells": pl.len().cast(pl.Int64),
+        "plates": pl.col("plate").n_unique().cast(pl.Int64),
+        "wells_analysed": pl.col("count_fc").is_not_null().sum().cast(pl.Int64),
+        **{name: pl.col(name).median() for name in medians},
+        **{f"wells_pass_{rule.name}": rule.expr().sum().cast(pl.Int64) for rule in rules},
+    }

@@ -44,9 +44,9 @@ def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hit
         The image table (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Count_Nuclei``,
         ``PathName_DNA``, ``FileName_DNA``).
     wells
-        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+        From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     hits
-        From :func:`~nucleiscreen.engine.hits.call_hits`.
+        From :func:`~nucleiscreen.engine.screen.hits.call_hits`.
     run_dir
         The run folder; label images are looked for at ``RUN/labels/plate=<plate>/<stem>_labels.tif``.
     per_hit, max_hits

@@ -2,7 +2,10 @@
 how good each plate is (:func:`plate_qc`: reference level and spread, Z′-factors, transfection toxicity;
 :func:`positive_z_primes`: the Z′ of each positive control).
 
-Everything here is a polars expression or group-by; there are no Python loops over rows.
+Everything here is a polars expression or group-by; there are no Python loops over rows. Z′ is a statistic of the
+normalized wells (it needs each plate's reference wells), so this module follows
+:mod:`~nucleiscreen.engine.screen.plates`, whose robust statistics it uses; the control summary of
+:mod:`~nucleiscreen.engine.screen.hits` reports each positive control's Z′.
 """
 
 from __future__ import annotations
@@ -12,8 +15,8 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from nucleiscreen.engine.layout import negative_kind
-from nucleiscreen.engine.plates import MAD_SCALE, mad, scaled
+from nucleiscreen.engine.screen.layout import negative_kind
+from nucleiscreen.engine.screen.plates import MAD_SCALE, mad, scaled
 
 Z_PRIME_MIN = 0.5
 """Plates whose robust Z′ is under this are flagged (1 > Z′ >= 0.5: an excellent assay, Zhang 1999)."""
@@ -125,7 +128,7 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
     Parameters
     ----------
     wells
-        From :func:`~nucleiscreen.engine.plates.normalize_plates`.
+        From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     z_prime_min
         Plates whose robust Z′ is under this are flagged in ``low_z_prime``.
 
@@ -143,7 +146,7 @@ def plate_qc(wells: pl.DataFrame, z_prime_min: float = Z_PRIME_MIN) -> pl.DataFr
         - ``positive_count_fc``: median count FC of the positive wells; ``dynamic_range``: its inverse, the
           reference median over the positive median of nuclei per field (null when the latter is 0);
         - ``mock_count_fc``, ``untransfected_count_fc``: median count FC of the plate's mock and untransfected
-          wells (:func:`~nucleiscreen.engine.layout.negative_kind`), the transfection-toxicity check beside the
+          wells (:func:`~nucleiscreen.engine.screen.layout.negative_kind`), the transfection-toxicity check beside the
           non-targeting reference (about 1 when the transfection does not kill cells); null without such wells;
         - the Z′-factors of nuclei per field between the plate's positive wells, all positive controls pooled (``p``),
           and its reference wells (``n``; per control: :func:`positive_z_primes`)::

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import polars as pl
 
-from nucleiscreen.engine.hits import DEFAULT_RULES, HitRule, format_value
-from nucleiscreen.engine.report.frames import THUMBNAIL_CROP, frame_thumbnail
-from nucleiscreen.engine.report.plots import (
+from nucleiscreen.engine.screen.report.frames import THUMBNAIL_CROP, frame_thumbnail
+from nucleiscreen.engine.screen.report.plots import (
     controls_per_plate,
     distribution,
     gene_scatter,
@@ -21,7 +20,9 @@ from nucleiscreen.engine.report.plots import (
     plate_heatmap,
     z_prime_plot,
 )
-from nucleiscreen.engine.report.svg import escape
+from nucleiscreen.engine.screen.report.svg import escape
+from nucleiscreen.engine.screen.report.text import format_value
+from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 
 CSS = """
 body { font: 14px/1.4 system-ui, sans-serif; margin: 2em auto; max-width: 1320px; padding: 0 1em; }
@@ -66,12 +67,12 @@ def write_report(path: str | Path, wells: pl.DataFrame, genes: pl.DataFrame, pla
     path
         The ``.html`` file to write.
     wells, genes, plates, hits, controls
-        The tables of :func:`~nucleiscreen.engine.analyze.analyze`: normalized wells, genes, plate QC, hits
+        The tables of :func:`~nucleiscreen.engine.screen.analyze.analyze`: normalized wells, genes, plate QC, hits
         and the control summary.
     rules
         The hit rules used (their thresholds are drawn on the scatter and listed).
     examples
-        Frames to show for the hits, from :func:`~nucleiscreen.engine.report.frames.example_frames`; None or
+        Frames to show for the hits, from :func:`~nucleiscreen.engine.screen.report.frames.example_frames`; None or
         empty: no frames section content.
     z_prime_min
         The threshold of ``plates["low_z_prime"]``, drawn on the Z′ plot.

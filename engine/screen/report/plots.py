@@ -11,9 +11,10 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from nucleiscreen.engine.hits import HitRule, format_value
-from nucleiscreen.engine.layout import N_COLUMNS, ROWS
-from nucleiscreen.engine.report.svg import Axes, escape
+from nucleiscreen.engine.screen.layout import N_COLUMNS, ROWS
+from nucleiscreen.engine.screen.report.svg import Axes, escape
+from nucleiscreen.engine.screen.report.text import format_value
+from nucleiscreen.engine.screen.rules import HitRule
 
 LOG2_RANGE = 3.0
 """Heatmap colours saturate at log2 FC = +-3 (an eighth of the reference, or 8 times it)."""
