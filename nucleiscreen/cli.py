@@ -204,6 +204,7 @@ def _print_analysis(res) -> None:
 
 def _analysis_options(a: argparse.Namespace) -> dict:
     from nucleiscreen.engine.screen.qc import FrameQC
+    from nucleiscreen.engine.screen.readouts import Readout
     from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 
     rules = []
@@ -213,8 +214,10 @@ def _analysis_options(a: argparse.Namespace) -> dict:
             raise UserError(f"--rule takes NAME='CONDITIONS', e.g. strong_loss='count_fc < 0.1', not {text!r}")
         rules.append(HitRule.parse(name.strip(), expr))
     reference = [r.strip() for r in a.reference.split(",") if r.strip()] if a.reference else "negative"
+    readouts = tuple(Readout.parse(text) for text in a.readout) if a.readout else None
     return {"frame_qc": None if a.no_frame_qc else FrameQC(), "z_prime_min": a.z_prime_min,
-            "report": not a.no_report, "rules": tuple(rules) or DEFAULT_RULES, "reference": reference}
+            "report": not a.no_report, "rules": tuple(rules) or DEFAULT_RULES, "reference": reference,
+            "readouts": readouts}
 
 
 def cmd_analyze(a: argparse.Namespace) -> None:
@@ -406,6 +409,12 @@ def _analysis_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rule", action="append", metavar="NAME='CONDITIONS'",
                    help="a hit rule, e.g. strong_loss='count_fc < 0.1' or big='count_fc < 0.5 and area_fc > 1.7' "
                         "(columns of the gene table; repeat for several; replaces the paper's two rules)")
+    p.add_argument("--readout", action="append", metavar="NAME=AGGREGATION(COLUMN)",
+                   help="a measure to normalize per plate and summarize per gene besides the nuclei count and area, "
+                        "e.g. lyso_intensity=nuclei_mean(Intensity_MeanIntensity_Lyso); aggregations: nuclei_mean, "
+                        "nuclei_median (over the well's nuclei), field_mean (over its fields); repeat for several; "
+                        "it adds <name>_fc, <name>_robust_z, <name>_ssmd for --rule (default: every marker "
+                        "channel's <channel>_intensity)")
     p.add_argument("--reference", metavar="NAMES",
                    help="control names the fold changes are relative to, comma-separated (default: the "
                         "non-targeting negative controls, e.g. OTP)")

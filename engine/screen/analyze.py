@@ -28,12 +28,14 @@ from pathlib import Path
 
 import polars as pl
 
+from nucleiscreen.engine.channels import NUCLEI
 from nucleiscreen.engine.runfolder import object_parts
 from nucleiscreen.engine.screen.genes import aggregate_genes
 from nucleiscreen.engine.screen.hits import call_hits, control_summary
 from nucleiscreen.engine.screen.layout import read_layout
 from nucleiscreen.engine.screen.plates import normalize_plates
 from nucleiscreen.engine.screen.qc import Z_PRIME_MIN, FrameQC, plate_qc
+from nucleiscreen.engine.screen.readouts import Readout, check_readouts, default_readouts
 from nucleiscreen.engine.screen.report import example_frames, write_report
 from nucleiscreen.engine.screen.report.text import format_table
 from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
@@ -75,8 +77,8 @@ class AnalysisResult:
 
 def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | None = None,
             rules: Sequence[HitRule] = DEFAULT_RULES, reference: str | Sequence[str] = "negative", *,
-            frame_qc: FrameQC | None = FrameQC(), z_prime_min: float = Z_PRIME_MIN, report: bool = True
-            ) -> AnalysisResult:
+            frame_qc: FrameQC | None = FrameQC(), z_prime_min: float = Z_PRIME_MIN, report: bool = True,
+            readouts: Sequence[Readout] | None = None) -> AnalysisResult:
     """Aggregate, normalize and call hits for a segmented run, and write the outputs.
 
     Parameters
@@ -98,6 +100,9 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
         Plates with a robust Z′ under this are flagged (``plates.low_z_prime``).
     report
         Write ``report.html`` (reads the hits' frames); False writes the tables only.
+    readouts
+        The measures normalized besides the nuclei count and area (:mod:`~nucleiscreen.engine.screen.readouts`);
+        None: every marker channel's nuclei intensity.
 
     Returns
     -------
@@ -122,20 +127,29 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
     layout = read_layout(layout_path)
 
     notes = []
+    settings = _settings(run_dir)
+    channel = settings.get("channels", {}).get("nuclei", NUCLEI)
+    columns = images.collect_schema().names()
+    readouts = default_readouts(columns, channel) if readouts is None else tuple(readouts)
+    check_readouts(readouts, columns, objects.collect_schema().names() if objects is not None else None)
+    if readouts:
+        notes.append("Readouts: " + "; ".join(map(str, readouts)) + ".")
+    frame_qc = frame_qc.for_channel(channel) if frame_qc is not None else None
     exclude = frame_qc.exclude(images.collect_schema().names()) if frame_qc is not None else None
     if exclude is not None:
         notes.append("Frame QC: " + "; ".join(frame_qc.describe(images.collect_schema().names())) + ".")
     else:
         notes.append("Frame QC: the image table has no focus or saturation measure (or frame QC is off); "
                      "no frame was excluded.")
-    micronucleus_area = _micronucleus_area(run_dir)
+    micronucleus_area = float(settings.get("micronucleus_area", DEFAULT_MICRONUCLEUS_AREA))
     if objects is not None:
         notes.append(f"Median nuclear areas are exact, over the object table (nuclei of at least "
                      f"{micronucleus_area:g} px not touching the frame border).")
 
-    wells = aggregate_wells(images, errors, exclude=exclude, objects=objects, micronucleus_area=micronucleus_area)
-    wells = normalize_plates(wells, layout, reference, source=layout_path)
-    genes = aggregate_genes(wells, rules)
+    wells = aggregate_wells(images, errors, exclude=exclude, objects=objects, micronucleus_area=micronucleus_area,
+                            channel=channel, readouts=readouts)
+    wells = normalize_plates(wells, layout, reference, source=layout_path, readouts=readouts)
+    genes = aggregate_genes(wells, rules, readouts)
     plates = plate_qc(wells, z_prime_min)
     notes += _completeness(run_dir, images, errors)
     lost = plates.filter("no_reference")["plate"].to_list()
@@ -147,7 +161,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
         wells=wells,
         genes=genes,
         plates=plates,
-        controls=control_summary(wells, rules),
+        controls=control_summary(wells, rules, readouts),
         hits=call_hits(genes, rules),
         out_dir=Path(out_dir) if out_dir is not None else run_dir / "analysis",
         unplaced_failures=_unplaced(errors),
@@ -158,7 +172,7 @@ def analyze(run_dir: str | Path, layout_path: str | Path, out_dir: str | Path | 
         result.files[name] = _write(getattr(result, name), result.out_dir / f"{name}.parquet")
     result.files["hits"] = _write(result.hits, result.out_dir / "hits.csv")
     if report:
-        examples = example_frames(images, wells, result.hits, run_dir, exclude=exclude)
+        examples = example_frames(images, wells, result.hits, run_dir, exclude=exclude, channel=channel)
         result.files["report"] = write_report(
             result.out_dir / "report.html", result.wells, result.genes, result.plates, result.hits,
             result.controls, rules, examples=examples, z_prime_min=z_prime_min, notes=notes,
@@ -204,13 +218,13 @@ def _scan(files: list[Path]) -> pl.LazyFrame | None:
     return pl.scan_parquet(files, schema=schema, hive_partitioning=False, missing_columns="insert")
 
 
-def _micronucleus_area(run_dir: Path) -> float:
-    """The run's micronucleus cut-off from its manifest, else the engine's default."""
+def _settings(run_dir: Path) -> dict:
+    """The run's settings from its manifest (micronucleus cut-off, channels), else none (the engine's defaults)."""
     try:
         settings = json.loads((run_dir / "manifest.json").read_text()).get("settings", {})
-        return float(settings.get("micronucleus_area", DEFAULT_MICRONUCLEUS_AREA))
     except (OSError, ValueError, TypeError, AttributeError):
-        return float(DEFAULT_MICRONUCLEUS_AREA)
+        return {}
+    return settings if isinstance(settings, dict) else {}
 
 
 def _completeness(run_dir: Path, images: pl.LazyFrame, errors: pl.LazyFrame | None) -> list[str]:

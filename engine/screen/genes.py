@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import polars as pl
 
 from nucleiscreen.engine.screen.plates import log2
+from nucleiscreen.engine.screen.readouts import Readout
 from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule, check_rules
 
 GENE_MEDIANS = ("count_fc", "area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
@@ -17,7 +18,8 @@ GENE_MEDIANS = ("count_fc", "area_fc", "count_robust_z", "count_ssmd", "area_ssm
 """Well columns that a gene summarizes by their median over its wells."""
 
 
-def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
+def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES,
+                    readouts: Sequence[Readout] = ()) -> pl.DataFrame:
     """Combine each gene's sample wells (its siRNAs, across plates).
 
     Parameters
@@ -27,6 +29,9 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     rules
         Hit rules; each adds ``wells_pass_<rule.name>``, the number of the gene's wells that pass the rule on
         their own fold changes.
+    readouts
+        The well table's further measures: each adds the medians of its ``_fc``, ``_robust_z`` and ``_ssmd`` over
+        the gene's wells, and ``log2_<name>_fc`` of that median, before the pass counts.
 
     Returns
     -------
@@ -46,18 +51,22 @@ def aggregate_genes(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         A rule reads a column that ``wells`` does not have.
     """
     check_rules(rules, wells, "well table")
+    more = [c for r in readouts for c in r.gene_columns()]
     genes = wells.filter(pl.col("role") == "sample").group_by("gene_symbol").agg(
         entrez_id=pl.col("entrez_id").drop_nulls().first(),
         sirnas=pl.col("sirna_id").drop_nulls().n_unique().cast(pl.Int64),
-        **well_summary(GENE_MEDIANS, rules),
+        **well_summary((*GENE_MEDIANS, *more), rules),
     )
     return genes.with_columns(
         log2_count_fc=log2(pl.col("count_fc")),
         log2_area_fc=log2(pl.col("area_fc")),
+        **{f"log2_{r.name}_fc": log2(pl.col(f"{r.name}_fc")) for r in readouts},
     ).select(
         "gene_symbol", "entrez_id", "wells", "wells_analysed", "plates", "sirnas", "count_fc", "area_fc",
         "log2_count_fc", "log2_area_fc", "count_robust_z", "count_ssmd", "area_ssmd", "count_b_score",
-        "nuclei_per_field", pl.col("^wells_pass_.*$"),
+        "nuclei_per_field",
+        *(c for r in readouts for c in (f"{r.name}_fc", f"log2_{r.name}_fc", *r.gene_columns()[1:])),
+        pl.col("^wells_pass_.*$"),
     ).sort("gene_symbol")
 
 

@@ -15,6 +15,7 @@ import polars as pl
 
 from nucleiscreen.engine.screen.genes import well_summary
 from nucleiscreen.engine.screen.qc import positive_z_primes
+from nucleiscreen.engine.screen.readouts import Readout
 from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule, check_rules
 
 
@@ -49,7 +50,8 @@ def call_hits(genes: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> 
 ROLE_ORDER = {"negative": 0, "positive": 1, "other": 2, "empty": 3}
 
 
-def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES) -> pl.DataFrame:
+def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULES,
+                    readouts: Sequence[Readout] = ()) -> pl.DataFrame:
     """Every control of the screen with its fold changes, across plates.
 
     Parameters
@@ -58,6 +60,8 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
         From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     rules
         Each adds ``wells_pass_<rule.name>``: positive controls should pass the count rules.
+    readouts
+        Each adds the median of its fold change over the control's wells (``<name>_fc``).
 
     Returns
     -------
@@ -75,7 +79,8 @@ def control_summary(wells: pl.DataFrame, rules: Sequence[HitRule] = DEFAULT_RULE
     controls = wells.filter(pl.col("role").is_not_null() & (pl.col("role") != "sample"))
     summary = controls.group_by("role", "control_name").agg(
         reference=pl.col("is_reference").any(),
-        **well_summary(("nuclei_per_field", "count_fc", "area_fc", "count_ssmd"), rules),
+        **well_summary(("nuclei_per_field", "count_fc", "area_fc", "count_ssmd",
+                        *(f"{r.name}_fc" for r in readouts)), rules),
         count_fc_min=pl.col("count_fc").min(),
         count_fc_max=pl.col("count_fc").max(),
     )

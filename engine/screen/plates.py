@@ -49,6 +49,7 @@ from pathlib import Path
 import polars as pl
 
 from nucleiscreen.engine.screen.layout import expand_layout, is_nontargeting, name_key, negative_kind
+from nucleiscreen.engine.screen.readouts import Readout
 from nucleiscreen.errors import UserError
 
 MAD_SCALE = 1.4826
@@ -59,7 +60,7 @@ POLISH_EPS = 0.01
 
 
 def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str | Sequence[str] = "negative",
-                     *, source: str | Path | None = None) -> pl.DataFrame:
+                     *, source: str | Path | None = None, readouts: Sequence[Readout] = ()) -> pl.DataFrame:
     """Join the layout and normalize every well to its plate's reference wells.
 
     Parameters
@@ -76,6 +77,10 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
         dash-insensitively against ``control_name``, else ``gene_symbol``), e.g. ``["OTP", "mock"]``.
     source
         The layout file, named in error messages.
+    readouts
+        The well table's further measures (:mod:`~nucleiscreen.engine.screen.readouts`): each ``r`` gets ``r_fc``
+        (to the median of the plate's reference wells), ``log2_r_fc``, ``r_robust_z`` (against the plate's sample
+        wells) and ``r_ssmd`` (of ``log2_r_fc`` against the reference wells), as the count.
 
     Returns
     -------
@@ -139,7 +144,23 @@ def normalize_plates(wells: pl.DataFrame, layout: pl.DataFrame, reference: str |
         count_b_score=scaled(pl.col("residual"), MAD_SCALE * mad(pl.col("residual")).over("plate")),
     ).select("plate", "well", "count_b_score")
     df = df.join(b_scores, on=["plate", "well"], how="left")
-    return df.drop("_l", *plates.drop("plate").columns).sort("plate", "row", "column")
+    df = df.drop("_l", *plates.drop("plate").columns)
+    return _normalize_readouts(df, readouts).sort("plate", "row", "column")
+
+
+def _normalize_readouts(df: pl.DataFrame, readouts: Sequence[Readout]) -> pl.DataFrame:
+    """Each readout's fold change to its plate's reference median, its log, robust z and SSMD (``normalize_plates``)."""
+    is_sample = pl.col("role") == "sample"
+    for r in readouts:
+        x = pl.col(r.name)
+        reference = x.filter("is_reference").median().over("plate")
+        sample = x.filter(is_sample)
+        name, fc, log2_fc, robust_z, ssmd = r.columns()
+        df = df.with_columns(
+            pl.when(reference > 0).then(x / reference).alias(fc),
+            scaled(x - sample.median().over("plate"), MAD_SCALE * mad(sample).over("plate")).alias(robust_z),
+        ).with_columns(log2(pl.col(fc)).alias(log2_fc)).with_columns(_ssmd(pl.col(log2_fc)).alias(ssmd))
+    return df
 
 
 def median_polish(values: pl.DataFrame, *, max_iter: int = POLISH_ITERATIONS, eps: float = POLISH_EPS

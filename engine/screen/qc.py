@@ -11,12 +11,14 @@ normalized wells (it needs each plate's reference wells), so this module follows
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import polars as pl
 
+from nucleiscreen.engine.channels import NUCLEI
 from nucleiscreen.engine.screen.layout import negative_kind
 from nucleiscreen.engine.screen.plates import MAD_SCALE, mad, scaled
+from nucleiscreen.kernels.quality import quality_columns
 
 Z_PRIME_MIN = 0.5
 """Plates whose robust Z′ is under this are flagged (1 > Z′ >= 0.5: an excellent assay, Zhang 1999)."""
@@ -56,12 +58,17 @@ class FrameQC:
         Exclude a frame with more of its pixels at the maximum than this. None: no such rule.
     """
 
-    focus_column: str = "ImageQuality_FocusScore_DNA"
+    focus_column: str = quality_columns(NUCLEI)[0]
     min_focus_ratio: float | None = 0.2
     focus_min_nuclei: float = 20.0
     min_focus: float | None = None
-    saturation_column: str = "ImageQuality_PercentMaximal_DNA"
+    saturation_column: str = quality_columns(NUCLEI)[1]
     max_saturated_percent: float | None = 1.0
+
+    def for_channel(self, channel: str) -> FrameQC:
+        """These rules on the measures of another nuclei channel (a run made with ``--channels``)."""
+        focus, saturation = quality_columns(channel)
+        return replace(self, focus_column=focus, saturation_column=saturation)
 
     def exclude(self, columns: Collection[str]) -> pl.Expr | None:
         """The boolean expression over the image table that marks frames to exclude, or None when no rule

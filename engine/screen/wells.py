@@ -36,18 +36,24 @@ nuclei_area_median_fields
     Median over the well's fields of each field's median nucleus area (``Median_Nuclei_AreaShape_Area``). An
     approximation of ``nuclei_area_median`` that needs only the image table.
 nuclei_intensity_mean
-    Object-weighted mean of the nuclei's mean DNA intensity (raw units): ``sum(mean_f * n_f) / sum(n_f)`` over
-    fields ``f`` with ``n_f`` non-border nuclei of mean intensity ``mean_f``. Null when there is no non-border
-    nucleus.
+    Object-weighted mean of the nuclei's mean intensity in the nuclei channel (raw units): ``sum(mean_f * n_f) /
+    sum(n_f)`` over fields ``f`` with ``n_f`` non-border nuclei of mean intensity ``mean_f``. Null when there is no
+    non-border nucleus.
 micronuclei_per_nucleus
     ``micronuclei / nuclei``; null when there is no nucleus.
+<readout>
+    Each readout's well value (:mod:`~nucleiscreen.engine.screen.readouts`), after the columns above.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import polars as pl
 
+from nucleiscreen.engine.channels import NUCLEI, path_columns
 from nucleiscreen.engine.screen.layout import well_parts
+from nucleiscreen.engine.screen.readouts import Readout
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 
@@ -55,23 +61,21 @@ IMAGE_REQUIRED = (
     "Metadata_Plate", "Metadata_Well", "Count_Nuclei", "Count_Nuclei_NonBorder",
     "Total_Nuclei_AreaShape_Area",
 )
-IMAGE_OPTIONAL = {
-    "Count_Micronuclei": pl.Int64,
-    "Median_Nuclei_AreaShape_Area": pl.Float64,
-    "Mean_Nuclei_Intensity_MeanIntensity_DNA": pl.Float64,
-    "PathName_DNA": pl.String,
-    "FileName_DNA": pl.String,
-}
 OBJECT_REQUIRED = ("Metadata_Plate", "Metadata_Well", "AreaShape_Area", "TouchesBorder")
-ERROR_COLUMNS = {"PathName_DNA": pl.String, "FileName_DNA": pl.String,
-                 "Metadata_Plate": pl.String, "Metadata_Well": pl.String}
+
+
+def image_optional(channel: str) -> dict[str, pl.DataType]:
+    """The image-table columns read when present (the nuclei ``channel``'s names)."""
+    folder, file = path_columns(channel)
+    return {"Count_Micronuclei": pl.Int64, "Median_Nuclei_AreaShape_Area": pl.Float64,
+            f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": pl.Float64, folder: pl.String, file: pl.String}
 
 Frame = pl.DataFrame | pl.LazyFrame
 
 
 def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.Expr | None = None,
                     objects: Frame | None = None, micronucleus_area: float = DEFAULT_MICRONUCLEUS_AREA,
-                    ) -> pl.DataFrame:
+                    channel: str = NUCLEI, readouts: Sequence[Readout] = ()) -> pl.DataFrame:
     """Aggregate the image table (one row per frame) to one row per plate and well.
 
     Parameters
@@ -92,6 +96,11 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
     micronucleus_area
         The cut-off the run used (its manifest's ``micronucleus_area``): smaller objects of the object table
         are micronuclei, not nuclei.
+    channel
+        The run's nuclei channel (its columns' suffix).
+    readouts
+        Further measures, each a column after ``WELL_COLUMNS`` (:mod:`~nucleiscreen.engine.screen.readouts`;
+        ``check_readouts`` has checked that the tables give them).
 
     Returns
     -------
@@ -101,11 +110,12 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
     """
     frames = images.lazy()
     schema = _require(frames, IMAGE_REQUIRED, "image", "`nucleiscreen segment`")
+    own_intensity = f"Mean_Nuclei_Intensity_MeanIntensity_{channel}"
     frames = frames.with_columns(
-        pl.lit(None, dtype).alias(name) for name, dtype in IMAGE_OPTIONAL.items() if name not in schema
+        pl.lit(None, dtype).alias(name) for name, dtype in image_optional(channel).items() if name not in schema
     ).with_columns(
-        pl.col("Total_Nuclei_AreaShape_Area", "Median_Nuclei_AreaShape_Area",
-               "Mean_Nuclei_Intensity_MeanIntensity_DNA").cast(pl.Float64).fill_nan(None),
+        pl.col("Total_Nuclei_AreaShape_Area", "Median_Nuclei_AreaShape_Area", own_intensity)
+        .cast(pl.Float64).fill_nan(None),
         _excluded=pl.lit(False) if exclude is None else exclude.fill_null(False),
     )
 
@@ -113,7 +123,19 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
         return pl.when(~pl.col("_excluded")).then(pl.col(name))
 
     nonborder = kept("Count_Nuclei_NonBorder")
-    intensity = kept("Mean_Nuclei_Intensity_MeanIntensity_DNA")
+    intensity = kept(own_intensity)
+    # readouts from the image table: an object-weighted mean of the fields' nuclei means, or a mean of the fields
+    by_image = [r for r in readouts if r.aggregation == "field_mean" or
+                (r.aggregation == "nuclei_mean" and f"Mean_Nuclei_{r.column}" in schema)]
+    by_objects = [r for r in readouts if r not in by_image]
+    readout_aggs = {}
+    for r in by_image:
+        if r.aggregation == "field_mean":
+            readout_aggs[r.name] = kept(r.column).cast(pl.Float64).fill_nan(None).mean()
+        else:
+            mean = kept(f"Mean_Nuclei_{r.column}").cast(pl.Float64).fill_nan(None)
+            readout_aggs[f"_{r.name}_sum"] = (mean * nonborder).sum()
+            readout_aggs[f"_{r.name}_weight"] = pl.when(mean.is_not_null()).then(nonborder).sum()
     keys = {"plate": pl.col("Metadata_Plate").cast(pl.String), "well": pl.col("Metadata_Well").cast(pl.String)}
     analysed = frames.group_by(**keys).agg(
         fields_analysed=(~pl.col("_excluded")).sum().cast(pl.Int64),
@@ -125,15 +147,16 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
         nuclei_area_median_fields=kept("Median_Nuclei_AreaShape_Area").median(),
         _intensity_sum=(intensity * nonborder).sum(),
         _intensity_weight=pl.when(intensity.is_not_null()).then(nonborder).sum(),
+        **readout_aggs,
     )
 
     wells = analysed
     if errors is not None:
-        wells = wells.join(_failed_fields(errors, frames), on=["plate", "well"], how="full", coalesce=True)
+        wells = wells.join(_failed_fields(errors, frames, channel), on=["plate", "well"], how="full", coalesce=True)
     else:
         wells = wells.with_columns(fields_failed=pl.lit(0, pl.Int64))
     if objects is not None:
-        medians = _object_medians(objects, frames, micronucleus_area)
+        medians = _object_medians(objects, frames, micronucleus_area, by_objects)
         wells = wells.join(medians, on=["plate", "well"], how="left")
     else:
         wells = wells.with_columns(nuclei_area_median=pl.lit(None, pl.Float64))
@@ -155,8 +178,10 @@ def aggregate_wells(images: Frame, errors: Frame | None = None, *, exclude: pl.E
         nuclei_intensity_mean=pl.when(pl.col("_intensity_weight") > 0)
         .then(pl.col("_intensity_sum") / pl.col("_intensity_weight")),
         micronuclei_per_nucleus=pl.when(pl.col("nuclei") > 0).then(pl.col("micronuclei") / pl.col("nuclei")),
-    )
-    return wells.select(WELL_COLUMNS).sort("plate", "row", "column").collect()
+        **{r.name: pl.when(pl.col(f"_{r.name}_weight") > 0).then(pl.col(f"_{r.name}_sum") / pl.col(f"_{r.name}_weight"))
+           for r in by_image if r.aggregation == "nuclei_mean"},
+    ).with_columns(pl.when(any_field).then(pl.col(r.name)) for r in readouts)
+    return wells.select(*WELL_COLUMNS, *(r.name for r in readouts)).sort("plate", "row", "column").collect()
 
 
 WELL_COLUMNS = (
@@ -176,9 +201,11 @@ def _require(table: pl.LazyFrame, columns, what: str, writer: str) -> pl.Schema:
     return schema
 
 
-def _object_medians(objects: Frame, frames: pl.LazyFrame, micronucleus_area: float) -> pl.LazyFrame:
+def _object_medians(objects: Frame, frames: pl.LazyFrame, micronucleus_area: float,
+                    readouts: Sequence[Readout] = ()) -> pl.LazyFrame:
     """Exact median area of the non-border nuclei per plate and well, over the object table, less the objects
-    of excluded frames."""
+    of excluded frames; and the ``readouts`` that the object table gives (their mean or median over the same
+    nuclei)."""
     objects = objects.lazy()
     schema = _require(objects, OBJECT_REQUIRED, "object", "`nucleiscreen segment --objects`")
     nuclei = objects.filter(
@@ -197,18 +224,22 @@ def _object_medians(objects: Frame, frames: pl.LazyFrame, micronucleus_area: flo
         plate=pl.col("Metadata_Plate").cast(pl.Categorical), well=pl.col("Metadata_Well").cast(pl.Categorical),
     ).agg(
         nuclei_area_median=pl.col("AreaShape_Area").median(),
+        **{r.name: (pl.col(r.column).cast(pl.Float64).fill_nan(None).mean() if r.aggregation == "nuclei_mean"
+                    else pl.col(r.column).cast(pl.Float64).fill_nan(None).median()) for r in readouts},
     ).with_columns(pl.col("plate", "well").cast(pl.String))
 
 
-def _failed_fields(errors: Frame, frames: pl.LazyFrame) -> pl.LazyFrame:
-    """Failed frames per plate and well: distinct files of the error table that have no image row."""
+def _failed_fields(errors: Frame, frames: pl.LazyFrame, channel: str) -> pl.LazyFrame:
+    """Failed frames per plate and well: distinct files (of the nuclei ``channel``) of the error table that have no
+    image row."""
     errors = errors.lazy()
     schema = errors.collect_schema()
+    file = list(path_columns(channel))
+    columns = {**dict.fromkeys(file, pl.String), "Metadata_Plate": pl.String, "Metadata_Well": pl.String}
     errors = errors.with_columns(
-        pl.lit(None, dtype).alias(name) for name, dtype in ERROR_COLUMNS.items() if name not in schema
-    ).select(pl.col(name).cast(dtype) for name, dtype in ERROR_COLUMNS.items())
-    file = ["PathName_DNA", "FileName_DNA"]
-    succeeded = frames.select(pl.col(file).cast(pl.String)).filter(pl.col("FileName_DNA").is_not_null())
+        pl.lit(None, dtype).alias(name) for name, dtype in columns.items() if name not in schema
+    ).select(pl.col(name).cast(dtype) for name, dtype in columns.items())
+    succeeded = frames.select(pl.col(file).cast(pl.String)).filter(pl.col(file[1]).is_not_null())
     return (
         errors.filter(pl.col("Metadata_Plate").is_not_null() & pl.col("Metadata_Well").is_not_null())
         .join(succeeded, on=file, how="anti", nulls_equal=True)

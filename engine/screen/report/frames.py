@@ -12,6 +12,7 @@ import numpy as np
 import polars as pl
 import tifffile
 
+from nucleiscreen.engine.channels import NUCLEI, path_columns
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.kernels.normalize import normalize
 
@@ -30,7 +31,8 @@ FRAMES_PER_HIT = 2
 
 def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hits: pl.DataFrame,
                    run_dir: str | Path | None = None, *, per_hit: int = FRAMES_PER_HIT,
-                   max_hits: int = REPORT_HITS, exclude: pl.Expr | None = None) -> pl.DataFrame:
+                   max_hits: int = REPORT_HITS, exclude: pl.Expr | None = None,
+                   channel: str = NUCLEI) -> pl.DataFrame:
     """Choose, for each hit, a few frames of its wells, each paired with a reference frame of the same plate.
 
     For each of the first ``max_hits`` hits (in the order of ``hits``), its ``per_hit`` sample wells whose
@@ -41,8 +43,8 @@ def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hit
     Parameters
     ----------
     images
-        The image table (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Count_Nuclei``,
-        ``PathName_DNA``, ``FileName_DNA``).
+        The image table (``Metadata_Plate``, ``Metadata_Well``, ``Metadata_Site``, ``Count_Nuclei``, and the
+        nuclei ``channel``'s ``PathName_``, ``FileName_`` columns).
     wells
         From :func:`~nucleiscreen.engine.screen.plates.normalize_plates`.
     hits
@@ -53,6 +55,8 @@ def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hit
         How many wells per hit, and how many hits.
     exclude
         The frame exclusion used for the wells (excluded frames are never shown).
+    channel
+        The run's nuclei channel: its frames are shown.
 
     Returns
     -------
@@ -82,7 +86,7 @@ def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hit
         .group_by("plate", maintain_order=True).first()
     )
     chosen = pl.concat([hit_wells.select("plate", "well"), refs.select("plate", "well"), empty_well]).unique()
-    frames = _typical_frames(images, wells, chosen, run_dir, exclude)
+    frames = _typical_frames(images, wells, chosen, run_dir, exclude, channel)
     columns = ["plate", "well", "count_fc", "area_fc"]
     hit_side = hit_wells.select("gene_symbol", "hit_rules", "gene_count_fc", "gene_area_fc", "_order", *columns)
     ref_side = refs.select(*columns, "control_name").rename(lambda c: f"ref_{c}")
@@ -95,8 +99,9 @@ def example_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, hit
 
 
 def _typical_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, chosen: pl.DataFrame,
-                    run_dir: str | Path | None, exclude: pl.Expr | None) -> pl.DataFrame:
+                    run_dir: str | Path | None, exclude: pl.Expr | None, channel: str) -> pl.DataFrame:
     """``plate, well, site, nuclei, frame, labels`` of the most typical analysed frame of each chosen well."""
+    folder, file = path_columns(channel)
     frames = images.lazy()
     if exclude is not None:
         frames = frames.filter(~exclude.fill_null(False))
@@ -105,7 +110,7 @@ def _typical_frames(images: pl.DataFrame | pl.LazyFrame, wells: pl.DataFrame, ch
         frames.select(
             plate=pl.col("Metadata_Plate").cast(pl.String), well=pl.col("Metadata_Well").cast(pl.String),
             site=pl.col("Metadata_Site").cast(pl.Int64), nuclei=pl.col("Count_Nuclei").cast(pl.Int64),
-            _dir=pl.col("PathName_DNA").cast(pl.String), _file=pl.col("FileName_DNA").cast(pl.String),
+            _dir=pl.col(folder).cast(pl.String), _file=pl.col(file).cast(pl.String),
         )
         .join(chosen.lazy(), on=["plate", "well"], how="semi")
         .join(per_field, on=["plate", "well"])
