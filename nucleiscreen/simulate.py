@@ -45,7 +45,7 @@ PLANTED = {
 }
 # Marker phenotypes of a screen with more than one channel (MarkerSpec fields): lysosomal damage (LMP: many cells
 # with many bright galectin puncta in d1), and a brighter cell-body stain (d2). LIPA, a control, has the first.
-LYSO = {"puncta_positive": 0.7, "puncta_brightness": 1.4}
+LYSO = {"puncta_positive": 0.7, "puncta_brightness": 1.4, "lyso_level": 1.8}
 PLANTED_MARKERS = {"CTSD": LYSO, "LAMP2": LYSO, "RAC1": {"cell_stain": 1.8}}
 CONTROL_MARKERS = {"LIPA": LYSO}
 # Controls: (gene_symbol, role, count multiplier, area multiplier, wells per plate). They sit in columns 1 and 24.
@@ -294,13 +294,14 @@ class Cell:
 @dataclass(frozen=True)
 class MarkerSpec:
     """The other two stains of a field (``synth_markers``): d1, a lysosome/galectin-like marker (a dim diffuse
-    cytoplasm and bright puncta), and d2, a cell-body stain; both with a stronger vignetting than the Hoechst
-    channel's (``vignetting``: the fall-off at the frame's corners)."""
+    stain of the whole cell and bright puncta in the cytoplasm), and d2, a cell-body stain; both with a stronger
+    vignetting than the Hoechst channel's (``vignetting``: the fall-off at the frame's corners)."""
 
     puncta_positive: float = 0.08  # fraction of cells with many puncta (lysosomal damage: galectin puncta, LMP)
     puncta_low: float = 2.0  # mean puncta of a cell that is not positive, ...
     puncta_high: float = 14.0  # ... and of a positive one
     puncta_brightness: float = 1.0  # x the puncta's usual brightness
+    lyso_level: float = 1.0  # x the diffuse d1 stain (galectin released into the cytosol)
     cell_stain: float = 1.0  # x the cell-body stain's brightness
     lyso_brightness: float = 900.0
     cell_brightness: float = 1800.0
@@ -376,7 +377,7 @@ def synth_markers(rng: np.random.Generator, nuclei: np.ndarray, cells: list[Cell
         q = (((xs - c.cx) * np.cos(c.theta) + (ys - c.cy) * np.sin(c.theta)) / c.a) ** 2 + \
             ((-(xs - c.cx) * np.sin(c.theta) + (ys - c.cy) * np.cos(c.theta)) / c.b) ** 2
         dome[ys, xs] = bright * (0.45 + 0.55 * np.sqrt(np.clip(1.0 - q, 0.0, 1.0)))
-        diffuse[ys, xs] = spec.lyso_brightness * 0.25 * rng.lognormal(0.0, 0.15)
+        diffuse[ys, xs] = spec.lyso_brightness * 0.25 * spec.lyso_level * rng.lognormal(0.0, 0.15)
         free = pixels[cyto.ravel()[pixels]]
         mean = spec.puncta_high if rng.random() < spec.puncta_positive else spec.puncta_low
         n = rng.poisson(mean)

@@ -90,3 +90,34 @@ def test_bad_channel_options_on_the_command_line_write_nothing(screen, tmp_path,
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["tif", "c01"])
+def test_rules_on_marker_readouts_call_the_planted_genes_and_lipa(tmp_path, fmt, capsys):
+    """A simulated 3-channel screen, 2 plates: run --channels --objects measures every channel, and rules on the
+    marker readouts call exactly the planted marker genes, with the LIPA control wells passing the LMP rule. (The
+    small model: the nuclei only need to be found here, and it is 3x faster.)"""
+    sim = simulate_screen(tmp_path / "sim", plates=2, fields=2, size=256, seed=4, masks=False, channels=3, fmt=fmt)
+    out = tmp_path / "run"
+    assert main(["--quiet", "run", str(sim.images), "--layout", str(sim.layout), "--out", str(out), "--objects",
+                 "--channels", "DNA=d0,Lyso=d1,Cell=d2", "--pixel-size", "model", "--model", "unet-tiny-int8",
+                 "--rule", "lmp=lyso_intensity_fc > 1.2", "--rule", "cell_stain=cell_intensity_fc > 1.4"]) == 0
+    objects = pl.read_parquet(out / "objects" / "**" / "*.parquet")
+    for channel in ("DNA", "Lyso", "Cell"):
+        for feature in ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
+                        "MedianIntensity"):
+            assert f"Intensity_{feature}_{channel}" in objects.columns
+    truth = pl.read_csv(sim.truth)
+    planted = truth.filter(pl.col("role") == "sample")
+    hits = pl.read_csv(out / "analysis" / "hits.csv")
+    called = {rule: set(hits.filter(pl.col("hit_rules").str.contains(rule))["gene_symbol"])
+              for rule in ("lmp", "cell_stain")}
+    assert called["lmp"] == set(planted.filter(pl.col("planted_marker") == "lyso")["gene_symbol"])
+    assert called["cell_stain"] == set(planted.filter(pl.col("planted_marker") == "cell")["gene_symbol"])
+    controls = pl.read_parquet(out / "analysis" / "controls.parquet")
+    lipa = controls.filter(pl.col("control_name") == "LIPA").row(0, named=True)
+    assert lipa["lyso_intensity_fc"] > 1.2 and lipa["wells_pass_lmp"] >= 7 and lipa["wells_pass_cell_stain"] == 0
+    otp = controls.filter(pl.col("control_name") == "OTP").row(0, named=True)
+    assert otp["wells_pass_lmp"] == 0
+    assert "Readouts: lyso_intensity = nuclei_mean(Intensity_MeanIntensity_Lyso)" in capsys.readouterr().out
