@@ -29,12 +29,13 @@ def _run(args, cwd: Path) -> str:
 
 
 def _venv(path: Path) -> Path:
-    """A fresh venv that sees this environment's packages but not the checkout, and its python. The packages come
+    """A fresh venv that sees this environment's packages but no nucleiscreen, and its python. The packages come
     as plain paths in a .pth file, so this environment's own .pth files (its editable install) do not run there."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
     python = path / "bin" / "python"
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], path).strip()
-    outside = [p for p in sys.path if p and Path(p).is_dir() and not Path(p).resolve().is_relative_to(ROOT)]
+    outside = [p for p in sys.path if p and Path(p).is_dir() and not Path(p, "nucleiscreen").exists()
+               and not Path(p).resolve().is_relative_to(ROOT)]
     Path(site, "_outside.pth").write_text("\n".join(outside) + "\n")
     return python
 
@@ -143,9 +144,10 @@ def clone(tmp_path_factory):
 @pytest.mark.slow
 def test_a_clone_without_symlinks_installs_editable(clone, tmp_path):
     repo, python = clone
-    files = _run([python, "-c", IMPORTS + "\nprint(nucleiscreen.engine.pipeline.__file__)"], tmp_path).split()
-    assert Path(files[-1]).resolve() == (repo / "engine" / "pipeline.py").resolve()
-    assert "usage: nucleiscreen" in _run([python, "-m", "nucleiscreen", "--help"], repo)  # from its root too
+    for cwd in (tmp_path, repo):  # elsewhere, and from its root, where its nucleiscreen/ comes first on sys.path
+        file = _run([python, "-c", IMPORTS + "\nprint(nucleiscreen.engine.pipeline.__file__)"], cwd).split()[-1]
+        assert Path(file).resolve() == (repo / "engine" / "pipeline.py").resolve()
+    assert "usage: nucleiscreen" in _run([python.parent / "nucleiscreen", "--help"], tmp_path)
     found = _modules_found(python, tmp_path, FOLDERS)
     assert not any(found.values()), found
 
