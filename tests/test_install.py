@@ -144,10 +144,14 @@ def clone(tmp_path_factory):
 @pytest.mark.slow
 def test_a_clone_without_symlinks_installs_editable(clone, tmp_path):
     repo, python = clone
+    code = IMPORTS + ", nucleiscreen.cli\nprint(nucleiscreen.engine.pipeline.__file__, nucleiscreen.cli.__file__)"
     for cwd in (tmp_path, repo):  # elsewhere, and from its root, where its nucleiscreen/ comes first on sys.path
-        file = _run([python, "-c", IMPORTS + "\nprint(nucleiscreen.engine.pipeline.__file__)"], cwd).split()[-1]
-        assert Path(file).resolve() == (repo / "engine" / "pipeline.py").resolve()
+        # the files git names (and tracebacks), not the editable install's links to them
+        files = _run([python, "-c", code], cwd).split()[-2:]
+        assert files == [str(repo / "engine" / "pipeline.py"), str(repo / "nucleiscreen" / "cli.py")]
     assert "usage: nucleiscreen" in _run([python.parent / "nucleiscreen", "--help"], tmp_path)
+    (repo / "engine" / "added.py").write_text("")  # a module added since the install imports without a reinstall
+    _run([python, "-c", "import nucleiscreen.engine.added"], tmp_path)
     found = _modules_found(python, tmp_path, FOLDERS)
     assert not any(found.values()), found
 
