@@ -30,12 +30,12 @@ def _run(args, cwd: Path) -> str:
 
 def _venv(path: Path) -> Path:
     """A fresh venv that sees this environment's packages but no nucleiscreen, and its python. The packages come
-    as plain paths in a .pth file, so this environment's own .pth files (its editable install) do not run there."""
+    as plain paths in a .pth file, so this environment's own .pth files (its editable install) do not run there; a
+    path that holds a nucleiscreen (the checkout, the editable install's link tree) is left out."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", path], check=True)
     python = path / "bin" / "python"
     site = _run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"], path).strip()
-    outside = [p for p in sys.path if p and Path(p).is_dir() and not Path(p, "nucleiscreen").exists()
-               and not Path(p).resolve().is_relative_to(ROOT)]
+    outside = [p for p in sys.path if p and Path(p).is_dir() and not Path(p, "nucleiscreen").exists()]
     Path(site, "_outside.pth").write_text("\n".join(outside) + "\n")
     return python
 
