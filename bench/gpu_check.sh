@@ -27,9 +27,14 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     "${wheels[@]}" || fail "installing ${wheels[*]} into /tmp/site failed"
 export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
-# nucleiscreen/{engine,kernels,trainer,bench} are links to the top-level folders, so the repository root on
-# PYTHONPATH imports the project; should that fail, an editable install without dependencies is the fallback.
-export PYTHONPATH=$PYTHONPATH:$PWD
+# engine/, kernels/, trainer/, bench/ are nucleiscreen.engine, ... by pyproject.toml's package-dir: with no install,
+# the repository root and a folder of links nucleiscreen/engine -> engine, ... on PYTHONPATH import the project (the
+# checkout's nucleiscreen/__init__.py extends its __path__ to the links); should that fail, an editable install
+# without dependencies is the fallback.
+links=/tmp/nucleiscreen-links
+rm -rf "$links" && mkdir -p "$links/nucleiscreen"
+for f in engine kernels trainer bench; do ln -s "$PWD/$f" "$links/nucleiscreen/$f"; done
+export PYTHONPATH=$PYTHONPATH:$PWD:$links
 how="the repository root on PYTHONPATH"
 if ! python3 -c "import nucleiscreen.engine.pipeline" 2>/dev/null; then
     how="an editable install"

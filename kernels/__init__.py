@@ -1,6 +1,10 @@
 """numba kernels: intensity normalization, 3-class targets, connected components, class map -> nuclei,
 CellProfiler-named measurements. Each function releases the GIL, so frames can be processed on threads."""
 
+from pathlib import Path
+
+__path__ = [str(Path(__file__).resolve().parent)]  # the real folder, not a link to it (nucleiscreen/__init__.py)
+
 from nucleiscreen.kernels.contrast import erase_faint, object_contrast
 from nucleiscreen.kernels.instances import instances_from_classes
 from nucleiscreen.kernels.measure import (

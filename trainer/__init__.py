@@ -3,6 +3,10 @@
 ``metrics`` and ``evaluate`` need no torch, so ``nucleiscreen evaluate`` works on a runtime-only install.
 """
 
+from pathlib import Path
+
+__path__ = [str(Path(__file__).resolve().parent)]  # the real folder, not a link to it (nucleiscreen/__init__.py)
+
 from nucleiscreen.errors import UserError
 
 FINETUNE_STEPS = 300  # train --finetune: steps on a user's annotated frames (docs/training.md)
