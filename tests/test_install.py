@@ -159,10 +159,10 @@ def test_a_clone_without_symlinks_installs_editable(clone, tmp_path):
 @pytest.mark.slow
 def test_a_type_checker_resolves_the_package_in_the_clone(clone):
     """What an editor's go-to-definition needs: basedpyright (pyright, its node from PyPI) resolves
-    nucleiscreen.engine.pipeline in a plain checkout with the editable install, to the file through its link."""
+    nucleiscreen.engine.run in a plain checkout with the editable install, to the file through its link."""
     pytest.importorskip("basedpyright", reason="the dev extra has basedpyright")
     repo, python = clone
-    (repo / "probe.py").write_text("from nucleiscreen.engine.pipeline import segment\n"
+    (repo / "probe.py").write_text("from nucleiscreen.engine.run import segment\n"
                                    "from nucleiscreen.kernels.measure import object_schema\n\n"
                                    "reveal_type(segment)\nreveal_type(object_schema)\n")
     r = subprocess.run([sys.executable, "-m", "basedpyright", "--pythonpath", python, "--outputjson", "probe.py"],
