@@ -43,6 +43,7 @@ from nucleiscreen.engine.runfolder import (
 from nucleiscreen.engine.scale import ScaleEstimate, plate_scales
 from nucleiscreen.engine.segmenter import Segmenter
 from nucleiscreen.errors import UserError
+from nucleiscreen.kernels.illumination import IlluminationFunction
 
 
 class Executor(Protocol):
@@ -124,7 +125,8 @@ class Run:
             self.scales = run_scales(seg, self.path, self.screen, self.options.channels.nuclei, on_scale)
         self.todo = pending_frames(self.path, self.frames, self.options.channels)
 
-    def estimate_illumination(self, on_illum: Callable | None = None) -> None:
+    def estimate_illumination(self, on_illum: Callable[[str, str, IlluminationFunction, int], None] | None = None
+                              ) -> None:
         """With ``--illum plate``, each plate's illumination function per marker channel, estimated once
         (``engine/illumination.py``) and kept in ``RUN/illum/``."""
         opts = self.options
@@ -178,7 +180,7 @@ def segment(
     on_scale: Callable[[str, ScaleEstimate], None] | None = None,
     segmenter: Segmenter | None = None,
     executor: Executor | None = None,
-    on_illum: Callable | None = None,
+    on_illum: Callable[[str, str, IlluminationFunction, int], None] | None = None,
 ) -> SegmentResult:
     """Segment every frame of the discovered screen into the run folder ``out`` (module docstring).
 
