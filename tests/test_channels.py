@@ -68,16 +68,20 @@ def test_a_field_missing_a_channel_is_listed_apart(screen, tmp_path):
 
 
 def test_the_nuclei_channel_renamed_names_every_column(screen, tmp_path, capsys):
+    """``--channels Hoechst=d0``: one option, and every column of the run and of its analysis says Hoechst."""
     out = tmp_path / "run"
-    assert main(["--quiet", "segment", str(screen.images), "--out", str(out), "--channels", "Hoechst=d0",
-                 "--objects", "--pixel-size", "model"]) == 0
+    assert main(["--quiet", "run", str(screen.images), "--layout", str(screen.layout), "--out", str(out),
+                 "--channels", "Hoechst=d0", "--objects", "--pixel-size", "model"]) == 0
     images = pl.read_parquet(out / "images" / "**" / "*.parquet")
     objects = pl.read_parquet(out / "objects" / "**" / "*.parquet")
     assert {"PathName_Hoechst", "FileName_Hoechst", "ImageQuality_FocusScore_Hoechst",
             "Mean_Nuclei_Intensity_MeanIntensity_Hoechst"} <= set(images.columns)
     assert "Intensity_MeanIntensity_Hoechst" in objects.columns
     assert not [c for c in (*images.columns, *objects.columns) if c.endswith("_DNA")]
-    capsys.readouterr()
+    wells = pl.read_parquet(out / "analysis" / "wells.parquet")
+    assert wells["nuclei_intensity_mean"].drop_nulls().len() > 20  # read from ..._MeanIntensity_Hoechst (96 px frames)
+    printed = capsys.readouterr().out
+    assert "ImageQuality_FocusScore_Hoechst" in printed  # the frame QC reads the renamed channel's measures
     # a run folder begun with other channels is refused unless --overwrite
     assert main(["--quiet", "segment", str(screen.images), "--out", str(out), "--pixel-size", "model"]) == 2
     assert "channels" in capsys.readouterr().err
