@@ -57,3 +57,18 @@ def test_bench_quick_runs_the_whole_suite_and_checks_the_backends_agree(tmp_path
     assert all(v["same_model"] >= 0.999 for v in results["backends"].values() if v["precision"] == "fp32")
     assert results["backends"]["onnxruntime unet-small-int8"]["fp32"] > 0.95
     assert "## host" in (tmp_path / "b" / "bench.md").read_text()
+
+
+def test_identity_tells_runs_apart_by_content(tmp_path, capsys):
+    """bench/identity.py: the same results under other part names are identical; a changed value is not."""
+    import polars as pl
+
+    from nucleiscreen.bench.identity import main as identity
+
+    for run, value, part in (("a", 1, "part-aaaa-00001"), ("b", 1, "part-bbbb-00007"), ("c", 2, "part-cccc-00001")):
+        folder = tmp_path / run / "images" / "plate=P"
+        folder.mkdir(parents=True)
+        pl.DataFrame({"ImageNumber": [2, 1], "Count_Nuclei": [value, 5]}).write_parquet(folder / f"{part}.parquet")
+    assert identity([str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert identity([str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert "different: images" in capsys.readouterr().out
