@@ -26,14 +26,19 @@ def _side(lx, ly, m, sign, chain):
 
 
 @numba.njit(nogil=True, cache=True)
-def _convex_areas(fx0, fx1, fid, frs, n, h):
-    """Pixels of each object's convex hull (``convex_hull_image`` with offset coordinates; ``measure.py``'s docstring).
+def _convex_areas(runs, n, h):
+    """Pixels of the convex hull of each object 1..n of ``runs`` (``convex_hull_image`` with offset coordinates;
+    ``measure.py``'s docstring).
 
     Coordinates are doubled so that every diamond corner is an integer point (X, Y) = (2x +- 1, 2y) or (2x, 2y +- 1).
     Each level Y of the corners contributes its leftmost and rightmost corner; the hull's left side is the convex
     chain of the leftmost ones, its right side that of the rightmost ones, and the pixel centres (2x, 2y) between the
     two sides are counted row by row, exactly, as fractions.
     """
+    fx0 = runs.x0
+    fx1 = runs.x1
+    fid = runs.ids
+    frs = runs.starts
     # per object: its runs in row order (a counting sort of the runs by object)
     count = np.zeros(n + 2, np.int64)
     for r in range(frs[h]):

@@ -11,17 +11,29 @@ _FAR = 1 << 30  # an x beyond every image, for the open ends of the gaps of a ro
 
 
 @numba.njit(nogil=True, cache=True)
-def _holes_of(
-    c, ymin, ymax, ors, oroot, ox0, ox1, osub, sx0, sx1, sseed, single_seed, reach,
-    gx0, gx1, gparent, gown, gflag, hy, hx0, hx1, hseed, nh,
-):  # fmt: skip
-    """Fill the holes of object component ``c`` (root run), rows ymin..ymax; append them to the hole runs.
+def _holes_of(objects, pieces, gaps, holes, c, ymin, ymax, single_seed, reach, nh):
+    """Fill the holes of object component ``c`` (root run) of the ``objects`` cut into ``pieces``, rows ymin..ymax:
+    append them to ``holes`` from index ``nh`` (``gaps``: scratch); returns the new count of holes.
 
     The gaps of each row between c's runs, and the stretches left of its first and right of its last run (outside),
     are joined with union-find to the gaps of the row above that they touch (dual connectivity: ``reach`` 0 for
     8-connected objects, 1 for 4-connected). A gap joined to no outside stretch, holding no other component's run
-    (``gflag`` bit 2: impure) and with neighbours of one seed only, is a hole of that seed.
+    (flag IMPURE) and with neighbours of one seed only, is a hole of that seed (``single_seed``: the component holds
+    one seed, so every neighbour is of it).
     """
+    ors = objects.starts
+    oroot = objects.parent
+    ox0 = objects.x0
+    ox1 = objects.x1
+    osub = objects.first_piece
+    sx0 = pieces.x0
+    sx1 = pieces.x1
+    sseed = pieces.seed
+    gx0 = gaps.x0
+    gx1 = gaps.x1
+    gparent = gaps.parent
+    gown = gaps.owner
+    gflag = gaps.flags
     OUT = 1
     IMPURE = 2
     ng = 0
@@ -107,9 +119,9 @@ def _holes_of(
             continue
         r = gparent[g]
         if gflag[r] == 0 and gown[r] > 0:
-            hy[nh] = y
-            hx0[nh] = gx0[g]
-            hx1[nh] = gx1[g]
-            hseed[nh] = gown[r]
+            holes.y[nh] = y
+            holes.x0[nh] = gx0[g]
+            holes.x1[nh] = gx1[g]
+            holes.seed[nh] = gown[r]
             nh += 1
     return nh

@@ -4,15 +4,68 @@ weight counts), and the table's columns derived from them (the definitions are `
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
 from nucleiscreen.kernels._bits import _0, _1, _u, popcount
+from nucleiscreen.kernels._perimeter import _weight_planes
 from nucleiscreen.kernels.runs import _fill16
 
 _SQRT2 = math.sqrt(2.0)
 _CORNER = (1.0 + math.sqrt(2.0)) / 2.0
+
+
+class Sums(NamedTuple):
+    """``_accumulate``'s sums, indexed by label 0..n (0 and absent labels: area 0). Coordinates are relative to the
+    object's first pixel (x0, y0) in raster order (so y0 is also its smallest y)."""
+
+    area: np.ndarray  # pixels
+    x0: np.ndarray
+    y0: np.ndarray
+    xmin: np.ndarray
+    xmax: np.ndarray
+    ymax: np.ndarray
+    sx: np.ndarray  # sum of x - x0
+    sy: np.ndarray  # sum of y - y0
+    sxx: np.ndarray  # sum of (x - x0)^2
+    syy: np.ndarray  # sum of (y - y0)^2
+    sxy: np.ndarray  # sum of (x - x0)(y - y0)
+    touches: np.ndarray  # a pixel in the first or last row or column
+    intensity_sum: np.ndarray
+    deviation_sum: np.ndarray  # sum of (intensity - the first pixel's)
+    deviation_squares: np.ndarray  # sum of (intensity - the first pixel's)^2
+    intensity_max: np.ndarray
+    border_one: np.ndarray  # border pixels of perimeter weight 1
+    border_sqrt2: np.ndarray  # of weight sqrt 2
+    border_corner: np.ndarray  # of weight (1 + sqrt 2) / 2
+
+
+class Columns(NamedTuple):
+    """The ``measure`` table's columns but Solidity, in the order of ``measure.object_schema``: one entry per label
+    present, in increasing label order."""
+
+    number: np.ndarray
+    area: np.ndarray
+    center_x: np.ndarray
+    center_y: np.ndarray
+    bbox_min_x: np.ndarray
+    bbox_min_y: np.ndarray
+    bbox_max_x: np.ndarray  # exclusive
+    bbox_max_y: np.ndarray  # exclusive
+    perimeter: np.ndarray
+    major_axis_length: np.ndarray
+    minor_axis_length: np.ndarray
+    eccentricity: np.ndarray
+    orientation: np.ndarray  # degrees
+    equivalent_diameter: np.ndarray
+    extent: np.ndarray
+    integrated_intensity: np.ndarray
+    mean_intensity: np.ndarray
+    std_intensity: np.ndarray
+    max_intensity: np.ndarray
+    touches_border: np.ndarray
 
 
 @numba.njit(nogil=True, cache=True)
@@ -22,9 +75,9 @@ def _sum_squares(m):
 
 
 @numba.njit(nogil=True, cache=True)
-def _accumulate(fx0, fx1, fid, frs, n, intensity, exact, shape, planes, nw, labels):
-    """Per-label sums over the runs, for labels 1..n (see the module docstring), in one pass that also counts the
-    perimeter weight classes (``shape``; planes from ``_weight_planes``) and paints ``labels`` (if not empty).
+def _accumulate(runs, n, intensity, exact, shape, planes, labels):
+    """``Sums`` over the ``runs`` of labels 1..n (see the module docstring), in one pass that also counts the
+    perimeter weight classes (``shape``; ``planes`` from ``_weight_planes``) and paints ``labels`` (if not empty).
 
     Coordinates are taken relative to each object's first pixel, which keeps the second moments exact in int64 and
     free of cancellation. ``exact``: the intensities are 8- or 16-bit integers, summed (and squared) in int64, and
@@ -59,9 +112,14 @@ def _accumulate(fx0, fx1, fid, frs, n, intensity, exact, shape, planes, nw, labe
     c1 = np.zeros(n + 1, np.int64)
     c2 = np.zeros(n + 1, np.int64)
     c3 = np.zeros(n + 1, np.int64)
-    w1 = planes[6]
-    w2 = planes[7]
-    w3 = planes[8]
+    fx0 = runs.x0
+    fx1 = runs.x1
+    fid = runs.ids
+    frs = runs.starts
+    nw = planes.nw
+    w1 = planes.weight_one
+    w2 = planes.weight_sqrt2
+    w3 = planes.weight_corner
     all_bits = ~_0
     for y in range(h):
         edge_row = y == 0 or y == h - 1
@@ -163,20 +221,51 @@ def _accumulate(fx0, fx1, fid, frs, n, intensity, exact, shape, planes, nw, labe
             idev[k] = jsum[k] - area[k] * jref[k]
             idev2[k] = jsq[k] - 2 * jref[k] * jsum[k] + area[k] * jref[k] * jref[k]
             imax[k] = jmax[k]
-    return area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, touches, isum, idev, idev2, imax, c1, c2, c3
+    return Sums(
+        area=area, x0=x0, y0=y0, xmin=xmin, xmax=xmax, ymax=ymax, sx=sx, sy=sy, sxx=sxx, syy=syy, sxy=sxy,
+        touches=touches, intensity_sum=isum, deviation_sum=idev, deviation_squares=idev2, intensity_max=imax,
+        border_one=c1, border_sqrt2=c2, border_corner=c3,
+    )  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True)
-def _derive(area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, touches, isum, idev, idev2, imax, c1, c2, c3):
-    """The table's columns (``measure.py``'s docstring) for the labels present, from the sums of ``_accumulate``."""
+def _columns(runs, n, touch, intensity, exact, planes, labels):
+    """The table's ``Columns`` of the objects 1..n of ``runs``: the perimeter's weight planes (``touch`` as
+    ``_weight_planes``'s), the ``Sums`` and what ``_derive`` makes of them, in one call from Python (numba types a
+    named tuple of arrays in Python at each call from Python, some microseconds; between kernels it costs nothing)."""
+    _weight_planes(runs, touch, intensity.shape[0], planes)
+    return _derive(_accumulate(runs, n, intensity, exact, True, planes, labels))
+
+
+@numba.njit(nogil=True, cache=True)
+def _derive(sums):
+    """The table's ``Columns`` (``measure.py``'s docstring) for the labels present, from ``_accumulate``'s ``Sums``."""
+    area = sums.area
+    x0 = sums.x0
+    y0 = sums.y0
+    xmin = sums.xmin
+    xmax = sums.xmax
+    ymax = sums.ymax
+    sx = sums.sx
+    sy = sums.sy
+    sxx = sums.sxx
+    syy = sums.syy
+    sxy = sums.sxy
     m = 0
     for k in range(1, area.size):
         m += area[k] > 0
-    number = np.empty(m, np.int64)
-    out_area = np.empty(m, np.int64)
-    bbox = np.empty((4, m), np.int32)
-    f = np.empty((15, m), np.float64)
-    border = np.empty(m, np.bool_)
+    c = Columns(
+        number=np.empty(m, np.int64), area=np.empty(m, np.int64),
+        center_x=np.empty(m, np.float64), center_y=np.empty(m, np.float64),
+        bbox_min_x=np.empty(m, np.int32), bbox_min_y=np.empty(m, np.int32),
+        bbox_max_x=np.empty(m, np.int32), bbox_max_y=np.empty(m, np.int32),
+        perimeter=np.empty(m, np.float64), major_axis_length=np.empty(m, np.float64),
+        minor_axis_length=np.empty(m, np.float64), eccentricity=np.empty(m, np.float64),
+        orientation=np.empty(m, np.float64), equivalent_diameter=np.empty(m, np.float64),
+        extent=np.empty(m, np.float64), integrated_intensity=np.empty(m, np.float64),
+        mean_intensity=np.empty(m, np.float64), std_intensity=np.empty(m, np.float64),
+        max_intensity=np.empty(m, np.float64), touches_border=np.empty(m, np.bool_),
+    )  # fmt: skip
     j = 0
     for k in range(1, area.size):
         if area[k] == 0:
@@ -211,25 +300,26 @@ def _derive(area, x0, y0, xmin, xmax, ymax, sx, sy, sxx, syy, sxy, touches, isum
             orientation = math.pi / 4 if mxy > 0 else -math.pi / 4
         else:
             orientation = 0.5 * math.atan2(2.0 * mxy, -dxy)
-        number[j] = k
-        out_area[j] = a
-        bbox[0, j] = xmin[k]
-        bbox[1, j] = y0[k]
-        bbox[2, j] = xmax[k] + 1
-        bbox[3, j] = ymax[k] + 1
-        f[0, j] = x0[k] + sx[k] / n
-        f[1, j] = y0[k] + sy[k] / n
-        f[2, j] = c1[k] + _SQRT2 * c2[k] + _CORNER * c3[k]
-        f[3, j] = 4 * math.sqrt(l1)
-        f[4, j] = 4 * math.sqrt(l2)
-        f[5, j] = eccentricity
-        f[6, j] = math.degrees(orientation)
-        f[7, j] = math.sqrt(4 * n / math.pi)
-        f[8, j] = n / ((xmax[k] - xmin[k] + 1) * (ymax[k] - y0[k] + 1))
-        f[9, j] = isum[k]
-        f[10, j] = isum[k] / n
-        f[11, j] = math.sqrt(max(idev2[k] / n - (idev[k] / n) ** 2, 0.0))
-        f[12, j] = imax[k]
-        border[j] = touches[k]
+        isum = sums.intensity_sum[k]
+        c.number[j] = k
+        c.area[j] = a
+        c.bbox_min_x[j] = xmin[k]
+        c.bbox_min_y[j] = y0[k]
+        c.bbox_max_x[j] = xmax[k] + 1
+        c.bbox_max_y[j] = ymax[k] + 1
+        c.center_x[j] = x0[k] + sx[k] / n
+        c.center_y[j] = y0[k] + sy[k] / n
+        c.perimeter[j] = sums.border_one[k] + _SQRT2 * sums.border_sqrt2[k] + _CORNER * sums.border_corner[k]
+        c.major_axis_length[j] = 4 * math.sqrt(l1)
+        c.minor_axis_length[j] = 4 * math.sqrt(l2)
+        c.eccentricity[j] = eccentricity
+        c.orientation[j] = math.degrees(orientation)
+        c.equivalent_diameter[j] = math.sqrt(4 * n / math.pi)
+        c.extent[j] = n / ((xmax[k] - xmin[k] + 1) * (ymax[k] - y0[k] + 1))
+        c.integrated_intensity[j] = isum
+        c.mean_intensity[j] = isum / n
+        c.std_intensity[j] = math.sqrt(max(sums.deviation_squares[k] / n - (sums.deviation_sum[k] / n) ** 2, 0.0))
+        c.max_intensity[j] = sums.intensity_max[k]
+        c.touches_border[j] = sums.touches[k]
         j += 1
-    return number, out_area, bbox, f, border
+    return c

@@ -3,20 +3,39 @@ planes, 64 pixels per word operation; ``_moments._accumulate`` counts them per o
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
 from nucleiscreen.kernels._bits import _0, _1, _63, _u
 
 
-class Planes:
-    """Bit planes for the perimeter, reused by one thread: rows of ``nw = w // 64 + 1`` words (at least one
-    always-zero column), image row y at plane row y + 2, two rows of zeros above and below."""
+class Planes(NamedTuple):
+    """Bit planes for the perimeter, reused by one thread (``planes(h, w)``): rows of ``nw = w // 64 + 1`` words (at
+    least one always-zero column), image row y at plane row y + 2, two rows of zeros above and below.
 
-    def __init__(self, h: int, w: int):
-        self.shape = (h, w)
-        self.nw = w // 64 + 1
-        self.planes = np.zeros((9, (h + 4) * self.nw), np.uint64)
+    The "same object" planes have bit x set where pixel x and a neighbour are both foreground and of one object;
+    ``_weight_planes`` says how each is made.
+    """
+
+    shape: tuple[int, int]
+    nw: int
+    foreground: np.ndarray
+    same_right: np.ndarray  # the pixel and its right neighbour
+    same_below: np.ndarray  # the pixel and the one below
+    same_below_right: np.ndarray  # the pixel and the one below right
+    same_right_below: np.ndarray  # the right neighbour and the pixel below
+    border: np.ndarray  # border pixels: a 4-neighbour outside the object
+    weight_one: np.ndarray  # border pixels of weight 1
+    weight_sqrt2: np.ndarray  # of weight sqrt 2
+    weight_corner: np.ndarray  # of weight (1 + sqrt 2) / 2
+
+
+def planes(h: int, w: int) -> Planes:
+    """New ``Planes`` for h x w frames (one allocation)."""
+    nw = w // 64 + 1
+    return Planes((h, w), nw, *np.zeros((9, (h + 4) * nw), np.uint64))
 
 
 @numba.njit(nogil=True, cache=True)
@@ -46,9 +65,10 @@ def _add4(a, b, c, d):
 
 
 @numba.njit(nogil=True, cache=True)
-def _weight_planes(fx0, fx1, fid, frs, touch, h, nw, planes):
-    """The border pixels of skimage's perimeter (``measure.py``'s docstring) in its three weight classes, as bit
-    planes 6, 7, 8 (weights 1, sqrt 2, (1 + sqrt 2) / 2), 64 pixels per word operation.
+def _weight_planes(runs, touch, h, planes):
+    """The border pixels of skimage's perimeter (``measure.py``'s docstring) of the objects ``runs``, in its three
+    weight classes, as the bit planes ``planes.weight_one``, ``weight_sqrt2``, ``weight_corner``, 64 pixels per word
+    operation.
 
     Planes (bit x of a row = pixel x): F foreground; "same object" relations Hs (pixel and its right neighbour), Vs
     (pixel and the one below), D1 (and the one below right), D2 (the right neighbour and the pixel below): the
@@ -56,15 +76,20 @@ def _weight_planes(fx0, fx1, fid, frs, touch, h, nw, planes):
     ``touch`` says objects may touch). Border pixels E; then each one's border neighbours of the same object,
     counted with bit-sliced adders. (The word loops index with uint64: no negative-index checks, so they vectorise.)
     """
-    f = planes[0]
-    hs = planes[1]
-    vs = planes[2]
-    d1 = planes[3]
-    d2 = planes[4]
-    e = planes[5]
-    w1 = planes[6]
-    w2 = planes[7]
-    w3 = planes[8]
+    fx0 = runs.x0
+    fx1 = runs.x1
+    fid = runs.ids
+    frs = runs.starts
+    nw = planes.nw
+    f = planes.foreground
+    hs = planes.same_right
+    vs = planes.same_below
+    d1 = planes.same_below_right
+    d2 = planes.same_right_below
+    e = planes.border
+    w1 = planes.weight_one
+    w2 = planes.weight_sqrt2
+    w3 = planes.weight_corner
     unw = np.uint64(nw)
     lo = np.uint64(2 * nw)  # first word of image row 0
     hi = np.uint64((h + 2) * nw)  # one past the last word of image row h - 1

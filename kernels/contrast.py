@@ -41,15 +41,29 @@ others (``postprocessing.grow_area``, ``postprocessing.grow_level``; ``grow_area
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numba
 import numpy as np
 
+from nucleiscreen.kernels._workspace import Runs
 from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA, check_class_map, instance_runs
 from nucleiscreen.kernels.runs import paint_runs
 
 INNER = 2
 OUTER = 6
 DEFAULT_CONTRAST_AREA = 300
+
+
+class Boxes(NamedTuple):
+    """Pixel count and bounding box (rows y0..y1, columns x0..x1, inclusive) of every label, indexed by label; a label
+    without pixels has area 0 and the empty box y0 = h, y1 = -1, x0 = w, x1 = -1."""
+
+    area: np.ndarray
+    y0: np.ndarray
+    y1: np.ndarray
+    x0: np.ndarray
+    x1: np.ndarray
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -62,13 +76,30 @@ def _value(image, y, x, lo, scale):
     return np.float32(min(max(v, 0.0), 1.0))
 
 
+@numba.njit(nogil=True, cache=True, inline="always")
+def _no_boxes(n, h, w):
+    """``Boxes`` of labels 0..n that have no pixels yet."""
+    return Boxes(
+        area=np.zeros(n + 1, np.int64), y0=np.full(n + 1, h, np.int64), y1=np.full(n + 1, -1, np.int64),
+        x0=np.full(n + 1, w, np.int64), x1=np.full(n + 1, -1, np.int64),
+    )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _add_run(boxes, k, y, start, end):
+    """Add the run y, start..end of label k to its ``Boxes`` (no run before it was below it)."""
+    boxes.area[k] += end - start + 1
+    boxes.y0[k] = min(boxes.y0[k], y)
+    boxes.y1[k] = y
+    boxes.x0[k] = min(boxes.x0[k], start)
+    boxes.x1[k] = max(boxes.x1[k], end)
+
+
 @numba.njit(nogil=True, cache=True)
 def _boxes_of_labels(labels, n):
-    """Area and bounding box (y0, y1, x0, x1, inclusive) of every label 1..n, by runs of one label along the rows."""
+    """``Boxes`` of the labels 0..n of a label image, by runs of one label along the rows."""
     h, w = labels.shape
-    area = np.zeros(n + 1, np.int64)
-    boxes = np.empty((n + 1, 4), np.int64)
-    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, -1, w, -1
+    boxes = _no_boxes(n, h, w)
     for y in range(h):
         x = 0
         while x < w:
@@ -79,37 +110,30 @@ def _boxes_of_labels(labels, n):
             start = x
             while x < w and labels[y, x] == k:
                 x += 1
-            _add_run(area, boxes, k, y, start, x - 1)
-    return area, boxes
+            _add_run(boxes, k, y, start, x - 1)
+    return boxes
 
 
 @numba.njit(nogil=True, cache=True)
-def _boxes_of_runs(fx0, fx1, fid, frs, n, h, w):
-    """``_boxes_of_labels`` from the runs ``instance_runs`` makes (no pass over the pixels)."""
-    area = np.zeros(n + 1, np.int64)
-    boxes = np.empty((n + 1, 4), np.int64)
-    boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3] = h, -1, w, -1
+def _boxes_of_runs(runs, n, h, w):
+    """``_boxes_of_labels`` from the ``Runs`` that ``instance_runs`` makes (no pass over the pixels)."""
+    boxes = _no_boxes(n, h, w)
+    x0 = runs.x0
+    x1 = runs.x1
+    ids = runs.ids
+    starts = runs.starts
     for y in range(h):
-        for r in range(frs[y], frs[y + 1]):
-            _add_run(area, boxes, fid[r], y, fx0[r], fx1[r])
-    return area, boxes
-
-
-@numba.njit(nogil=True, cache=True, inline="always")
-def _add_run(area, boxes, k, y, start, end):
-    area[k] += end - start + 1
-    boxes[k, 0] = min(boxes[k, 0], y)
-    boxes[k, 1] = y
-    boxes[k, 2] = min(boxes[k, 2], start)
-    boxes[k, 3] = max(boxes[k, 3], end)
+        for r in range(starts[y], starts[y + 1]):
+            _add_run(boxes, ids[r], y, x0[r], x1[r])
+    return boxes
 
 
 @numba.njit(nogil=True, cache=True)
-def _contrasts(labels, image, area, boxes, max_area, inner, outer, lo, scale):
+def _contrasts(labels, image, boxes, max_area, inner, outer, lo, scale):
     """Contrast and image sum of the objects under ``max_area`` px (inf and 0 for the others)."""
     h, w = labels.shape
+    area, y0, y1, x0, x1 = boxes.area, boxes.y0, boxes.y1, boxes.x0, boxes.x1
     n = area.size - 1
-    y0, y1, x0, x1 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
     total = np.zeros(n + 1, np.float64)
     for k in range(1, n + 1):  # the image is read only for the measured objects, inside their boxes, run by run
         if area[k] == 0 or area[k] >= max_area:
@@ -152,7 +176,7 @@ def _contrasts(labels, image, area, boxes, max_area, inner, outer, lo, scale):
 def _grow(out, classes, labels, image, grow, level, boxes, lo, scale):
     h, w = labels.shape
     for k in np.nonzero(grow)[0]:  # background pixels next to object k within its bounding box grown by one
-        y0, y1, x0, x1 = boxes[k]
+        y0, y1, x0, x1 = boxes.y0[k], boxes.y1[k], boxes.x0[k], boxes.x1[k]
         for y in range(max(y0 - 1, 0), min(y1 + 2, h)):
             for x in range(max(x0 - 1, 0), min(x1 + 2, w)):
                 if classes[y, x] != 0 or labels[y, x] != 0 or _value(image, y, x, lo, scale) < level[k]:
@@ -171,7 +195,7 @@ def _grow(out, classes, labels, image, grow, level, boxes, lo, scale):
 @numba.njit(nogil=True, cache=True)
 def _erase(out, labels, faint, boxes):
     for k in np.nonzero(faint)[0]:  # only inside the faint objects' bounding boxes
-        y0, y1, x0, x1 = boxes[k]
+        y0, y1, x0, x1 = boxes.y0[k], boxes.y1[k], boxes.x0[k], boxes.x1[k]
         for y in range(y0, y1 + 1):
             for x in range(x0, x1 + 1):
                 if labels[y, x] == k:
@@ -195,14 +219,15 @@ def object_contrast(labels: np.ndarray, image: np.ndarray, max_area: int = DEFAU
         The background ring's inner and outer margins (px) around the object's bounding box (``INNER``, ``OUTER``
         at the model's pixel size; the engine scales them, and ``max_area``, for frames at another one).
     """
-    return _contrasts_and_boxes(labels, image, max_area, ring)[0]
+    contrast, _, _ = _contrasts_and_boxes(labels, image, max_area, ring)
+    return contrast
 
 
 def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int, ring: tuple[int, int],
-                         rescale: tuple[float, float] | None = None, area_boxes: tuple | None = None) -> tuple:
-    """``object_contrast``, every label's bounding box (rows y0, y1, x0, x1, inclusive), its area and the sum of the
-    image over it (for the objects under ``max_area``; 0 for the others); ``rescale`` as ``erase_faint``'s;
-    ``area_boxes``: the areas and boxes when the caller has them (from the labels' runs), else found here."""
+                         rescale: tuple[float, float] | None = None, boxes: Boxes | None = None) -> tuple:
+    """``object_contrast``, every label's ``Boxes`` and the sum of the image over it (for the objects under
+    ``max_area``; 0 for the others); ``rescale`` as ``erase_faint``'s; ``boxes``: the boxes when the caller has them
+    (from the labels' runs), else found here."""
     if labels.shape != image.shape or labels.ndim != 2:
         raise ValueError(f"labels {labels.shape} and image {image.shape} must be 2-D arrays of one shape")
     if max_area < 1:
@@ -210,10 +235,11 @@ def _contrasts_and_boxes(labels: np.ndarray, image: np.ndarray, max_area: int, r
     if not 0 <= ring[0] < ring[1]:
         raise ValueError(f"ring must be (inner, outer) margins with 0 <= inner < outer, got {ring}")
     labels = np.ascontiguousarray(labels)
-    area, boxes = area_boxes or _boxes_of_labels(labels, int(labels.max(initial=0)))
+    if boxes is None:
+        boxes = _boxes_of_labels(labels, int(labels.max(initial=0)))
     image, lo, scale = _image(image, rescale)
-    contrast, total = _contrasts(labels, image, area, boxes, int(max_area), int(ring[0]), int(ring[1]), lo, scale)
-    return contrast, boxes, area, total
+    contrast, total = _contrasts(labels, image, boxes, int(max_area), int(ring[0]), int(ring[1]), lo, scale)
+    return contrast, boxes, total
 
 
 def _image(image: np.ndarray, rescale: tuple[float, float] | None) -> tuple[np.ndarray, float, float]:
@@ -249,7 +275,7 @@ def erase_faint(class_map: np.ndarray, labels: np.ndarray, image: np.ndarray, mi
                         grow_level, rescale)
 
 
-def _erase_faint(class_map, labels, area_boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
+def _erase_faint(class_map, labels, boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
                  grow_level, rescale) -> np.ndarray:
     if not filters(min_contrast, min_edge_area, grow_area):
         return class_map
@@ -257,12 +283,13 @@ def _erase_faint(class_map, labels, area_boxes, image, min_contrast, max_area, r
         raise ValueError(f"class map {class_map.shape} and labels {labels.shape} differ in shape")
     # contrast is measured for the objects the filter or the growth may touch (max_area 1: none, no object is under 1)
     measured = max(max_area if min_contrast > 0 else 1, grow_area)
-    contrast, boxes, area, total = _contrasts_and_boxes(labels, image, measured, ring, rescale, area_boxes)
+    contrast, boxes, total = _contrasts_and_boxes(labels, image, measured, ring, rescale, boxes)
+    area = boxes.area
     faint = (contrast < min_contrast) & (area < max_area) if min_contrast > 0 else np.zeros(len(area), bool)
     if min_edge_area > 0:
         h, w = labels.shape
-        y0, y1, x0, x1 = boxes.T
-        faint |= (area > 0) & (area < min_edge_area) & ((y0 == 0) | (x0 == 0) | (y1 == h - 1) | (x1 == w - 1))
+        edge = (boxes.y0 == 0) | (boxes.x0 == 0) | (boxes.y1 == h - 1) | (boxes.x1 == w - 1)
+        faint |= (area > 0) & (area < min_edge_area) & edge
     grow = ~faint & (area > 0) & (area < grow_area) & (contrast > 0) & np.isfinite(contrast)
     if not faint.any() and not grow.any():
         return class_map
@@ -291,8 +318,9 @@ def filter_faint(class_map: np.ndarray, image: np.ndarray, min_contrast: float, 
     labels = np.empty(class_map.shape, np.int32)
     if labels.size == 0:
         return class_map
-    fx0, fx1, fid, frs, n, _ = instance_runs(class_map, **args)
-    area_boxes = _boxes_of_runs(fx0, fx1, fid, frs, int(n), *class_map.shape)
-    paint_runs(fx0, fx1, fid, frs, labels)
-    return _erase_faint(class_map, labels, area_boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
+    x0, x1, ids, starts, n, _ = instance_runs(class_map, **args)
+    runs = Runs(x0, x1, ids, starts)
+    boxes = _boxes_of_runs(runs, int(n), *class_map.shape)
+    paint_runs(runs, labels)
+    return _erase_faint(class_map, labels, boxes, image, min_contrast, max_area, ring, min_edge_area, grow_area,
                         grow_level, rescale)

@@ -59,7 +59,7 @@ import numpy as np
 from nucleiscreen.kernels._bits import _as_words, _pack_classes, _u
 from nucleiscreen.kernels._growth import _contested_growth, _grow
 from nucleiscreen.kernels._holes import _holes_of
-from nucleiscreen.kernels._workspace import Workspace, per_thread
+from nucleiscreen.kernels._workspace import Runs, Workspace, per_thread, workspace
 from nucleiscreen.kernels.runs import _check_2d, _check_connectivity, _link_row, _roots, _row_runs, paint_runs
 
 DEFAULT_MIN_AREA = 4
@@ -67,18 +67,46 @@ DEFAULT_MAX_GROW = 8
 
 
 @numba.njit(nogil=True, cache=True)
-def _instance_runs(
-    ip, bp, cp, front, front_rows, h, w, nw, eight, max_grow, min_area,
-    ix0, ix1, iparent, iorun, irs, ox0, ox1, oparent, orow, opairs, osub, oi0, ors,
-    lab, queue, sx0, sx1, sseed, fx0, fx1, fid, frs, gx0, gx1, gparent, gown, gflag, hy, hx0, hx1, hseed, touch,
-):  # fmt: skip
-    """Steps 1-5 of the module docstring on the packed class map; the objects as runs (fx0, fx1, fid) per row.
+def _instance_runs(ws, eight, max_grow, min_area):
+    """Steps 1-5 of the module docstring on the class map packed into ``ws.planes``; the objects as ``ws.runs``.
 
-    ``touch[y]``: whether an object of row y may touch another object (8-connected objects only touch inside a
-    component that holds several seeds).
+    ``ws.touch[y]``: whether an object of row y may touch another object (8-connected objects only touch inside a
+    component that holds several seeds). Returns the number of objects.
     """
+    # (fields read into locals once: read inside the loops, they would cost time, as _workspace.py says)
+    h, w = ws.shape
+    planes = ws.planes
+    nw = planes.nw
+    ip = planes.interior
+    cp = planes.reached
+    ix0 = ws.seeds.x0
+    ix1 = ws.seeds.x1
+    iparent = ws.seeds.parent
+    iorun = ws.seeds.object_run
+    irs = ws.seeds.starts
+    ox0 = ws.objects.x0
+    ox1 = ws.objects.x1
+    oparent = ws.objects.parent
+    orow = ws.objects.row
+    opairs = ws.objects.pairs
+    oi0 = ws.objects.first_seed
+    osub = ws.objects.first_piece
+    ors = ws.objects.starts
+    sx0 = ws.pieces.x0
+    sx1 = ws.pieces.x1
+    sseed = ws.pieces.seed
+    fx0 = ws.runs.x0
+    fx1 = ws.runs.x1
+    fid = ws.runs.ids
+    frs = ws.runs.starts
+    hy = ws.holes.y
+    hx0 = ws.holes.x0
+    hx1 = ws.holes.x1
+    hseed = ws.holes.seed
+    lab = ws.owners
+    touch = ws.touch
     reach = 1 if eight else 0
-    _grow(ip, bp, cp, front, front_rows, h, nw, eight, max_grow)
+    _grow(planes, h, eight, max_grow)
 
     # 1. Seeds: runs of interior pixels. Objects so far: runs of interior + reached boundary pixels. Each row's runs
     # are joined to the row above's as they come.
@@ -112,7 +140,8 @@ def _instance_runs(
     _roots(iparent, inn)
     _roots(oparent, on)
 
-    # Seed ids 1..S in raster order of their first interior run (iparent is reused for them).
+    # Seed ids 1..S in raster order of their first interior run (iparent is reused for them: _contested_growth reads
+    # them there).
     iseed = iparent
     n_seeds = 0
     for i in range(inn):
@@ -141,9 +170,7 @@ def _instance_runs(
 
     # 2. Growth, pixel by pixel only where seeds compete.
     if n_contested:
-        _contested_growth(
-            lab, queue, ip, cp, nw, w, eight, ox0, ox1, orow, oi0, on, contested_run, ix0, ix1, iseed, irs
-        )
+        _contested_growth(ws.owners, ws.queue, planes, w, eight, ws.seeds, ws.objects, on, contested_run)
 
     # Pieces of one seed (sub-runs): one per object run, or several where seeds compete. Area and first appearance.
     area = np.zeros(n_seeds + 1, np.int64)
@@ -207,10 +234,8 @@ def _instance_runs(
     nh = 0
     for c in range(on):
         if oparent[_u(c)] == c and euler[_u(c)] < 1:
-            nh = _holes_of(
-                c, orow[c], last_row[c], ors, oparent, ox0, ox1, osub, sx0, sx1, sseed, comp_seed[c] > 0, 1 - reach,
-                gx0, gx1, gparent, gown, gflag, hy, hx0, hx1, hseed, nh,
-            )  # fmt: skip
+            single = comp_seed[c] > 0
+            nh = _holes_of(ws.objects, ws.pieces, ws.gaps, ws.holes, c, orow[c], last_row[c], single, 1 - reach, nh)
     if nh > 1:
         key = hy[:nh].astype(np.int64) * (w + 1) + hx0[:nh]
         idx = np.argsort(key)
@@ -264,7 +289,8 @@ def _instance_runs(
 
 def _packed_classes(class_map: np.ndarray, ws: Workspace) -> None:
     words, cw = _as_words(class_map)
-    if _pack_classes(words, class_map.shape[0], cw, ws.nw, ws.ip, ws.bp):
+    planes = ws.planes
+    if _pack_classes(words, class_map.shape[0], cw, planes.nw, planes.interior, planes.boundary):
         raise ValueError(
             f"class_map must hold only 0 (background), 1 (interior), 2 (boundary), found {int(class_map.max())}"
         )
@@ -277,16 +303,10 @@ def instance_runs(class_map: np.ndarray, min_area: int, connectivity: int, max_g
     whether objects of row y may touch other objects. The arrays are this thread's workspace: use them before the
     next call on this thread.
     """
-    h, w = class_map.shape
-    ws = per_thread(Workspace, h, w)
+    ws = per_thread(workspace, *class_map.shape)
     _packed_classes(class_map, ws)
-    n = _instance_runs(
-        ws.ip, ws.bp, ws.cp, ws.front, ws.front_rows, h, w, ws.nw, connectivity == 8, int(max_grow), int(min_area),
-        ws.ix0, ws.ix1, ws.iparent, ws.iorun, ws.irs, ws.ox0, ws.ox1, ws.oparent, ws.orow, ws.opairs, ws.osub, ws.oi0,
-        ws.ors, ws.lab, ws.queue, ws.sx0, ws.sx1, ws.sseed, ws.fx0, ws.fx1, ws.fid, ws.frs,
-        ws.gx0, ws.gx1, ws.gparent, ws.gown, ws.gflag, ws.hy, ws.hx0, ws.hx1, ws.hseed, ws.touch,
-    )  # fmt: skip
-    return ws.fx0, ws.fx1, ws.fid, ws.frs, n, ws.touch
+    n = _instance_runs(ws, connectivity == 8, int(max_grow), int(min_area))
+    return ws.runs.x0, ws.runs.x1, ws.runs.ids, ws.runs.starts, n, ws.touch
 
 
 def check_class_map(class_map: np.ndarray, min_area: int, connectivity: int, max_grow: int) -> None:
@@ -343,6 +363,6 @@ def instances_from_classes(
     out = np.empty(class_map.shape, np.int32)
     if out.size == 0:
         return out
-    fx0, fx1, fid, frs, _, _ = instance_runs(class_map, min_area, connectivity, max_grow)
-    paint_runs(fx0, fx1, fid, frs, out)
+    x0, x1, ids, starts, _, _ = instance_runs(class_map, min_area, connectivity, max_grow)
+    paint_runs(Runs(x0, x1, ids, starts), out)
     return out

@@ -80,14 +80,15 @@ Objects under ``micronucleus_area`` pixels are micronuclei (including nuclear fr
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 import polars as pl
 
 from nucleiscreen.kernels._convex import _convex_areas
-from nucleiscreen.kernels._moments import _accumulate, _derive
-from nucleiscreen.kernels._perimeter import Planes, _weight_planes
-from nucleiscreen.kernels._workspace import Workspace, per_thread
+from nucleiscreen.kernels._moments import _accumulate, _columns
+from nucleiscreen.kernels._perimeter import Planes, planes
+from nucleiscreen.kernels._workspace import Runs, per_thread, workspace
 from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA, check_class_map, instance_runs
 from nucleiscreen.kernels.runs import _label_runs
 
@@ -153,25 +154,28 @@ def _check_labels(labels: np.ndarray) -> None:
         raise ValueError(f"labels must be an integer array, got dtype {labels.dtype}")
 
 
-class _Runs:
-    """Objects as runs: row y's runs are x0[rs[y]:rs[y + 1]] etc.; ids 1..n; ``numbers``: the label of each id
-    (None: the id); ``touch[y]``: whether objects of row y may touch other objects."""
+class _Objects(NamedTuple):
+    """Objects as ``Runs`` with ids 1..count; ``numbers``: the label of each id (None: the id); ``touch[y]``: whether
+    objects of row y may touch other objects."""
 
-    def __init__(self, x0, x1, ids, rs, n, numbers, touch):
-        self.x0, self.x1, self.ids, self.rs, self.n, self.numbers, self.touch = x0, x1, ids, rs, n, numbers, touch
-
-
-def _no_runs(h: int) -> _Runs:
-    return _Runs(*(np.zeros(1, np.int32) for _ in range(3)), np.zeros(h + 1, np.int64), 0, None, np.ones(h, bool))
+    runs: Runs
+    count: int
+    numbers: np.ndarray | None
+    touch: np.ndarray
 
 
-def _runs_of_labels(labels: np.ndarray) -> _Runs:
+def _no_objects(h: int) -> _Objects:
+    runs = Runs(*(np.zeros(1, np.int32) for _ in range(3)), starts=np.zeros(h + 1, np.int64))
+    return _Objects(runs, 0, None, np.ones(h, bool))
+
+
+def _objects_of_labels(labels: np.ndarray) -> _Objects:
     """The runs of a validated label image; huge or sparse ids are compacted (per-id arrays are sized by the id)."""
     h, w = labels.shape
     if labels.size == 0:
-        return _no_runs(h)
-    ws = per_thread(Workspace, h, w)
-    _, lo, hi = _label_runs(labels, ws.fx0, ws.fx1, ws.fid, ws.frs)
+        return _no_objects(h)
+    runs = per_thread(workspace, h, w).runs
+    _, lo, hi = _label_runs(labels, runs)
     unsigned = labels.dtype.kind == "u"  # a uint64 id >= 2^63 reads as negative in the kernel
     if lo < 0 and not unsigned:
         raise ValueError("labels must be >= 0 (0 = background)")
@@ -181,43 +185,36 @@ def _runs_of_labels(labels: np.ndarray) -> _Runs:
         ids, inverse = np.unique(labels, return_inverse=True)
         compact = inverse.reshape(labels.shape).astype(np.int32) + (1 if ids[0] != 0 else 0)
         numbers = ids if ids[0] == 0 else np.concatenate([[0], ids])
-        _, _, hi = _label_runs(compact, ws.fx0, ws.fx1, ws.fid, ws.frs)
-    return _Runs(ws.fx0, ws.fx1, ws.fid, ws.frs, int(hi), numbers, np.ones(h, bool))
+        _, _, hi = _label_runs(compact, runs)
+    return _Objects(runs, int(hi), numbers, np.ones(h, bool))
 
 
-def _runs_of_classes(class_map: np.ndarray, min_area: int, connectivity: int, max_grow: int) -> _Runs:
-    x0, x1, ids, rs, n, touch = instance_runs(class_map, min_area, connectivity, max_grow)
-    return _Runs(x0, x1, ids, rs, int(n), None, touch)
+def _objects_of_classes(class_map: np.ndarray, min_area: int, connectivity: int, max_grow: int) -> _Objects:
+    x0, x1, ids, starts, n, touch = instance_runs(class_map, min_area, connectivity, max_grow)
+    return _Objects(Runs(x0, x1, ids, starts), int(n), None, touch)
 
 
 _NO_LABELS = np.zeros((0, 0), np.int32)
 
 
-def _sums(runs: _Runs, intensity: np.ndarray, shape: bool, labels: np.ndarray | None) -> tuple:
-    """``_accumulate``'s sums (after ``_weight_planes`` if ``shape``), painting ``labels`` if given."""
-    h, w = intensity.shape
+def _kernel_inputs(intensity: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, Planes, np.ndarray]:
+    """The intensity as the kernels take it, this thread's ``Planes``, and the label image to paint (empty: none)."""
     # (numba has no float16 arithmetic; float32 holds every float16 exactly)
     intensity = np.ascontiguousarray(intensity, np.float32 if intensity.dtype == np.float16 else None)
-    planes = per_thread(Planes, h, w)
-    if shape:
-        _weight_planes(runs.x0, runs.x1, runs.ids, runs.rs, runs.touch, h, planes.nw, planes.planes)
-    return _accumulate(
-        runs.x0, runs.x1, runs.ids, runs.rs, runs.n, intensity, _exact(intensity), shape, planes.planes, planes.nw,
-        _NO_LABELS if labels is None else labels,
-    )  # fmt: skip
+    return intensity, per_thread(planes, *intensity.shape), _NO_LABELS if labels is None else labels
 
 
-def _table(runs: _Runs, intensity: np.ndarray, channel: str, solidity: bool, labels=None) -> pl.DataFrame:
-    acc = _sums(runs, intensity, True, labels)
-    number, area, bbox, f, touches = _derive(*acc)
-    if runs.numbers is not None:
-        number = runs.numbers[number]
-    columns = [number, area, f[0], f[1], *bbox, *f[2:13], touches]
+def _table(objects: _Objects, intensity: np.ndarray, channel: str, solidity: bool, labels=None) -> pl.DataFrame:
+    intensity, bits, labels = _kernel_inputs(intensity, labels)
+    columns = _columns(objects.runs, objects.count, objects.touch, intensity, _exact(intensity), bits, labels)
+    convex = _convex_areas(objects.runs, objects.count, intensity.shape[0])[columns.number] if solidity else None
+    if objects.numbers is not None:
+        columns = columns._replace(number=objects.numbers[columns.number])
+    values = list(columns)  # in the order of object_schema
     if solidity:
-        convex = _convex_areas(runs.x0, runs.x1, runs.ids, runs.rs, runs.n, intensity.shape[0])[acc[0] > 0]
-        columns += [convex, area / convex]
+        values += [convex, columns.area / convex]
     names = object_schema(channel, solidity)  # the columns already have its dtypes
-    return pl.DataFrame([pl.Series(name, col) for name, col in zip(names, columns, strict=True)])
+    return pl.DataFrame([pl.Series(name, col) for name, col in zip(names, values, strict=True)])
 
 
 def _summary(
@@ -238,11 +235,13 @@ def _summary(
     }
 
 
-def _frame_summary(runs: _Runs, intensity: np.ndarray, micronucleus_area: int, channel: str, labels=None) -> dict:
-    acc = _sums(runs, intensity, False, labels)
-    present = acc[0][1:] > 0
-    area = acc[0][1:][present]
-    return _summary(area, acc[11][1:][present], acc[12][1:][present] / area, micronucleus_area, channel)
+def _frame_summary(objects: _Objects, intensity: np.ndarray, micronucleus_area: int, channel: str, labels=None) -> dict:
+    intensity, bits, labels = _kernel_inputs(intensity, labels)
+    sums = _accumulate(objects.runs, objects.count, intensity, _exact(intensity), False, bits, labels)
+    present = sums.area[1:] > 0
+    area = sums.area[1:][present]
+    mean_intensity = sums.intensity_sum[1:][present] / area
+    return _summary(area, sums.touches[1:][present], mean_intensity, micronucleus_area, channel)
 
 
 # --- public API ----------------------------------------------------------------------------------------------------
@@ -276,7 +275,7 @@ def measure(labels: np.ndarray, intensity: np.ndarray, channel: str = "DNA", sol
     """
     _check_labels(labels)
     intensity = _check_intensity(intensity, labels.shape)
-    return _table(_runs_of_labels(labels), intensity, channel, solidity)
+    return _table(_objects_of_labels(labels), intensity, channel, solidity)
 
 
 def summarize_frame(
@@ -314,7 +313,7 @@ def summarize_frame(
     """
     _check_labels(labels)
     intensity = _check_intensity(intensity, labels.shape)
-    return _frame_summary(_runs_of_labels(labels), intensity, micronucleus_area, channel)
+    return _frame_summary(_objects_of_labels(labels), intensity, micronucleus_area, channel)
 
 
 def summarize_objects(
@@ -331,13 +330,14 @@ def summarize_objects(
 
 
 def _segment(class_map, intensity, min_area, connectivity, max_grow, label_image):
-    """Validated inputs as (runs, empty label image or None, intensity); the label image is painted when measured."""
+    """Validated inputs as (objects, empty label image or None, intensity); the label image is painted when
+    measured."""
     check_class_map(class_map, min_area, connectivity, max_grow)
     intensity = _check_intensity(intensity, class_map.shape)
     if class_map.size == 0:
-        return _no_runs(class_map.shape[0]), np.zeros(class_map.shape, np.int32) if label_image else None, intensity
-    runs = _runs_of_classes(class_map, min_area, connectivity, max_grow)
-    return runs, np.empty(class_map.shape, np.int32) if label_image else None, intensity
+        return _no_objects(class_map.shape[0]), np.zeros(class_map.shape, np.int32) if label_image else None, intensity
+    objects = _objects_of_classes(class_map, min_area, connectivity, max_grow)
+    return objects, np.empty(class_map.shape, np.int32) if label_image else None, intensity
 
 
 def segment_and_measure(
@@ -373,8 +373,8 @@ def segment_and_measure(
     ValueError
         As ``instances_from_classes`` and ``measure``.
     """
-    runs, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
-    return labels, _table(runs, intensity, channel, solidity, labels)
+    objects, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
+    return labels, _table(objects, intensity, channel, solidity, labels)
 
 
 def segment_and_summarize(
@@ -410,8 +410,8 @@ def segment_and_summarize(
     ValueError
         As ``instances_from_classes`` and ``measure``.
     """
-    runs, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
-    return labels, _frame_summary(runs, intensity, micronucleus_area, channel, labels)
+    objects, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
+    return labels, _frame_summary(objects, intensity, micronucleus_area, channel, labels)
 
 
 def typical_area(labels: Sequence[np.ndarray]) -> tuple[float | None, int]:

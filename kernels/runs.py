@@ -1,9 +1,9 @@
 """Runs (maximal horizontal stretches of one object in a row): images cut into runs and painted back, and connected
 components labelled as runs.
 
-The kernels pass objects around as runs: row y's runs are ``x0[rs[y]:rs[y + 1]]``, ``x1[...]`` (inclusive) and
-``id[...]``, in x order. ``_row_runs`` cuts the rows of a bit plane into runs, ``_label_runs`` those of a label image,
-and ``paint_runs`` writes runs into a label image.
+The kernels pass objects around as runs (``_workspace.Runs``): row y's runs are ``x0[starts[y]:starts[y + 1]]``,
+``x1[...]`` (inclusive) and ``ids[...]``, in x order. ``_row_runs`` cuts the rows of a bit plane into runs,
+``_label_runs`` those of a label image, and ``paint_runs`` writes runs into a label image.
 
 ``connected_components`` labels the runs of foreground pixels with union-find between adjacent rows. Equivalences
 are linked towards the smaller run index, so each component's root is its first run in raster order and the labels
@@ -29,7 +29,7 @@ from nucleiscreen.kernels._bits import (
     _pack_nonzero_bytes,
     _u,
 )
-from nucleiscreen.kernels._workspace import Workspace, per_thread
+from nucleiscreen.kernels._workspace import per_thread, workspace
 
 
 @numba.njit(nogil=True, cache=True)
@@ -120,8 +120,8 @@ def _fill16(flat, i, end, v):
 
 
 @numba.njit(nogil=True, cache=True)
-def paint_runs(fx0, fx1, fid, frs, out):
-    """Write the runs (x0, x1, id) of each row into ``out``, 0 elsewhere.
+def paint_runs(runs, out):
+    """Write the ``Runs`` of each row into ``out`` (their ids), 0 elsewhere.
 
     Left to right in whole stores of 16 pixels, each stretch overwriting what the last one wrote past its end (a
     run costs a store or two instead of a loop with a remainder); the last rows, with no 16 pixels after them,
@@ -129,26 +129,38 @@ def paint_runs(fx0, fx1, fid, frs, out):
     """
     h, w = out.shape
     flat = out.reshape(-1)
+    x0 = runs.x0
+    x1 = runs.x1
+    ids = runs.ids
+    starts = runs.starts
     for y in range(h):
         b = y * w
         x = 0
         if b + w + 16 <= flat.size:
-            for r in range(frs[y], frs[y + 1]):
-                _fill16(flat, _u(b + x), _u(b + fx0[r]), 0)
-                _fill16(flat, _u(b + fx0[r]), _u(b + fx1[r] + 1), fid[r])
-                x = fx1[r] + 1
+            for r in range(starts[y], starts[y + 1]):
+                _fill16(flat, _u(b + x), _u(b + x0[r]), 0)
+                _fill16(flat, _u(b + x0[r]), _u(b + x1[r] + 1), ids[r])
+                x = x1[r] + 1
             _fill16(flat, _u(b + x), _u(b + w), 0)
         else:
-            for r in range(frs[y], frs[y + 1]):
-                flat[b + x : b + fx0[r]] = 0
-                flat[b + fx0[r] : b + fx1[r] + 1] = fid[r]
-                x = fx1[r] + 1
+            for r in range(starts[y], starts[y + 1]):
+                flat[b + x : b + x0[r]] = 0
+                flat[b + x0[r] : b + x1[r] + 1] = ids[r]
+                x = x1[r] + 1
             flat[b + x : b + w] = 0
 
 
 @numba.njit(nogil=True, cache=True)
-def _component_runs(ip, h, nw, eight, x0, x1, parent, rs, fx0, fx1, fid, frs):
-    """Runs of the connected components of the bit plane ``ip``, numbered in raster order of their first pixel."""
+def _component_runs(ip, h, nw, eight, objects, runs):
+    """``runs``: the connected components of the bit plane ``ip``, numbered in raster order of their first pixel
+    (labelled as ``objects``, a ``Workspace``'s)."""
+    x0 = objects.x0
+    x1 = objects.x1
+    parent = objects.parent
+    rs = objects.starts
+    fx0 = runs.x0
+    fx1 = runs.x1
+    fid = runs.ids
     n = 0
     reach = 1 if eight else 0
     for y in range(h):
@@ -166,13 +178,13 @@ def _component_runs(ip, h, nw, eight, x0, x1, parent, rs, fx0, fx1, fid, frs):
             fid[r] = fid[parent[r]]
         fx0[r] = x0[r]
         fx1[r] = x1[r]
-    frs[: h + 1] = rs[: h + 1]
+    runs.starts[: h + 1] = rs[: h + 1]
     return m
 
 
 @numba.njit(nogil=True, cache=True)
-def _label_runs(labels, fx0, fx1, fid, frs):
-    """Cut a label image into runs of one nonzero label per row. Returns (count, smallest label, largest label).
+def _label_runs(labels, runs):
+    """Cut a label image into ``runs`` of one nonzero label per row. Returns (count, smallest label, largest label).
 
     Where a row changes label is marked in a byte per pixel (a loop the compiler vectorises), packed 8 to a byte and
     visited with trailing-zero counts, so long runs cost a few operations per 64 pixels.
@@ -183,6 +195,10 @@ def _label_runs(labels, fx0, fx1, fid, frs):
     change64 = change.view(np.uint64)
     bits = np.zeros(nb, np.uint8)
     bits64 = bits.view(np.uint64)
+    fx0 = runs.x0
+    fx1 = runs.x1
+    fid = runs.ids
+    frs = runs.starts
     n = 0
     lo = 0
     hi = 0
@@ -260,12 +276,12 @@ def connected_components(mask: np.ndarray, connectivity: int = 8) -> np.ndarray:
     out = np.empty((h, w), np.int32)
     if out.size == 0:
         return out
-    ws = per_thread(Workspace, h, w)
+    ws = per_thread(workspace, h, w)
     if mask.dtype.itemsize == 1:
         words, cw = _as_words(mask.view(np.uint8))
-        _pack_nonzero_bytes(words, h, cw, ws.nw, ws.ip)
+        _pack_nonzero_bytes(words, h, cw, ws.planes.nw, ws.planes.interior)
     else:
-        _pack_nonzero(mask, ws.nw, ws.ip)
-    _component_runs(ws.ip, h, ws.nw, eight, ws.ox0, ws.ox1, ws.oparent, ws.ors, ws.fx0, ws.fx1, ws.fid, ws.frs)
-    paint_runs(ws.fx0, ws.fx1, ws.fid, ws.frs, out)
+        _pack_nonzero(mask, ws.planes.nw, ws.planes.interior)
+    _component_runs(ws.planes.interior, h, ws.planes.nw, eight, ws.objects, ws.runs)
+    paint_runs(ws.runs, out)
     return out
