@@ -254,7 +254,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
     elif what == "host":
         from nucleiscreen.bench.host import main as bench_host
 
-        bench_host(cores=a.threads, **given)
+        bench_host(cores=a.threads, channels=a.channels or 1, **given)
     elif what == "gpu":
         from nucleiscreen.bench.gpu import main as bench_gpu
 
@@ -580,6 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="alone: every benchmark, small (under 2 minutes); gpu: fewer batch sizes and frames")
     p.add_argument("--size", type=int, help=f"frame size in px (default: the CX7's, {FRAME_SIZE})")
+    p.add_argument("--channels", type=int, help="host: channels per field, 1 or 3 (the Hoechst frame and two markers, "
+                                                "every one measured) (default: 1)")
     _engine_options(p, pixel_size=False)
     p.set_defaults(func=cmd_bench)
     return parser

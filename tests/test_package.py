@@ -4,8 +4,6 @@
 import importlib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("engine", "kernels", "trainer", "bench")
 
