@@ -35,7 +35,6 @@ from nucleiscreen.engine.runfolder import PartWriter, write_labels
 from nucleiscreen.engine.scale import ScaleEstimate
 from nucleiscreen.engine.segmenter import Frame, FrameCheckError, Pending, Segmenter
 from nucleiscreen.errors import StorageError, UserError
-from nucleiscreen.kernels.illumination import correct
 from nucleiscreen.kernels.measure import DEFAULT_MICRONUCLEUS_AREA
 from nucleiscreen.kernels.postprocess import OVERRIDABLE
 from nucleiscreen.kernels.quality import frame_quality
@@ -175,7 +174,7 @@ class Scheduler:
                 raw = read_marker(frame_path(rec, name), name, frame.raw.shape)
                 frame.quality.update(frame_quality(raw, None, name))
                 function = self.illum.for_frame(rec["Metadata_Plate"], name) if self.illum is not None else None
-                frame.markers[name] = correct(raw, *function) if function is not None else raw
+                frame.markers[name] = (raw, function)  # corrected as it is measured
         except FrameReadError as exc:
             frame = exc
         self._spent("decode", t)

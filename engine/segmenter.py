@@ -50,7 +50,8 @@ class Frame:
     input: np.ndarray  # what the backend is given: the normalized network input, or the raw frame (raw_input)
     rescale: tuple[float, float] | None  # (lo, scale) of the normalization for uint8/uint16 frames, else None
     quality: dict[str, float]  # ImageQuality_* (kernels/quality.py), of every channel read
-    markers: dict[str, np.ndarray] = field(default_factory=dict)  # the field's other channels, as measured
+    # the field's other channels: each raw frame and its illumination correction (background, 1 / flat, b0) or None
+    markers: dict[str, tuple[np.ndarray, tuple | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -198,11 +199,13 @@ class Segmenter:
 
     def measure(self, classes: np.ndarray, raw: np.ndarray, objects: bool, labels: bool, micronucleus_area: int,
                 rescale: tuple[float, float] | None = None, channel: str = NUCLEI,
-                markers: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
+                markers: dict[str, tuple[np.ndarray, tuple | None]] | None = None,
+                ) -> tuple[np.ndarray | None, dict, pl.DataFrame | None]:
         """Nuclei of a class map measured on the raw frame (the ``channel`` named) in one pass (the fused kernels):
         the label image (None unless ``labels``), the image-table values and, with ``objects``, the per-nucleus
-        table. ``markers``: the field's other channels (named), measured in the same nuclei (``measure_channel``);
-        with them the nuclei channel's own frame mean, and per nucleus its min and median intensity, are added."""
+        table. ``markers``: the field's other channels (named: the raw frame and its illumination correction or
+        None), measured in the same nuclei (``measure_channel``); with them the nuclei channel's own frame mean, and
+        per nucleus its min and median intensity, are added."""
         classes = self.filtered(classes, raw, rescale)
         args = self.post.instance_args
         paint = labels or markers is not None
@@ -216,9 +219,9 @@ class Segmenter:
         if markers is not None:
             n = table.height if table is not None else int(lab.max(initial=0))
             columns = {}
-            for name, image in ((channel, raw), *markers.items()):
+            for name, (image, flat) in ((channel, (raw, None)), *markers.items()):
                 own = ("MinIntensity", "MedianIntensity") if name == channel else FEATURES
-                values, per_object = measure_channel(lab, n, image, name, micronucleus_area, objects, own)
+                values, per_object = measure_channel(lab, n, image, name, micronucleus_area, objects, own, flat)
                 summary.update({k: v for k, v in values.items() if k not in summary})  # the fused kernel's first
                 columns.update(per_object or {})
             if table is not None:

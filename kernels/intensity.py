@@ -28,7 +28,8 @@ FEATURES = ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensit
 
 class ObjectIntensities(NamedTuple):
     """Per object 1..n (index i is object i + 1): its area, whether it touches the image's border, and the
-    intensity features (``FEATURES``; NaN for an id with no pixel)."""
+    intensity features (``FEATURES``; NaN for an id with no pixel, or for a feature not asked for); and the mean of
+    the whole image (``image_mean``, CellProfiler's MeasureImageIntensity ``MeanIntensity``)."""
 
     area: np.ndarray  # int64
     touches: np.ndarray  # bool
@@ -38,22 +39,56 @@ class ObjectIntensities(NamedTuple):
     minimum: np.ndarray
     maximum: np.ndarray
     median: np.ndarray
+    image_mean: float
 
     def features(self) -> dict[str, np.ndarray]:
         """The features by their CellProfiler names (without the ``Intensity_`` prefix and channel suffix)."""
         return dict(zip(FEATURES, (self.integrated, self.mean, self.std, self.minimum, self.maximum, self.median)))
 
 
+class _Flat(NamedTuple):
+    """An illumination correction applied as values are read, ``b0 + (raw - background) * inverse``
+    (``kernels/illumination.py``); ``on`` False reads the values as they are."""
+
+    background: np.ndarray
+    inverse: np.ndarray
+    b0: float
+    on: bool
+
+
+class _Sums(NamedTuple):
+    area: np.ndarray
+    total: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    touches: np.ndarray
+
+
+_NO_MAP = np.zeros((1, 1), np.float32)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _value(image, flat, y, x):
+    v = np.float64(image[y, x])
+    if flat.on:
+        v = flat.b0 + (v - flat.background[y, x]) * flat.inverse[y, x]
+    return v
+
+
 @numba.njit(nogil=True, cache=True)
-def _sums(labels, image, n, area, total, low, high, touches):
+def _sums(labels, image, flat, n, sums):
+    """One pass: each object's area, sum, extremes and border contact, and the whole image's sum."""
+    area, total, low, high, touches = sums.area, sums.total, sums.low, sums.high, sums.touches
     h, w = labels.shape
+    everything = 0.0
     for y in range(h):
         edge_row = y == 0 or y == h - 1
         for x in range(w):
+            v = _value(image, flat, y, x)
+            everything += v
             k = labels[y, x]
             if k <= 0 or k > n:
                 continue
-            v = np.float64(image[y, x])
             area[k] += 1
             total[k] += v
             if v < low[k]:
@@ -62,10 +97,11 @@ def _sums(labels, image, n, area, total, low, high, touches):
                 high[k] = v
             if edge_row or x == 0 or x == w - 1:
                 touches[k] = True
+    return everything
 
 
 @numba.njit(nogil=True, cache=True)
-def _deviations(labels, image, n, mean, squares, starts, values):
+def _deviations(labels, image, flat, n, mean, squares, starts, values):
     """The squared deviations from each object's mean, and (``values`` not empty) its pixels grouped by object."""
     h, w = labels.shape
     fill = starts.copy()
@@ -75,7 +111,7 @@ def _deviations(labels, image, n, mean, squares, starts, values):
             k = labels[y, x]
             if k <= 0 or k > n:
                 continue
-            v = np.float64(image[y, x])
+            v = _value(image, flat, y, x)
             d = v - mean[k]
             squares[k] += d * d
             if group:
@@ -91,8 +127,9 @@ def _medians(values, starts, out):
             out[k] = np.median(values[a:b])
 
 
-def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = None,
-                       median: bool = True) -> ObjectIntensities:
+def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = None, median: bool = True,
+                       spread: bool = True,
+                       illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> ObjectIntensities:
     """The intensity features of objects 1..``n`` of ``labels`` measured on ``image``.
 
     Parameters
@@ -105,6 +142,12 @@ def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = No
         The number of objects (default: the largest label).
     median : bool
         Compute ``MedianIntensity`` (its pixels grouped and sorted per object); NaN without.
+    spread : bool
+        Compute ``StdIntensity`` (a second pass; with ``median`` too); NaN without: the sums, extremes and means
+        take one pass over the image.
+    illumination : (background, inverse, b0), optional
+        Measure ``b0 + (image - background) * inverse`` (``IlluminationFunction.at_frame_size``'s arrays and
+        ``b0``) without making that image: the correction is applied to each value as it is read.
 
     Returns
     -------
@@ -117,27 +160,36 @@ def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = No
     n = int(labels.max(initial=0)) if n is None else int(n)
     labels = np.ascontiguousarray(labels)
     image = np.ascontiguousarray(image, np.float32 if image.dtype == np.float16 else None)
-    area = np.zeros(n + 1, np.int64)
-    total = np.zeros(n + 1)
-    low = np.full(n + 1, np.inf)
-    high = np.full(n + 1, -np.inf)
-    touches = np.zeros(n + 1, np.bool_)
-    _sums(labels, image, n, area, total, low, high, touches)
+    if illumination is not None:
+        background, inverse, b0 = illumination
+        if background.shape != image.shape or inverse.shape != image.shape:
+            raise ValueError(f"illumination function {inverse.shape} and image {image.shape} differ in shape")
+        flat = _Flat(np.ascontiguousarray(background, np.float32), np.ascontiguousarray(inverse, np.float32),
+                     float(b0), True)
+    else:
+        flat = _Flat(_NO_MAP, _NO_MAP, 0.0, False)
+    sums = _Sums(np.zeros(n + 1, np.int64), np.zeros(n + 1), np.full(n + 1, np.inf), np.full(n + 1, -np.inf),
+                 np.zeros(n + 1, np.bool_))
+    everything = _sums(labels, image, flat, n, sums)
+    area, total, low, high, touches = sums
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = total / area
-    starts = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
-    values = np.empty(int(starts[-1]) if median else 0)
-    squares = np.zeros(n + 1)
-    _deviations(labels, image, n, mean, squares, starts, values)
+    squares = np.full(n + 1, np.nan)
     medians = np.full(n + 1, np.nan)
-    if median:
-        _medians(values, starts, medians)
+    if spread or median:
+        starts = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
+        values = np.empty(int(starts[-1]) if median else 0)
+        squares[:] = 0.0
+        _deviations(labels, image, flat, n, mean, squares, starts, values)
+        if median:
+            _medians(values, starts, medians)
     empty = area == 0
     with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.sqrt(squares / area)
+        std = np.sqrt(squares / area) if spread else np.full(n + 1, np.nan)
     low[empty] = high[empty] = np.nan
     total = np.where(empty, np.nan, total)
-    return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:])
+    return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:],
+                             everything / image.size if image.size else float("nan"))
 
 
 def channel_columns(channel: str, objects: bool, features: tuple[str, ...] = FEATURES) -> dict[str, pl.DataType]:
@@ -150,14 +202,17 @@ def channel_columns(channel: str, objects: bool, features: tuple[str, ...] = FEA
 
 
 def measure_channel(labels: np.ndarray, n: int, image: np.ndarray, channel: str, micronucleus_area: int,
-                    objects: bool, features: tuple[str, ...] = FEATURES) -> tuple[dict, dict | None]:
+                    objects: bool, features: tuple[str, ...] = FEATURES,
+                    illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> tuple[dict, dict | None]:
     """A channel measured in the nuclei ``labels`` (objects 1..``n``): the image-table values (the frame's mean
     intensity, CellProfiler's MeasureImageIntensity ``Intensity_MeanIntensity_<channel>``, and the mean over the
     nuclei counted in ``Mean_Nuclei_AreaShape_Area`` -- at least ``micronucleus_area`` px, off the border -- of their
-    ``MeanIntensity``) and, with ``objects``, the ``features`` per nucleus as columns (``channel_columns``)."""
-    stats = object_intensities(labels, image, n, median=objects and "MedianIntensity" in features)
+    ``MeanIntensity``) and, with ``objects``, the ``features`` per nucleus as columns (``channel_columns``); one pass
+    over the image for the image table alone. ``illumination``: as for ``object_intensities``."""
+    stats = object_intensities(labels, image, n, median=objects and "MedianIntensity" in features,
+                               spread=objects and "StdIntensity" in features, illumination=illumination)
     kept = (stats.area >= micronucleus_area) & ~stats.touches
-    summary = {f"Intensity_MeanIntensity_{channel}": float(image.mean(dtype=np.float64)),
+    summary = {f"Intensity_MeanIntensity_{channel}": stats.image_mean,
                f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": float(stats.mean[kept].mean()) if kept.any()
                else None}
     if not objects:

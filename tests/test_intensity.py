@@ -63,3 +63,20 @@ def test_absent_ids_border_and_no_median():
     assert object_intensities(labels, image, n=1).area.size == 1
     with pytest.raises(ValueError, match="one shape"):
         object_intensities(labels, image[:5])
+
+
+def test_illumination_applied_as_read_equals_the_corrected_image(frames):
+    from nucleiscreen.kernels.illumination import correct
+
+    image, labels = frames[0]
+    rng = np.random.default_rng(3)
+    background = rng.uniform(250, 350, image.shape).astype(np.float32)
+    inverse = rng.uniform(0.7, 1.0, image.shape).astype(np.float32)
+    on_the_fly = object_intensities(labels, image, illumination=(background, inverse, 310.0))
+    made = object_intensities(labels, correct(image, background, inverse, 310.0).astype(np.float64))
+    for name, value in on_the_fly.features().items():
+        np.testing.assert_allclose(value, made.features()[name], rtol=1e-6, err_msg=name)
+    assert on_the_fly.image_mean == pytest.approx(made.image_mean, rel=1e-6)
+    quick = object_intensities(labels, image, median=False, spread=False)
+    assert np.isnan(quick.std).all() and np.isnan(quick.median).all()
+    np.testing.assert_array_equal(quick.mean, object_intensities(labels, image).mean)
