@@ -1,6 +1,7 @@
 """Channels as data: ``--channels NAME=TOKEN`` names a screen's channels, every column of a channel carries its name,
 and a wrong option is one line before anything is written."""
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -125,3 +126,24 @@ def test_rules_on_marker_readouts_call_the_planted_genes_and_lipa(tmp_path, fmt,
     otp = controls.filter(pl.col("control_name") == "OTP").row(0, named=True)
     assert otp["wells_pass_lmp"] == 0
     assert "Readouts: lyso_intensity = nuclei_mean(Intensity_MeanIntensity_Lyso)" in capsys.readouterr().out
+
+
+def test_a_bad_marker_frame_fails_its_field_only(screen, tmp_path):
+    """A corrupt marker file fails its field at decode, a marker frame of another size at check, each with the
+    channel named; every other field is segmented."""
+    import shutil
+
+    import tifffile
+
+    images = tmp_path / "images"
+    shutil.copytree(screen.images, images)
+    lyso = sorted(images.rglob("*d1.tif"))
+    lyso[3].write_bytes(b"II*\x00" + b"\x01" * 10)
+    tifffile.imwrite(sorted(images.rglob("*d2.tif"))[7], np.zeros((50, 60), np.uint16))
+    out = tmp_path / "run"
+    assert main(["--quiet", "segment", str(images), "--out", str(out), "--channels", "DNA=d0,Lyso=d1,Cell=d2",
+                 "--pixel-size", "model", "--illum", "none"]) == 0
+    errors = pl.read_parquet(out / "errors" / "*.parquet").sort("Stage")
+    assert errors.select("Stage").to_series().to_list() == ["check", "decode"]
+    assert "Cell frame is 60x50" in errors["Error"][0] and errors["Error"][1].startswith("Lyso channel:")
+    assert pl.read_parquet(out / "images" / "**" / "*.parquet").height == 382

@@ -37,6 +37,7 @@ from nucleiscreen.engine.screen.plates import normalize_plates
 from nucleiscreen.engine.screen.qc import Z_PRIME_MIN, FrameQC, plate_qc
 from nucleiscreen.engine.screen.readouts import Readout, check_readouts, default_readouts
 from nucleiscreen.engine.screen.report import example_frames, write_report
+from nucleiscreen.engine.screen.report.page import picked
 from nucleiscreen.engine.screen.report.text import format_table
 from nucleiscreen.engine.screen.rules import DEFAULT_RULES, HitRule
 from nucleiscreen.engine.screen.wells import aggregate_wells
@@ -191,7 +192,7 @@ CONTROL_COLUMNS = ["role", "control_name", "reference", "wells", "nuclei_per_fie
 def format_summary(result: AnalysisResult) -> str:
     """The terminal summary: hit table, control table (controls are never hits), plate QC, where the files are."""
     def pick(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
-        return df.select([c for c in cols if c in df.columns] + [c for c in df.columns if c.startswith("wells_pass")])
+        return df.select(picked(df, cols))
 
     lines = ["Hits (genes passing a hit rule; sample wells only; fold changes are medians over the gene's wells):",
              format_table(pick(result.hits, HIT_COLUMNS)),

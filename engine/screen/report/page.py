@@ -193,8 +193,15 @@ def _nuclei(n: int | None) -> str:
 
 
 def _pick(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
-    """The named columns that ``df`` has, then its rule pass counts."""
-    return df.select([c for c in columns if c in df.columns] + [c for c in df.columns if c.startswith("wells_pass")])
+    """The named columns that ``df`` has, then its readouts' fold changes, then its rule pass counts."""
+    return df.select(picked(df, columns))
+
+
+def picked(df: pl.DataFrame, columns: Sequence[str]) -> list[str]:
+    """``columns`` that ``df`` has, then its readouts' fold changes (``<name>_fc`` columns beyond them: see
+    ``engine/screen/readouts.py``), then its rule pass counts: what a summary table of it shows."""
+    readouts = [c for c in df.columns if c.endswith("_fc") and not c.startswith("log2_") and c not in columns]
+    return [c for c in columns if c in df.columns] + readouts + [c for c in df.columns if c.startswith("wells_pass")]
 
 
 def _table(df: pl.DataFrame, flag: dict[str, float] | None = None) -> str:
