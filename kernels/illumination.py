@@ -126,11 +126,16 @@ def illumination_function(grids: np.ndarray, shape: tuple[int, int]) -> Illumina
     above = grids - raw_background
     background = polynomial_fit(raw_background)
     b0 = float(background.min())
-    # the block means' noise, from the background's spread (the 10th to 20th percentile: Gaussian 0.44 sigma)
+    # the block means' noise, from the background's spread (the 10th to 20th percentile: Gaussian 0.44 sigma), and the
+    # specimen's typical level above the background: at the 90th percentile, or the 99th where the specimen is sparse
+    # (it lights fewer than a tenth of the frames at a pixel)
     noise = np.median(np.percentile(grids, 20, axis=0) - raw_background) / 0.44
-    level = np.full(raw_background.shape, np.median(np.percentile(grids, 90, axis=0) - raw_background))
-    if level[0, 0] <= SPECIMEN * noise:  # no specimen stands out of the noise: nothing to correct
-        level[:] = 0
+    typical = 0.0
+    for q in (90, 99):
+        typical = np.median(np.percentile(grids, q, axis=0) - raw_background)
+        if typical > SPECIMEN * noise:
+            break
+    level = np.full(raw_background.shape, typical if typical > SPECIMEN * noise else 0.0)
     fit = None
     for _ in range(3):  # the threshold follows the illumination: a dim corner's lit cells are counted as its bright
         lit = above > LIT * level  # centre's are (else partly lit cells pass only where it is bright)
