@@ -28,8 +28,7 @@ from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.engine.readers import FrameReadError, read_frame
 from nucleiscreen.errors import UserError
 from nucleiscreen.kernels.instances import instances_from_classes
-from nucleiscreen.kernels.intensity import FEATURES, measure_channel
-from nucleiscreen.kernels.measure import segment_and_measure, segment_and_summarize, summarize_objects
+from nucleiscreen.kernels.measure import segment_frame
 from nucleiscreen.kernels.normalize import histogram, normalization_range, normalize
 from nucleiscreen.kernels.postprocess import PostProcessing, filter_classes
 from nucleiscreen.kernels.quality import frame_quality
@@ -207,23 +206,7 @@ class Segmenter:
         None), measured in the same nuclei (``measure_channel``); with them the nuclei channel's own frame mean, and
         per nucleus its min and median intensity, are added."""
         classes = self.filtered(classes, raw, rescale)
-        args = self.post.instance_args
-        paint = labels or markers is not None
-        if objects:  # the frame summary comes from the object table
-            lab, table = segment_and_measure(classes, raw, channel=channel, label_image=paint, **args)
-            summary = summarize_objects(table, micronucleus_area=micronucleus_area, channel=channel)
-        else:
-            lab, summary = segment_and_summarize(classes, raw, micronucleus_area=micronucleus_area, channel=channel,
-                                                 label_image=paint, **args)
-            table = None
-        if markers is not None:
-            n = table.height if table is not None else int(lab.max(initial=0))
-            columns = {}
-            for name, (image, flat) in ((channel, (raw, None)), *markers.items()):
-                own = ("MinIntensity", "MedianIntensity") if name == channel else FEATURES
-                values, per_object = measure_channel(lab, n, image, name, micronucleus_area, objects, own, flat)
-                summary.update({k: v for k, v in values.items() if k not in summary})  # the fused kernel's first
-                columns.update(per_object or {})
-            if table is not None:
-                table = table.with_columns(pl.Series(k, v) for k, v in columns.items())
-        return lab if labels else None, summary, table
+        # with markers, the nuclei channel's own frame mean, min and median are measured too (kernels/intensity.py)
+        others = {channel: (raw, None), **markers} if markers is not None else None
+        return segment_frame(classes, raw, micronucleus_area=micronucleus_area, channel=channel, objects=objects,
+                             label_image=labels, others=others, **self.post.instance_args)

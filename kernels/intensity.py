@@ -22,6 +22,9 @@ import numba
 import numpy as np
 import polars as pl
 
+from nucleiscreen.kernels._workspace import Runs, per_thread, workspace
+from nucleiscreen.kernels.runs import _label_runs
+
 FEATURES = ("IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
             "MedianIntensity")
 
@@ -76,47 +79,58 @@ def _value(image, flat, y, x):
 
 
 @numba.njit(nogil=True, cache=True)
-def _sums(labels, image, flat, n, sums):
-    """One pass: each object's area, sum, extremes and border contact, and the whole image's sum."""
-    area, total, low, high, touches = sums.area, sums.total, sums.low, sums.high, sums.touches
-    h, w = labels.shape
-    everything = 0.0
+def _frame_sum(image, flat):
+    """The sum of the whole image's values (corrected as read)."""
+    h, w = image.shape
+    total = 0.0
     for y in range(h):
-        edge_row = y == 0 or y == h - 1
         for x in range(w):
-            v = _value(image, flat, y, x)
-            everything += v
-            k = labels[y, x]
-            if k <= 0 or k > n:
-                continue
-            area[k] += 1
-            total[k] += v
-            if v < low[k]:
-                low[k] = v
-            if v > high[k]:
-                high[k] = v
-            if edge_row or x == 0 or x == w - 1:
-                touches[k] = True
-    return everything
+            total += _value(image, flat, y, x)
+    return total
 
 
 @numba.njit(nogil=True, cache=True)
-def _deviations(labels, image, flat, n, mean, squares, starts, values):
-    """The squared deviations from each object's mean, and (``values`` not empty) its pixels grouped by object."""
-    h, w = labels.shape
+def _run_sums(runs, n, image, flat, sums):
+    """One pass over the objects' runs: each object's area, sum, extremes and border contact."""
+    area, total, low, high, touches = sums.area, sums.total, sums.low, sums.high, sums.touches
+    h, w = image.shape
+    for y in range(h):
+        edge_row = y == 0 or y == h - 1
+        for r in range(runs.starts[y], runs.starts[y + 1]):
+            k = runs.ids[r]
+            if k <= 0 or k > n:
+                continue
+            x0, x1 = runs.x0[r], runs.x1[r]
+            if edge_row or x0 == 0 or x1 == w - 1:
+                touches[k] = True
+            area[k] += x1 - x0 + 1
+            for x in range(x0, x1 + 1):
+                v = _value(image, flat, y, x)
+                total[k] += v
+                if v < low[k]:
+                    low[k] = v
+                if v > high[k]:
+                    high[k] = v
+
+
+@numba.njit(nogil=True, cache=True)
+def _run_deviations(runs, n, image, flat, mean, squares, starts, values):
+    """The squared deviations from each object's mean, and (``values`` not empty) its values grouped by object."""
+    h = image.shape[0]
     fill = starts.copy()
     group = values.size > 0
     for y in range(h):
-        for x in range(w):
-            k = labels[y, x]
+        for r in range(runs.starts[y], runs.starts[y + 1]):
+            k = runs.ids[r]
             if k <= 0 or k > n:
                 continue
-            v = _value(image, flat, y, x)
-            d = v - mean[k]
-            squares[k] += d * d
-            if group:
-                values[fill[k]] = v
-                fill[k] += 1
+            m = mean[k]
+            for x in range(runs.x0[r], runs.x1[r] + 1):
+                v = _value(image, flat, y, x)
+                squares[k] += (v - m) * (v - m)
+                if group:
+                    values[fill[k]] = v
+                    fill[k] += 1
 
 
 @numba.njit(nogil=True, cache=True)
@@ -125,6 +139,44 @@ def _medians(values, starts, out):
         a, b = starts[k], starts[k + 1]
         if b > a:
             out[k] = np.median(values[a:b])
+
+
+def run_intensities(runs: Runs, n: int, image: np.ndarray, median: bool = True, spread: bool = True,
+                    illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> ObjectIntensities:
+    """``object_intensities`` of objects given as runs (``kernels/_workspace.Runs``, ids 1..``n``), as the fused
+    measurement kernels hold them: only the objects' pixels are read (the whole image once more for its mean)."""
+    image = np.ascontiguousarray(image, np.float32 if image.dtype == np.float16 else None)
+    if illumination is not None:
+        background, inverse, b0 = illumination
+        if background.shape != image.shape or inverse.shape != image.shape:
+            raise ValueError(f"illumination function {inverse.shape} and image {image.shape} differ in shape")
+        flat = _Flat(np.ascontiguousarray(background, np.float32), np.ascontiguousarray(inverse, np.float32),
+                     float(b0), True)
+    else:
+        flat = _Flat(_NO_MAP, _NO_MAP, 0.0, False)
+    sums = _Sums(np.zeros(n + 1, np.int64), np.zeros(n + 1), np.full(n + 1, np.inf), np.full(n + 1, -np.inf),
+                 np.zeros(n + 1, np.bool_))
+    _run_sums(runs, n, image, flat, sums)
+    area, total, low, high, touches = sums
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = total / area
+    squares = np.full(n + 1, np.nan)
+    medians = np.full(n + 1, np.nan)
+    if spread or median:
+        starts = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
+        values = np.empty(int(starts[-1]) if median else 0)
+        squares[:] = 0.0
+        _run_deviations(runs, n, image, flat, mean, squares, starts, values)
+        if median:
+            _medians(values, starts, medians)
+    empty = area == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        std = np.sqrt(squares / area) if spread else np.full(n + 1, np.nan)
+    low[empty] = high[empty] = np.nan
+    total = np.where(empty, np.nan, total)
+    image_mean = _frame_sum(image, flat) / image.size if image.size else float("nan")
+    return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:],
+                             image_mean)
 
 
 def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = None, median: bool = True,
@@ -144,7 +196,7 @@ def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = No
         Compute ``MedianIntensity`` (its pixels grouped and sorted per object); NaN without.
     spread : bool
         Compute ``StdIntensity`` (a second pass; with ``median`` too); NaN without: the sums, extremes and means
-        take one pass over the image.
+        take one pass over the objects.
     illumination : (background, inverse, b0), optional
         Measure ``b0 + (image - background) * inverse`` (``IlluminationFunction.at_frame_size``'s arrays and
         ``b0``) without making that image: the correction is applied to each value as it is read.
@@ -158,38 +210,12 @@ def object_intensities(labels: np.ndarray, image: np.ndarray, n: int | None = No
     if labels.dtype.kind not in "iu":
         raise ValueError(f"labels must be an integer array, got {labels.dtype}")
     n = int(labels.max(initial=0)) if n is None else int(n)
-    labels = np.ascontiguousarray(labels)
-    image = np.ascontiguousarray(image, np.float32 if image.dtype == np.float16 else None)
-    if illumination is not None:
-        background, inverse, b0 = illumination
-        if background.shape != image.shape or inverse.shape != image.shape:
-            raise ValueError(f"illumination function {inverse.shape} and image {image.shape} differ in shape")
-        flat = _Flat(np.ascontiguousarray(background, np.float32), np.ascontiguousarray(inverse, np.float32),
-                     float(b0), True)
+    runs = per_thread(workspace, *labels.shape).runs
+    if labels.size:
+        _label_runs(np.ascontiguousarray(labels, np.int32 if labels.dtype.itemsize > 4 else None), runs)
     else:
-        flat = _Flat(_NO_MAP, _NO_MAP, 0.0, False)
-    sums = _Sums(np.zeros(n + 1, np.int64), np.zeros(n + 1), np.full(n + 1, np.inf), np.full(n + 1, -np.inf),
-                 np.zeros(n + 1, np.bool_))
-    everything = _sums(labels, image, flat, n, sums)
-    area, total, low, high, touches = sums
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / area
-    squares = np.full(n + 1, np.nan)
-    medians = np.full(n + 1, np.nan)
-    if spread or median:
-        starts = np.concatenate([[0], np.cumsum(area)]).astype(np.int64)
-        values = np.empty(int(starts[-1]) if median else 0)
-        squares[:] = 0.0
-        _deviations(labels, image, flat, n, mean, squares, starts, values)
-        if median:
-            _medians(values, starts, medians)
-    empty = area == 0
-    with np.errstate(invalid="ignore", divide="ignore"):
-        std = np.sqrt(squares / area) if spread else np.full(n + 1, np.nan)
-    low[empty] = high[empty] = np.nan
-    total = np.where(empty, np.nan, total)
-    return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:],
-                             everything / image.size if image.size else float("nan"))
+        runs = Runs(*(np.zeros(1, np.int32) for _ in range(3)), starts=np.zeros(labels.shape[0] + 1, np.int64))
+    return run_intensities(runs, n, image, median, spread, illumination)
 
 
 def channel_columns(channel: str, objects: bool, features: tuple[str, ...] = FEATURES) -> dict[str, pl.DataType]:
@@ -201,16 +227,17 @@ def channel_columns(channel: str, objects: bool, features: tuple[str, ...] = FEA
             f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": pl.Float64}
 
 
-def measure_channel(labels: np.ndarray, n: int, image: np.ndarray, channel: str, micronucleus_area: int,
-                    objects: bool, features: tuple[str, ...] = FEATURES,
+def measure_channel(runs: Runs, n: int, image: np.ndarray, channel: str, micronucleus_area: int, objects: bool,
+                    features: tuple[str, ...] = FEATURES,
                     illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> tuple[dict, dict | None]:
-    """A channel measured in the nuclei ``labels`` (objects 1..``n``): the image-table values (the frame's mean
+    """A channel measured in the nuclei ``runs`` (objects 1..``n``): the image-table values (the frame's mean
     intensity, CellProfiler's MeasureImageIntensity ``Intensity_MeanIntensity_<channel>``, and the mean over the
     nuclei counted in ``Mean_Nuclei_AreaShape_Area`` -- at least ``micronucleus_area`` px, off the border -- of their
     ``MeanIntensity``) and, with ``objects``, the ``features`` per nucleus as columns (``channel_columns``); one pass
-    over the image for the image table alone. ``illumination``: as for ``object_intensities``."""
-    stats = object_intensities(labels, image, n, median=objects and "MedianIntensity" in features,
-                               spread=objects and "StdIntensity" in features, illumination=illumination)
+    over the nuclei and one over the image for the image table alone. ``illumination``: as for
+    ``object_intensities``."""
+    stats = run_intensities(runs, n, image, median=objects and "MedianIntensity" in features,
+                            spread=objects and "StdIntensity" in features, illumination=illumination)
     kept = (stats.area >= micronucleus_area) & ~stats.touches
     summary = {f"Intensity_MeanIntensity_{channel}": stats.image_mean,
                f"Mean_Nuclei_Intensity_MeanIntensity_{channel}": float(stats.mean[kept].mean()) if kept.any()

@@ -79,7 +79,7 @@ Objects under ``micronucleus_area`` pixels are micronuclei (including nuclear fr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -90,6 +90,7 @@ from nucleiscreen.kernels._moments import _accumulate, _columns
 from nucleiscreen.kernels._perimeter import Planes, planes
 from nucleiscreen.kernels._workspace import Runs, per_thread, workspace
 from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA, check_class_map, instance_runs
+from nucleiscreen.kernels.intensity import FEATURES, measure_channel
 from nucleiscreen.kernels.runs import _label_runs
 
 DEFAULT_MICRONUCLEUS_AREA = 100
@@ -329,6 +330,21 @@ def summarize_objects(
     )
 
 
+def _other_channels(objects: _Objects, others, channel: str, micronucleus_area: int, table: bool
+                    ) -> tuple[dict, dict]:
+    """``others`` (name -> (image, illumination or None)) measured in the objects (``measure_channel``): their
+    image-table values and, with ``table``, their object-table columns. The segmented channel itself, when it is
+    among them, adds only what its own measures lack (its frame mean; per object its min and median)."""
+    summary, columns = {}, {}
+    for name, (image, flat) in others.items():
+        own = ("MinIntensity", "MedianIntensity") if name == channel else FEATURES
+        values, per_object = measure_channel(objects.runs, objects.count, _check_intensity(image, image.shape), name,
+                                             micronucleus_area, table, own, flat)
+        summary.update({k: v for k, v in values.items() if name != channel or k.startswith("Intensity_")})
+        columns.update(per_object or {})
+    return summary, columns
+
+
 def _segment(class_map, intensity, min_area, connectivity, max_grow, label_image):
     """Validated inputs as (objects, empty label image or None, intensity); the label image is painted when
     measured."""
@@ -412,6 +428,56 @@ def segment_and_summarize(
     """
     objects, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
     return labels, _frame_summary(objects, intensity, micronucleus_area, channel, labels)
+
+
+def segment_frame(
+    class_map: np.ndarray,
+    intensity: np.ndarray,
+    min_area: int = DEFAULT_MIN_AREA,
+    connectivity: int = 8,
+    max_grow: int = DEFAULT_MAX_GROW,
+    micronucleus_area: int = DEFAULT_MICRONUCLEUS_AREA,
+    channel: str = "DNA",
+    objects: bool = False,
+    label_image: bool = True,
+    others: Mapping[str, tuple[np.ndarray, tuple | None]] | None = None,
+) -> tuple[np.ndarray | None, dict[str, int | float | None], pl.DataFrame | None]:
+    """A frame's nuclei and everything measured of them, in one pass over the class map (the engine's per-frame
+    path): ``segment_and_summarize``'s values, or with ``objects`` ``segment_and_measure``'s table and the values
+    summarized from it.
+
+    Parameters
+    ----------
+    class_map, intensity, min_area, connectivity, max_grow, micronucleus_area, channel, label_image
+        As ``segment_and_summarize``.
+    objects : bool
+        Also the per-object table.
+    others : mapping of str to (image, illumination or None), optional
+        More channels of the frame (``--channels``), measured in the same nuclei without a label image
+        (``kernels/intensity.py``): each adds to the summary its frame mean ``Intensity_MeanIntensity_<name>`` and
+        its nuclei's mean ``Mean_Nuclei_Intensity_MeanIntensity_<name>``, and to the table every feature of
+        ``FEATURES`` (``Intensity_<feature>_<name>``). The segmented ``channel`` among them adds its frame mean and,
+        per object, its ``MinIntensity`` and ``MedianIntensity``. ``illumination``: as for ``object_intensities``.
+
+    Returns
+    -------
+    labels : (H, W) int32 array or None
+    summary : dict
+    table : polars.DataFrame or None
+        None without ``objects``.
+    """
+    found, labels, intensity = _segment(class_map, intensity, min_area, connectivity, max_grow, label_image)
+    if objects:
+        table = _table(found, intensity, channel, False, labels)
+        summary = summarize_objects(table, micronucleus_area=micronucleus_area, channel=channel)
+    else:
+        table, summary = None, _frame_summary(found, intensity, micronucleus_area, channel, labels)
+    if others:
+        values, columns = _other_channels(found, others, channel, micronucleus_area, objects)
+        summary.update(values)
+        if table is not None:
+            table = table.with_columns(pl.Series(k, v) for k, v in columns.items())
+    return labels, summary, table
 
 
 def typical_area(labels: Sequence[np.ndarray]) -> tuple[float | None, int]:
