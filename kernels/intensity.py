@@ -78,14 +78,23 @@ def _value(image, flat, y, x):
     return v
 
 
-@numba.njit(nogil=True, cache=True)
+@numba.njit(nogil=True, cache=True, fastmath=True)
 def _frame_sum(image, flat):
-    """The sum of the whole image's values (corrected as read)."""
+    """The sum of the whole image's values (corrected as read), a row at a time in loops the compiler vectorises
+    (fastmath: the sum's order may change, in float64)."""
     h, w = image.shape
     total = 0.0
     for y in range(h):
-        for x in range(w):
-            total += _value(image, flat, y, x)
+        row = 0.0
+        if flat.on:
+            background, inverse = flat.background[y], flat.inverse[y]
+            for x in range(w):
+                row += (np.float64(image[y, x]) - background[x]) * inverse[x]
+            total += row + flat.b0 * w
+        else:
+            for x in range(w):
+                row += np.float64(image[y, x])
+            total += row
     return total
 
 
@@ -141,19 +150,29 @@ def _medians(values, starts, out):
             out[k] = np.median(values[a:b])
 
 
+def _flat_of(image: np.ndarray, illumination: tuple[np.ndarray, np.ndarray, float] | None) -> _Flat:
+    if illumination is None:
+        return _Flat(_NO_MAP, _NO_MAP, 0.0, False)
+    background, inverse, b0 = illumination
+    if background.shape != image.shape or inverse.shape != image.shape:
+        raise ValueError(f"illumination function {inverse.shape} and image {image.shape} differ in shape")
+    return _Flat(np.ascontiguousarray(background, np.float32), np.ascontiguousarray(inverse, np.float32), float(b0),
+                 True)
+
+
+def frame_mean(image: np.ndarray, illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> float:
+    """The mean of a whole image (CellProfiler's MeasureImageIntensity ``MeanIntensity``), corrected as read with
+    ``illumination`` (as for ``object_intensities``)."""
+    image = np.ascontiguousarray(image, np.float32 if image.dtype == np.float16 else None)
+    return _frame_sum(image, _flat_of(image, illumination)) / image.size if image.size else float("nan")
+
+
 def run_intensities(runs: Runs, n: int, image: np.ndarray, median: bool = True, spread: bool = True,
                     illumination: tuple[np.ndarray, np.ndarray, float] | None = None) -> ObjectIntensities:
     """``object_intensities`` of objects given as runs (``kernels/_workspace.Runs``, ids 1..``n``), as the fused
     measurement kernels hold them: only the objects' pixels are read (the whole image once more for its mean)."""
     image = np.ascontiguousarray(image, np.float32 if image.dtype == np.float16 else None)
-    if illumination is not None:
-        background, inverse, b0 = illumination
-        if background.shape != image.shape or inverse.shape != image.shape:
-            raise ValueError(f"illumination function {inverse.shape} and image {image.shape} differ in shape")
-        flat = _Flat(np.ascontiguousarray(background, np.float32), np.ascontiguousarray(inverse, np.float32),
-                     float(b0), True)
-    else:
-        flat = _Flat(_NO_MAP, _NO_MAP, 0.0, False)
+    flat = _flat_of(image, illumination)
     sums = _Sums(np.zeros(n + 1, np.int64), np.zeros(n + 1), np.full(n + 1, np.inf), np.full(n + 1, -np.inf),
                  np.zeros(n + 1, np.bool_))
     _run_sums(runs, n, image, flat, sums)
@@ -174,7 +193,7 @@ def run_intensities(runs: Runs, n: int, image: np.ndarray, median: bool = True, 
         std = np.sqrt(squares / area) if spread else np.full(n + 1, np.nan)
     low[empty] = high[empty] = np.nan
     total = np.where(empty, np.nan, total)
-    image_mean = _frame_sum(image, flat) / image.size if image.size else float("nan")
+    image_mean = frame_mean(image, illumination)
     return ObjectIntensities(area[1:], touches[1:], total[1:], mean[1:], std[1:], low[1:], high[1:], medians[1:],
                              image_mean)
 

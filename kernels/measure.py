@@ -90,7 +90,7 @@ from nucleiscreen.kernels._moments import _accumulate, _columns
 from nucleiscreen.kernels._perimeter import Planes, planes
 from nucleiscreen.kernels._workspace import Runs, per_thread, workspace
 from nucleiscreen.kernels.instances import DEFAULT_MAX_GROW, DEFAULT_MIN_AREA, check_class_map, instance_runs
-from nucleiscreen.kernels.intensity import FEATURES, measure_channel
+from nucleiscreen.kernels.intensity import FEATURES, frame_mean, measure_channel
 from nucleiscreen.kernels.runs import _label_runs
 
 DEFAULT_MICRONUCLEUS_AREA = 100
@@ -337,6 +337,9 @@ def _other_channels(objects: _Objects, others, channel: str, micronucleus_area: 
     among them, adds only what its own measures lack (its frame mean; per object its min and median)."""
     summary, columns = {}, {}
     for name, (image, flat) in others.items():
+        if name == channel and not table:  # its nuclei's mean is the fused kernel's; its frame mean alone
+            summary[f"Intensity_MeanIntensity_{name}"] = frame_mean(image, flat)
+            continue
         own = ("MinIntensity", "MedianIntensity") if name == channel else FEATURES
         values, per_object = measure_channel(objects.runs, objects.count, _check_intensity(image, image.shape), name,
                                              micronucleus_area, table, own, flat)
