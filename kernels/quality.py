@@ -18,8 +18,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from nucleiscreen.kernels.normalize import histogram
-
 
 def quality_columns(channel: str) -> tuple[str, str]:
     """The image-table columns ``frame_quality`` gives for a frame of ``channel`` (focus score, percent maximal)."""
@@ -45,6 +43,35 @@ def _moments(flat):
 
 
 @numba.njit(nogil=True, cache=True)
+def _integer_moments(image):
+    """Sum, sum of squares (exact, in int64) and the count at the maximum of a uint8/uint16 frame, a row at a time in
+    loops the compiler vectorises: 0.4 ms a 1104^2 frame against 0.7 ms for its histogram."""
+    h, w = image.shape
+    s = 0
+    s2 = 0
+    top = 0
+    for y in range(h):
+        row = image[y]
+        rs = 0
+        rs2 = 0
+        rtop = 0
+        for i in range(w):
+            v = np.int64(row[i])
+            rs += v
+            rs2 += v * v
+            rtop = max(rtop, v)
+        s += rs
+        s2 += rs2
+        top = max(top, rtop)
+    at_top = 0
+    for y in range(h):
+        row = image[y]
+        for i in range(w):
+            at_top += row[i] == top
+    return float(s), float(s2), at_top
+
+
+@numba.njit(nogil=True, cache=True)
 def _histogram_moments(hist):
     s = 0
     s2 = 0
@@ -64,10 +91,10 @@ def frame_quality(frame: np.ndarray, hist: np.ndarray | None = None, channel: st
     if frame.ndim != 2 or frame.size == 0:
         raise ValueError(f"frame_quality expects a non-empty 2-D frame, got shape {frame.shape}")
     scale = float(np.iinfo(frame.dtype).max) if np.issubdtype(frame.dtype, np.integer) else 1.0
-    if hist is None:
-        hist = histogram(frame)
     if hist is not None:
         s, s2, at_top = _histogram_moments(hist)
+    elif frame.dtype in (np.uint8, np.uint16):
+        s, s2, at_top = _integer_moments(np.ascontiguousarray(frame))
     else:
         s, s2, at_top = _moments(np.ascontiguousarray(frame).ravel())
     n = frame.size
