@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from nucleiscreen.bench.flops import model_gflops
-from nucleiscreen.bench.host import write_frames
+from nucleiscreen.bench.host import CHANNELS, write_frames
 from nucleiscreen.engine.model import ModelInfo, load_model_info
 from nucleiscreen.simulate import frame_file_name, plate_name, synth_frame, well_names
 
@@ -198,19 +198,22 @@ def padded_gflop(info: ModelInfo, size: tuple[int, int]) -> float | None:
         return None
 
 
-def _link_screen(files: list[Path], folder: Path, count: int) -> None:
-    """``count`` frames named as ``write_frames`` names them, hard links to ``files`` in turn."""
+def _link_screen(files: list[list[Path]], folder: Path, count: int) -> None:
+    """``count`` fields named as ``write_frames`` names them, each channel a hard link to the files of a written
+    field (``files``: each field's files by channel) in turn."""
     wells = well_names()
     for i in range(count):
         plate = plate_name(i // (384 * 16))
         (folder / plate).mkdir(parents=True, exist_ok=True)
-        os.link(files[i % len(files)], folder / plate / frame_file_name(plate, wells[(i // 16) % 384], i % 16, 0,
-                                                                         "tif"))
+        for channel, file in enumerate(files[i % len(files)]):
+            os.link(file, folder / plate / frame_file_name(plate, wells[(i // 16) % 384], i % 16, channel, "tif"))
 
 
 def end_to_end(info: ModelInfo, frames: int, device: str = "cuda", batch_size: int = 16,
-               size: int = 1104, distinct: int = 16, work: Path | None = None) -> dict:
-    """The engine over ``frames`` simulated TIFFs with the torch backend (eager), after a warm-up run.
+               size: int = 1104, distinct: int = 16, work: Path | None = None, channels: int = 1) -> dict:
+    """The engine over ``frames`` simulated fields of TIFFs with the torch backend (eager), after a warm-up run;
+    ``channels`` 3: each field with the simulator's two marker frames, all measured (``--channels``), the markers
+    illumination-corrected.
 
     Parameters
     ----------
@@ -237,28 +240,31 @@ def end_to_end(info: ModelInfo, frames: int, device: str = "cuda", batch_size: i
         os.cpu_count()), cores (this process may use), warmup_frames, warmup_s, where.
     """
     from nucleiscreen.engine.backends.torch import TorchBackend
+    from nucleiscreen.engine.channels import Channels
     from nucleiscreen.engine.pipeline import SegmentOptions
     from nucleiscreen.engine.run import segment
     from nucleiscreen.engine.segmenter import Segmenter
 
     if work is None:
-        need = 3 * distinct * size * size * 2
+        need = 3 * channels * distinct * size * size * 2
         shm = Path("/dev/shm")
         work = shm if shm.is_dir() and shutil.disk_usage(shm).free > need else Path(tempfile.gettempdir())
     tmp = Path(tempfile.mkdtemp(prefix="nucleiscreen-bench-gpu-", dir=work))
     try:
-        write_frames(tmp / "distinct", distinct, size, distinct=distinct)
-        files = sorted((tmp / "distinct").rglob("*.tif"))
+        write_frames(tmp / "distinct", distinct, size, distinct=distinct, channels=channels)
+        written = sorted((tmp / "distinct").rglob("*.tif"))
+        files = [[f for f in written if f.stem[:-1] == d0.stem[:-1]] for d0 in written if d0.stem.endswith("d0")]
         warm_frames = min(frames, 4 * batch_size)
         _link_screen(files, tmp / "warm", warm_frames)
         _link_screen(files, tmp / "screen", frames)
         seg = Segmenter(info, backend=TorchBackend(info, device=device))
-        opts = SegmentOptions(backend="torch", batch_size=batch_size, progress=False)
+        opts = SegmentOptions(backend="torch", batch_size=batch_size, progress=False,
+                              channels=Channels.parse(CHANNELS[channels] or None))
         t0 = time.perf_counter()
         segment([tmp / "warm"], tmp / "run-warm", options=opts, segmenter=seg)
         warm_s = time.perf_counter() - t0
         res = segment([tmp / "screen"], tmp / "run", options=opts, segmenter=seg)
-        return {"frames": res.frames, "failed": res.failed, "seconds": round(res.seconds, 3),
+        return {"channels": channels, "frames": res.frames, "failed": res.failed, "seconds": round(res.seconds, 3),
                 "frames_per_s": round(res.frames / res.seconds, 2), "batch_size": batch_size,
                 "busy": {k: round(v, 3) for k, v in sorted(res.busy.items())}, "backend": res.backend,
                 "threads": os.cpu_count(), "cores": len(os.sched_getaffinity(0)), "warmup_frames": warm_frames,
@@ -320,17 +326,19 @@ def markdown(results: dict) -> str:
             tf = f"{r['tflops']:.2f}" if r.get("tflops") is not None else "n/a"
             lines.append(f"| {r['variant']} | {r['batch']} | {r['frames_per_s']:.1f} | {r['p50_ms']:.2f} | "
                          f"{r['p95_ms']:.2f} | {tf} |")
-    e = results.get("end_to_end")
-    if e:
+    for key, what in (("end_to_end", "frames"), ("end_to_end_3_channels", "fields of 3 channels")):
+        e = results.get(key)
+        if not e:
+            continue
         lines.append("")
         if "error" in e:
-            lines.append(f"End to end: {e['error']}")
+            lines.append(f"End to end, {what}: {e['error']}")
         else:
             busy = ", ".join(f"{k} {v:.2f} s" for k, v in e["busy"].items())
             lines.append(f"End to end (`segment`, {e['backend']}, batch {e['batch_size']}, {e['threads']} threads on "
                          f"{e['cores']} cores): "
-                         f"{e['frames']} frames in {e['seconds']:.2f} s = {e['frames_per_s']:.1f} frames/s "
-                         f"({e['failed']} failed; warm-up run of {e['warmup_frames']} frames first, "
+                         f"{e['frames']} {what} in {e['seconds']:.2f} s = {e['frames_per_s']:.1f} per s "
+                         f"({e['failed']} failed; warm-up run of {e['warmup_frames']} first, "
                          f"{e['warmup_s']:.1f} s); stage busy: {busy}")
     p = results.get("parity")
     if p:
@@ -388,11 +396,12 @@ def main(out: str | Path = "bench-results", frames: int = 4096, model: str | Pat
     except Exception as exc:
         results["parity"] = {"error": _error(exc)}
     _save(out, results)
-    try:
-        results["end_to_end"] = end_to_end(info, min(frames, 512) if quick else frames, size=size[0])
-    except Exception as exc:
-        results["end_to_end"] = {"error": _error(exc)}
-    _save(out, results)
+    for key, channels in (("end_to_end", 1), ("end_to_end_3_channels", 3)):
+        try:
+            results[key] = end_to_end(info, min(frames, 512) if quick else frames, size=size[0], channels=channels)
+        except Exception as exc:
+            results[key] = {"error": _error(exc)}
+        _save(out, results)
     if not quick:
         inference_table(info, quick, variants=("compiled",), size=size, on_row=row_done)
     _save(out, results)
