@@ -152,8 +152,11 @@ def cmd_predict(a: argparse.Namespace) -> int:
     def report(path: Path, reason: str) -> None:
         print(f"error: {reason if path.name in reason else f'{path}: {reason}'}", file=sys.stderr)
 
+    from nucleiscreen.engine.channels import Channels
+
     result = predict(a.images, a.out, model=a.model, backend=a.backend, threads=a.threads, progress=not a.quiet,
-                     pixel_size=a.pixel_size, overrides=_overrides(a), on_scale=_print_image_scale, on_error=report)
+                     pixel_size=a.pixel_size, overrides=_overrides(a), on_scale=_print_image_scale, on_error=report,
+                     channels=Channels.parse(a.channels, a.nuclei_channel), pattern=a.pattern)
     print(f"wrote {len(result.written)} label image(s) to {a.out}"
           + (f"; {len(result.failed)} image(s) failed (above)" if result.failed else ""))
     return 1 if result.failed else 0
@@ -521,6 +524,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/<stem>_labels.tif instance labels that open in napari and Fiji.")
     p.add_argument("images", nargs="+", help="image files or folders")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--channels", metavar="NAME=TOKEN,...",
+                   help="the images are fields of a screen's channels (as segment --channels): the first, or "
+                        "--nuclei-channel, is segmented and every one measured in its nuclei")
+    p.add_argument("--nuclei-channel", metavar="NAME", help="with --channels: the channel segmented")
+    p.add_argument("--pattern", default="auto", help="with --channels: the file naming (as segment's) "
+                                                      "(default: %(default)s)")
     _engine_options(p, batch=False)
     p.set_defaults(func=cmd_predict)
 

@@ -147,3 +147,20 @@ def test_a_bad_marker_frame_fails_its_field_only(screen, tmp_path):
     assert errors.select("Stage").to_series().to_list() == ["check", "decode"]
     assert "Cell frame is 60x50" in errors["Error"][0] and errors["Error"][1].startswith("Lyso channel:")
     assert pl.read_parquet(out / "images" / "**" / "*.parquet").height == 382
+
+
+def test_predict_measures_every_channel_of_a_field(screen, tmp_path):
+    import shutil
+
+    folder = tmp_path / "fields"
+    folder.mkdir()
+    for path in sorted(screen.images.rglob("*_A0[1-3]f00d*.tif")):  # three fields, three channels each
+        shutil.copy(path, folder)
+    assert main(["--quiet", "predict", str(folder), "--out", str(tmp_path / "p"), "--channels",
+                 "DNA=d0,Lyso=d1,Cell=d2", "--pixel-size", "model"]) == 0
+    tables = sorted((tmp_path / "p").glob("*_nuclei.csv"))
+    assert len(tables) == 3 and all(t.name.endswith("d0_nuclei.csv") for t in tables)
+    table = pl.concat([t for t in map(pl.read_csv, tables) if t.height])  # (a field may hold no nucleus)
+    assert {"Intensity_MedianIntensity_Lyso", "Intensity_MeanIntensity_Cell", "Intensity_MeanIntensity_DNA"} <= \
+        set(table.columns)
+    assert table.height > 0 and table["Intensity_MeanIntensity_Lyso"].null_count() == 0
